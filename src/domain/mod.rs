@@ -5,3 +5,4 @@
 pub mod error;
 
 pub use error::{DomainError, ErrorCode};
+pub mod template;
