@@ -2,7 +2,14 @@
 //!
 //! Nothing here knows about GraphQL, HTTP, tokio or SQLite; everything is
 //! synchronous and deterministic given its inputs.
+pub mod command;
 pub mod error;
-
-pub use error::{DomainError, ErrorCode};
+pub mod graph;
+pub mod history;
 pub mod template;
+
+pub use command::{Command, Ctx};
+pub use error::{DomainError, ErrorCode};
+pub use graph::{Delta, Graph, Node, NodeData, NodeId};
+pub use history::{Applied, Dispatcher, Op};
+pub use template::Template;

@@ -1,0 +1,308 @@
+//! Commands: validated, all-or-nothing changes to a graph that yield their deltas and exact inverse.
+//!
+//! A command checks everything against the graph and the template, then
+//! applies its deltas one by one through `Tx`; if anything fails midway
+//! (possible only in a batch), `Tx` rolls back what was applied, so a failed
+//! command never changes the graph.
+
+mod nodes;
+mod properties;
+mod structure;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::error::{err, DomainError, ErrorCode};
+use super::graph::{Delta, Graph, NodeId};
+use super::template::Template;
+
+/// A request to change the graph, as a client states it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum Command {
+    CreateNode {
+        parent_id: Option<NodeId>,
+        type_id: String,
+        name: Option<String>,
+        properties: Option<Map<String, Value>>,
+        index: Option<usize>,
+        id: Option<NodeId>,
+    },
+    DeleteNode {
+        node_id: NodeId,
+    },
+    RenameNode {
+        node_id: NodeId,
+        name: String,
+    },
+    UpdateProperty {
+        node_id: NodeId,
+        property_id: String,
+        value: Value,
+    },
+    DeleteProperty {
+        node_id: NodeId,
+        property_id: String,
+    },
+    LinkNode {
+        parent_id: NodeId,
+        child_id: NodeId,
+        index: Option<usize>,
+    },
+    UnlinkNode {
+        parent_id: NodeId,
+        child_id: NodeId,
+    },
+    MoveNode {
+        node_id: NodeId,
+        new_parent_id: NodeId,
+        index: Option<usize>,
+    },
+    ReorderNode {
+        node_id: NodeId,
+        index: usize,
+    },
+    ApplyKit {
+        target_id: NodeId,
+        kit_root_id: NodeId,
+    },
+    /// Several commands applied atomically and undone as one step.
+    Batch {
+        commands: Vec<Command>,
+    },
+}
+
+impl Command {
+    /// The command's name as events report it (`commandType`).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Command::CreateNode { .. } => "createNode",
+            Command::DeleteNode { .. } => "deleteNode",
+            Command::RenameNode { .. } => "renameNode",
+            Command::UpdateProperty { .. } => "updateProperty",
+            Command::DeleteProperty { .. } => "deleteProperty",
+            Command::LinkNode { .. } => "linkNode",
+            Command::UnlinkNode { .. } => "unlinkNode",
+            Command::MoveNode { .. } => "moveNode",
+            Command::ReorderNode { .. } => "reorderNode",
+            Command::ApplyKit { .. } => "applyKit",
+            Command::Batch { .. } => "batch",
+        }
+    }
+}
+
+/// What a command may draw on besides the graph: the template, the clock and fresh ids.
+pub struct Ctx<'a> {
+    pub template: &'a Template,
+    pub now: DateTime<Utc>,
+    pub new_id: &'a mut dyn FnMut() -> Uuid,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(template: &'a Template, now: DateTime<Utc>, new_id: &'a mut dyn FnMut() -> Uuid) -> Self {
+        Ctx {
+            template,
+            now,
+            new_id,
+        }
+    }
+}
+
+/// The applied effect of a command: its deltas in order, and the deltas that undo it, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub forward: Vec<Delta>,
+    pub inverse: Vec<Delta>,
+    /// The first node the command created, if any.
+    pub node_id: Option<NodeId>,
+}
+
+/// A transaction over a graph: applies deltas, remembers their inverses, and
+/// rolls everything back unless finished.
+pub(crate) struct Tx<'g> {
+    graph: &'g mut Graph,
+    forward: Vec<Delta>,
+    inverses: Vec<Vec<Delta>>,
+    node_id: Option<NodeId>,
+}
+
+impl<'g> Tx<'g> {
+    pub(crate) fn new(graph: &'g mut Graph) -> Self {
+        Tx {
+            graph,
+            forward: Vec::new(),
+            inverses: Vec::new(),
+            node_id: None,
+        }
+    }
+
+    pub(crate) fn graph(&self) -> &Graph {
+        self.graph
+    }
+
+    pub(crate) fn apply(&mut self, delta: Delta) -> Result<(), DomainError> {
+        let inverse = self.graph.apply(&delta)?;
+        if let (None, Delta::NodeCreated { node, .. }) = (self.node_id, &delta) {
+            self.node_id = Some(node.id);
+        }
+        self.forward.push(delta);
+        self.inverses.push(inverse);
+        Ok(())
+    }
+
+    pub(crate) fn finish(mut self) -> Change {
+        let inverse = std::mem::take(&mut self.inverses)
+            .into_iter()
+            .rev()
+            .flatten()
+            .collect();
+        Change {
+            forward: std::mem::take(&mut self.forward),
+            inverse,
+            node_id: self.node_id,
+        }
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        // Unfinished: undo what was applied, newest first.
+        for inverse in self.inverses.drain(..).rev() {
+            for delta in &inverse {
+                self.graph
+                    .apply(delta)
+                    .expect("the inverse of a just-applied delta applies");
+            }
+        }
+    }
+}
+
+/// Validates `command` against `graph` and the template and applies it whole, or fails changing nothing.
+pub fn run(command: &Command, graph: &mut Graph, ctx: &mut Ctx<'_>) -> Result<Change, DomainError> {
+    let mut tx = Tx::new(graph);
+    run_in(command, &mut tx, ctx)?;
+    Ok(tx.finish())
+}
+
+/// Replays deltas recorded earlier (for redo or recovery) and returns them with their fresh inverse.
+pub fn replay(forward: Vec<Delta>, graph: &mut Graph) -> Result<Change, DomainError> {
+    let mut tx = Tx::new(graph);
+    for delta in forward {
+        tx.apply(delta)?;
+    }
+    Ok(tx.finish())
+}
+
+fn run_in(command: &Command, tx: &mut Tx<'_>, ctx: &mut Ctx<'_>) -> Result<(), DomainError> {
+    match command {
+        Command::CreateNode {
+            parent_id,
+            type_id,
+            name,
+            properties,
+            index,
+            id,
+        } => nodes::create(
+            tx,
+            ctx,
+            nodes::NewNode {
+                parent_id: *parent_id,
+                type_id,
+                name: name.as_deref(),
+                properties: properties.as_ref(),
+                index: *index,
+                id: *id,
+            },
+        ),
+        Command::DeleteNode { node_id } => nodes::delete(tx, *node_id),
+        Command::RenameNode { node_id, name } => nodes::rename(tx, *node_id, name),
+        Command::ApplyKit {
+            target_id,
+            kit_root_id,
+        } => nodes::apply_kit(tx, ctx, *target_id, *kit_root_id),
+        Command::UpdateProperty {
+            node_id,
+            property_id,
+            value,
+        } => properties::update(tx, ctx, *node_id, property_id, value),
+        Command::DeleteProperty {
+            node_id,
+            property_id,
+        } => properties::delete(tx, ctx, *node_id, property_id),
+        Command::LinkNode {
+            parent_id,
+            child_id,
+            index,
+        } => structure::link(tx, ctx, *parent_id, *child_id, *index),
+        Command::UnlinkNode {
+            parent_id,
+            child_id,
+        } => structure::unlink(tx, *parent_id, *child_id),
+        Command::MoveNode {
+            node_id,
+            new_parent_id,
+            index,
+        } => structure::move_node(tx, ctx, *node_id, *new_parent_id, *index),
+        Command::ReorderNode { node_id, index } => structure::reorder(tx, *node_id, *index),
+        Command::Batch { commands } => {
+            if commands.is_empty() {
+                return Err(err(ErrorCode::BadUserInput, "a batch needs at least one command"));
+            }
+            for (i, c) in commands.iter().enumerate() {
+                run_in(c, tx, ctx).map_err(|e| DomainError {
+                    code: e.code,
+                    message: format!("command {i} ({}) of the batch failed: {}", c.type_name(), e.message),
+                })?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// CHILD_NOT_ALLOWED unless the template lets `child_type` live under `parent_id`.
+pub(crate) fn check_allowed(
+    graph: &Graph,
+    template: &Template,
+    parent_id: NodeId,
+    child_type: &str,
+) -> Result<(), DomainError> {
+    let parent = graph.node(&parent_id)?;
+    let parent_type = template.node_type(&parent.type_id).ok_or_else(|| {
+        err(
+            ErrorCode::NodeTypeNotFound,
+            format!(
+                "node {parent_id} has type '{}', which template '{}' no longer defines",
+                parent.type_id, template.id
+            ),
+        )
+    })?;
+    if parent_type.allows_child(child_type) {
+        return Ok(());
+    }
+    let allowed = if parent_type.allowed_children.is_empty() {
+        "none".to_string()
+    } else {
+        parent_type.allowed_children.join(", ")
+    };
+    Err(err(
+        ErrorCode::ChildNotAllowed,
+        format!(
+            "node type '{child_type}' is not allowed under '{}'; allowed: {allowed}",
+            parent_type.id
+        ),
+    ))
+}
+
+/// INDEX_OUT_OF_RANGE unless `index <= len`; `None` means last.
+pub(crate) fn position(index: Option<usize>, len: usize) -> Result<usize, DomainError> {
+    match index {
+        None => Ok(len),
+        Some(i) if i <= len => Ok(i),
+        Some(i) => Err(err(
+            ErrorCode::IndexOutOfRange,
+            format!("index {i} is out of range: the position must be between 0 and {len}"),
+        )),
+    }
+}
