@@ -2,11 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The error codes of the public contract that the domain can produce.
+/// The error codes of the public contract (`extensions.code`), shared by every layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     BadUserInput,
+    SessionNotFound,
+    NoProject,
+    ProjectNotFound,
     TemplateNotFound,
     NodeNotFound,
     NodeTypeNotFound,
@@ -21,6 +24,8 @@ pub enum ErrorCode {
     NothingToUndo,
     NothingToRedo,
     VersionConflict,
+    StoreUnavailable,
+    LimitExceeded,
     Internal,
 }
 
@@ -29,6 +34,9 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadUserInput => "BAD_USER_INPUT",
+            ErrorCode::SessionNotFound => "SESSION_NOT_FOUND",
+            ErrorCode::NoProject => "NO_PROJECT",
+            ErrorCode::ProjectNotFound => "PROJECT_NOT_FOUND",
             ErrorCode::TemplateNotFound => "TEMPLATE_NOT_FOUND",
             ErrorCode::NodeNotFound => "NODE_NOT_FOUND",
             ErrorCode::NodeTypeNotFound => "NODE_TYPE_NOT_FOUND",
@@ -43,6 +51,8 @@ impl ErrorCode {
             ErrorCode::NothingToUndo => "NOTHING_TO_UNDO",
             ErrorCode::NothingToRedo => "NOTHING_TO_REDO",
             ErrorCode::VersionConflict => "VERSION_CONFLICT",
+            ErrorCode::StoreUnavailable => "STORE_UNAVAILABLE",
+            ErrorCode::LimitExceeded => "LIMIT_EXCEEDED",
             ErrorCode::Internal => "INTERNAL",
         }
     }

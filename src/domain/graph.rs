@@ -156,7 +156,11 @@ impl Graph {
     /// The ordered children of `parent`, or the roots for `None`.
     pub fn siblings(&self, parent: Option<&NodeId>) -> &[NodeId] {
         match parent {
-            Some(p) => self.nodes.get(p).map(|n| n.children.as_slice()).unwrap_or(&[]),
+            Some(p) => self
+                .nodes
+                .get(p)
+                .map(|n| n.children.as_slice())
+                .unwrap_or(&[]),
             None => &self.roots,
         }
     }
@@ -276,9 +280,7 @@ impl Graph {
                 }])
             }
             Delta::NodeDeleted {
-                node_id,
-                parent_id,
-                ..
+                node_id, parent_id, ..
             } => {
                 let node = self.node(node_id)?;
                 if node.parent != *parent_id {
@@ -335,18 +337,23 @@ impl Graph {
                 if let Some(p) = child.parent {
                     return Err(err(
                         ErrorCode::AlreadyHasParent,
-                        format!("node {child_id} already has a parent ({p}); unlink or move it instead"),
+                        format!(
+                            "node {child_id} already has a parent ({p}); unlink or move it instead"
+                        ),
                     ));
                 }
                 if self.is_ancestor_or_self(child_id, parent_id) {
                     return Err(err(
                         ErrorCode::Cycle,
-                        format!("linking {child_id} under {parent_id} would make it its own ancestor"),
+                        format!(
+                            "linking {child_id} under {parent_id} would make it its own ancestor"
+                        ),
                     ));
                 }
                 check_index(*index, parent.children.len())?;
                 let root_index = self.remove_from_siblings(None, *child_id);
-                self.siblings_mut(Some(*parent_id)).insert(*index, *child_id);
+                self.siblings_mut(Some(*parent_id))
+                    .insert(*index, *child_id);
                 self.nodes.get_mut(child_id).expect("checked").parent = Some(*parent_id);
                 Ok(vec![Delta::NodeUnlinked {
                     parent_id: *parent_id,
@@ -455,7 +462,9 @@ impl Graph {
                 .get(&id)
                 .ok_or_else(|| format!("dangling id {id} (listed under {expected_parent:?})"))?;
             if !seen.insert(id) {
-                return Err(format!("node {id} appears more than once (or is its own ancestor)"));
+                return Err(format!(
+                    "node {id} appears more than once (or is its own ancestor)"
+                ));
             }
             if node.id != id {
                 return Err(format!("node stored under {id} says its id is {}", node.id));

@@ -242,7 +242,8 @@ impl Dispatcher {
                 cleared_redo,
             } => {
                 let entry = self.undo.pop_back().expect("reverting an executed step");
-                apply_all(&mut self.graph, &entry.inverse).expect("inverse of the newest step applies");
+                apply_all(&mut self.graph, &entry.inverse)
+                    .expect("inverse of the newest step applies");
                 if let Some(old) = evicted {
                     self.undo.push_front(old);
                 }
@@ -250,12 +251,14 @@ impl Dispatcher {
             }
             Revert::Undone => {
                 let entry = self.redo.pop().expect("reverting an undo");
-                apply_all(&mut self.graph, &entry.forward).expect("forward of an undone step applies");
+                apply_all(&mut self.graph, &entry.forward)
+                    .expect("forward of an undone step applies");
                 self.undo.push_back(entry);
             }
             Revert::Redone => {
                 let entry = self.undo.pop_back().expect("reverting a redo");
-                apply_all(&mut self.graph, &entry.inverse).expect("inverse of a redone step applies");
+                apply_all(&mut self.graph, &entry.inverse)
+                    .expect("inverse of a redone step applies");
                 self.redo.push(entry);
             }
         }

@@ -6,7 +6,9 @@ pub mod command;
 pub mod error;
 pub mod graph;
 pub mod history;
+pub mod project_file;
 pub mod template;
+pub mod value;
 
 pub use command::{Command, Ctx};
 pub use error::{DomainError, ErrorCode};

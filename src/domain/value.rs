@@ -44,8 +44,8 @@ fn number_from_str(s: &str) -> Option<Number> {
 fn normalise_number(n: &Number) -> Number {
     match n.as_f64() {
         Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() <= MAX_EXACT_F64_INT => {
-            // The guard makes the cast exact; `+ 0` folds a negative zero into 0.
-            Number::from(f as i64 + 0)
+            // The guard makes the cast exact (and a negative zero becomes plain 0).
+            Number::from(f as i64)
         }
         _ => n.clone(),
     }
@@ -164,7 +164,13 @@ mod tests {
 
     #[test]
     fn integral_numbers_in_any_spelling_store_as_integers() {
-        for raw in [json!(12), json!(12.0), json!("12"), json!(" 12 "), json!("1.2e1")] {
+        for raw in [
+            json!(12),
+            json!(12.0),
+            json!("12"),
+            json!(" 12 "),
+            json!("1.2e1"),
+        ] {
             assert_eq!(number(&raw), Some(12.into()), "{raw}");
         }
         assert_eq!(number(&json!(-0.0)), Some(0.into()));
@@ -179,7 +185,14 @@ mod tests {
 
     #[test]
     fn non_numbers_and_non_finite_strings_are_not_numbers() {
-        for raw in [json!("abc"), json!(""), json!("NaN"), json!("inf"), json!(true), json!([1])] {
+        for raw in [
+            json!("abc"),
+            json!(""),
+            json!("NaN"),
+            json!("inf"),
+            json!(true),
+            json!([1]),
+        ] {
             assert_eq!(number(&raw), None, "{raw}");
         }
     }
@@ -222,7 +235,12 @@ mod tests {
         assert_eq!(date(&json!("1900-02-29")), Err(DateProblem::NoSuchDay));
         assert_eq!(date(&json!("2025-04-31")), Err(DateProblem::NoSuchDay));
         assert_eq!(date(&json!("2025-13-01")), Err(DateProblem::NoSuchDay));
-        for raw in [json!("2025-1-05"), json!("05/01/2025"), json!("+2025-01-05"), json!(20250105)] {
+        for raw in [
+            json!("2025-1-05"),
+            json!("05/01/2025"),
+            json!("+2025-01-05"),
+            json!(20250105),
+        ] {
             assert_eq!(date(&raw), Err(DateProblem::NotIsoDate), "{raw}");
         }
     }

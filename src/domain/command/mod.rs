@@ -14,13 +14,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+pub use nodes::clean_name;
+
 use super::error::{err, DomainError, ErrorCode};
 use super::graph::{Delta, Graph, NodeId};
 use super::template::Template;
 
 /// A request to change the graph, as a client states it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum Command {
     CreateNode {
         parent_id: Option<NodeId>,
@@ -101,7 +107,11 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(template: &'a Template, now: DateTime<Utc>, new_id: &'a mut dyn FnMut() -> Uuid) -> Self {
+    pub fn new(
+        template: &'a Template,
+        now: DateTime<Utc>,
+        new_id: &'a mut dyn FnMut() -> Uuid,
+    ) -> Self {
         Ctx {
             template,
             now,
@@ -248,12 +258,19 @@ fn run_in(command: &Command, tx: &mut Tx<'_>, ctx: &mut Ctx<'_>) -> Result<(), D
         Command::ReorderNode { node_id, index } => structure::reorder(tx, *node_id, *index),
         Command::Batch { commands } => {
             if commands.is_empty() {
-                return Err(err(ErrorCode::BadUserInput, "a batch needs at least one command"));
+                return Err(err(
+                    ErrorCode::BadUserInput,
+                    "a batch needs at least one command",
+                ));
             }
             for (i, c) in commands.iter().enumerate() {
                 run_in(c, tx, ctx).map_err(|e| DomainError {
                     code: e.code,
-                    message: format!("command {i} ({}) of the batch failed: {}", c.type_name(), e.message),
+                    message: format!(
+                        "command {i} ({}) of the batch failed: {}",
+                        c.type_name(),
+                        e.message
+                    ),
                 })?;
             }
             Ok(())

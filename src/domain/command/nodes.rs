@@ -18,7 +18,12 @@ pub(super) struct NewNode<'a> {
 
 fn node_type<'t>(ctx: &Ctx<'t>, type_id: &str) -> Result<&'t NodeType, DomainError> {
     ctx.template.node_type(type_id).ok_or_else(|| {
-        let known: Vec<&str> = ctx.template.node_types.iter().map(|t| t.id.as_str()).collect();
+        let known: Vec<&str> = ctx
+            .template
+            .node_types
+            .iter()
+            .map(|t| t.id.as_str())
+            .collect();
         err(
             ErrorCode::NodeTypeNotFound,
             format!(
@@ -31,15 +36,22 @@ fn node_type<'t>(ctx: &Ctx<'t>, type_id: &str) -> Result<&'t NodeType, DomainErr
 }
 
 /// A node name: trimmed, non-empty.
-pub(super) fn clean_name(name: &str) -> Result<String, DomainError> {
+pub fn clean_name(name: &str) -> Result<String, DomainError> {
     let trimmed = name.trim();
     if trimmed.is_empty() {
-        return Err(err(ErrorCode::BadUserInput, "a node name must not be empty"));
+        return Err(err(
+            ErrorCode::BadUserInput,
+            "a node name must not be empty",
+        ));
     }
     Ok(trimmed.to_string())
 }
 
-pub(super) fn create(tx: &mut Tx<'_>, ctx: &mut Ctx<'_>, new: NewNode<'_>) -> Result<(), DomainError> {
+pub(super) fn create(
+    tx: &mut Tx<'_>,
+    ctx: &mut Ctx<'_>,
+    new: NewNode<'_>,
+) -> Result<(), DomainError> {
     let ty = node_type(ctx, new.type_id)?;
     let graph = tx.graph();
     if let Some(parent) = new.parent_id {
@@ -90,7 +102,11 @@ pub(super) fn unknown_property(ty: &NodeType, key: &str) -> DomainError {
         format!(
             "node type '{}' has no property '{key}'; its properties are: {}",
             ty.id,
-            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
         ),
     )
 }
@@ -173,4 +189,3 @@ pub(super) fn apply_kit(
     }
     Ok(())
 }
-

@@ -12,7 +12,10 @@ fn type_of<'t>(ctx: &Ctx<'t>, type_id: &str) -> Result<&'t NodeType, DomainError
     ctx.template.node_type(type_id).ok_or_else(|| {
         err(
             ErrorCode::NodeTypeNotFound,
-            format!("template '{}' no longer defines node type '{type_id}'", ctx.template.id),
+            format!(
+                "template '{}' no longer defines node type '{type_id}'",
+                ctx.template.id
+            ),
         )
     })
 }

@@ -4,7 +4,12 @@ use super::{check_allowed, position, Ctx, Tx};
 use crate::domain::error::{err, DomainError, ErrorCode};
 use crate::domain::graph::{Delta, NodeId};
 
-fn check_no_cycle(tx: &Tx<'_>, node_id: NodeId, new_parent_id: NodeId, verb: &str) -> Result<(), DomainError> {
+fn check_no_cycle(
+    tx: &Tx<'_>,
+    node_id: NodeId,
+    new_parent_id: NodeId,
+    verb: &str,
+) -> Result<(), DomainError> {
     if tx.graph().is_ancestor_or_self(&node_id, &new_parent_id) {
         let what = if node_id == new_parent_id {
             "itself".to_string()
@@ -32,7 +37,9 @@ pub(super) fn link(
     if let Some(current) = child.parent {
         return Err(err(
             ErrorCode::AlreadyHasParent,
-            format!("node {child_id} already has a parent ({current}); unlink it first or use moveNode"),
+            format!(
+                "node {child_id} already has a parent ({current}); unlink it first or use moveNode"
+            ),
         ));
     }
     check_no_cycle(tx, child_id, parent_id, "link")?;
@@ -45,7 +52,11 @@ pub(super) fn link(
     })
 }
 
-pub(super) fn unlink(tx: &mut Tx<'_>, parent_id: NodeId, child_id: NodeId) -> Result<(), DomainError> {
+pub(super) fn unlink(
+    tx: &mut Tx<'_>,
+    parent_id: NodeId,
+    child_id: NodeId,
+) -> Result<(), DomainError> {
     let graph = tx.graph();
     graph.node(&parent_id)?;
     let child = graph.node(&child_id)?;

@@ -1,0 +1,40 @@
+//! Tunables of the session layer, with safe defaults.
+
+use std::time::Duration;
+
+use crate::domain::history::DEFAULT_HISTORY_LIMIT;
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Undo steps kept per project.
+    pub history_limit: usize,
+    /// Ops between snapshots of a project's state (raised for big graphs so a snapshot stays amortised).
+    pub snapshot_interval: u64,
+    /// Keep only this many newest events per session; `None` keeps everything.
+    pub event_retention: Option<u64>,
+    /// Events buffered per session for live subscribers before one counts as lagging.
+    pub broadcast_capacity: usize,
+    /// Newest events kept in memory per session for fast catch-up.
+    pub recent_events: usize,
+    /// Most jobs one session commits together.
+    pub max_group: usize,
+    /// Sessions without active clients idle longer than this are closed by the reaper.
+    pub idle_limit: Duration,
+    /// How often the reaper runs.
+    pub reaper_interval: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            history_limit: DEFAULT_HISTORY_LIMIT,
+            snapshot_interval: 1000,
+            event_retention: None,
+            broadcast_capacity: 1024,
+            recent_events: 1024,
+            max_group: 512,
+            idle_limit: Duration::from_secs(24 * 3600),
+            reaper_interval: Duration::from_secs(600),
+        }
+    }
+}

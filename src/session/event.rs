@@ -1,0 +1,123 @@
+//! Session events: immutable, sequenced records of everything that happened in a session.
+
+use std::sync::OnceLock;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::Delta;
+
+/// A person (a websocket connection) present in a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub id: String,
+    pub name: Option<String>,
+    pub connected_at: DateTime<Utc>,
+}
+
+/// What happened; the graph deltas are the domain's own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EventKind {
+    Delta(Delta),
+    CommandExecuting {
+        command_type: String,
+    },
+    CommandExecuted {
+        command_type: String,
+        version: u64,
+    },
+    CommandFailed {
+        command_type: String,
+        code: String,
+        message: String,
+    },
+    CommandUndone {
+        command_type: String,
+        version: u64,
+    },
+    CommandRedone {
+        command_type: String,
+        version: u64,
+    },
+    ClientJoined {
+        client: ClientInfo,
+        active_clients: u32,
+    },
+    ClientLeft {
+        client: ClientInfo,
+        active_clients: u32,
+    },
+    /// Never stored: sent to one subscriber that fell behind what is retained.
+    ResyncRequired {
+        reason: String,
+    },
+}
+
+/// One event of a session's stream. Live or replayed, it reads the same.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionEvent {
+    pub seq: u64,
+    pub session_id: Uuid,
+    pub timestamp: DateTime<Utc>,
+    pub command_id: Option<Uuid>,
+    pub client_id: Option<String>,
+    pub kind: EventKind,
+    /// Serialised form, computed once and shared by the store and every subscriber.
+    #[serde(skip)]
+    json: OnceLock<String>,
+}
+
+impl SessionEvent {
+    pub fn new(
+        seq: u64,
+        session_id: Uuid,
+        timestamp: DateTime<Utc>,
+        command_id: Option<Uuid>,
+        client_id: Option<String>,
+        kind: EventKind,
+    ) -> Self {
+        SessionEvent {
+            seq,
+            session_id,
+            timestamp,
+            command_id,
+            client_id,
+            kind,
+            json: OnceLock::new(),
+        }
+    }
+
+    /// The stored form of the event.
+    pub fn to_json(&self) -> &str {
+        self.json
+            .get_or_init(|| serde_json::to_string(self).expect("events serialise"))
+    }
+
+    pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    /// The contract's type name of this event (`__typename`).
+    pub fn type_name(&self) -> &'static str {
+        match &self.kind {
+            EventKind::Delta(d) => match d {
+                Delta::NodeCreated { .. } => "NodeCreated",
+                Delta::NodeDeleted { .. } => "NodeDeleted",
+                Delta::NodeRenamed { .. } => "NodeRenamed",
+                Delta::NodeLinked { .. } => "NodeLinked",
+                Delta::NodeUnlinked { .. } => "NodeUnlinked",
+                Delta::NodeMoved { .. } => "NodeMoved",
+                Delta::PropertyChanged { .. } => "PropertyChanged",
+            },
+            EventKind::CommandExecuting { .. } => "CommandExecuting",
+            EventKind::CommandExecuted { .. } => "CommandExecuted",
+            EventKind::CommandFailed { .. } => "CommandFailed",
+            EventKind::CommandUndone { .. } => "CommandUndone",
+            EventKind::CommandRedone { .. } => "CommandRedone",
+            EventKind::ClientJoined { .. } => "ClientJoined",
+            EventKind::ClientLeft { .. } => "ClientLeft",
+            EventKind::ResyncRequired { .. } => "ResyncRequired",
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! The hub: every live session, the project index, templates and the store, and the operations across them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::Stream;
+use parking_lot::RwLock;
+use serde_json::Value;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::config::SessionConfig;
+use super::event::{ClientInfo, SessionEvent};
+use super::live::{OpenProject, Session};
+use super::{subscribe, ProjectIndex};
+use crate::domain::command::clean_name;
+use crate::domain::error::err;
+use crate::domain::graph::NodeData;
+use crate::domain::history::Op;
+use crate::domain::{project_file, Delta, Dispatcher, DomainError, ErrorCode, Graph, Template};
+use crate::store::{ProjectRecord, SessionRecord, Store, StoreError, Write};
+use crate::templates::TemplateCatalog;
+
+fn store_error(e: StoreError) -> DomainError {
+    err(
+        ErrorCode::StoreUnavailable,
+        format!("the store could not be used ({}); nothing changed, retry later", e.0),
+    )
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> DomainError {
+    tracing::error!(error = %e, "{what}");
+    err(ErrorCode::Internal, format!("{what}; see the server log"))
+}
+
+/// What `cleanupSessions` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanupResult {
+    pub sessions_removed: usize,
+    pub active_sessions: usize,
+}
+
+/// Every live session and the shared pieces they use.
+pub struct Hub {
+    config: Arc<SessionConfig>,
+    templates: Arc<TemplateCatalog>,
+    store: Arc<dyn Store>,
+    index: Arc<ProjectIndex>,
+    sessions: RwLock<HashMap<Uuid, Arc<Session>>>,
+    /// Project id -> the session that has it open.
+    open: RwLock<HashMap<Uuid, Uuid>>,
+    /// Serialises opening and closing, so a project is never open in two sessions.
+    lifecycle: tokio::sync::Mutex<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Hub {
+    /// Loads every stored session (with its project's graph and history) and starts the reaper.
+    pub async fn start(
+        config: SessionConfig,
+        store: Arc<dyn Store>,
+        templates: Arc<TemplateCatalog>,
+    ) -> anyhow::Result<Arc<Hub>> {
+        let hub = Arc::new(Hub {
+            config: Arc::new(config),
+            templates,
+            store,
+            index: Arc::new(ProjectIndex::default()),
+            sessions: RwLock::new(HashMap::new()),
+            open: RwLock::new(HashMap::new()),
+            lifecycle: tokio::sync::Mutex::new(()),
+            stop: watch::channel(false).0,
+        });
+        for record in hub.store.projects().await? {
+            hub.index.upsert(record);
+        }
+        for record in hub.store.sessions().await? {
+            let project = match record.project_id {
+                Some(pid) => match hub.load_project(pid).await {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        tracing::warn!(session = %record.id, project = %pid, error = %e, "could not reopen the session's project");
+                        None
+                    }
+                },
+                None => None,
+            };
+            let last_seq = hub.store.event_range(record.id).await?.map_or(0, |r| r.1);
+            hub.register(&record, project, last_seq);
+        }
+        let weak = Arc::downgrade(&hub);
+        let interval = hub.config.reaper_interval;
+        let mut stop = hub.stop.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                let Some(hub) = weak.upgrade() else { return };
+                let idle = hub.config.idle_limit;
+                match hub.cleanup(idle).await {
+                    Ok(r) if r.sessions_removed > 0 => {
+                        tracing::info!(removed = r.sessions_removed, active = r.active_sessions, "reaped idle sessions")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "session reaper failed"),
+                }
+            }
+        });
+        Ok(hub)
+    }
+
+    pub fn templates(&self) -> &TemplateCatalog {
+        &self.templates
+    }
+
+    pub fn template(&self, id: &str) -> Result<Arc<Template>, DomainError> {
+        self.templates.get(id).ok_or_else(|| {
+            let known: Vec<String> = self.templates.list().iter().map(|t| t.id.clone()).collect();
+            err(
+                ErrorCode::TemplateNotFound,
+                format!("there is no template '{id}'; available: {}", known.join(", ")),
+            )
+        })
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    pub fn store_is_durable(&self) -> bool {
+        self.store.is_durable()
+    }
+
+    /// A live session, or SESSION_NOT_FOUND. Counts as activity.
+    pub fn session(&self, id: Uuid) -> Result<Arc<Session>, DomainError> {
+        let session = self
+            .sessions
+            .read()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| err(ErrorCode::SessionNotFound, format!("there is no session {id}; it may have been closed")))?;
+        session.touch();
+        Ok(session)
+    }
+
+    /// A live session if there is one (no error, no activity).
+    pub fn find_session(&self, id: Uuid) -> Option<Arc<Session>> {
+        self.sessions.read().get(&id).cloned()
+    }
+
+    /// Every live session, oldest first.
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        let mut all: Vec<Arc<Session>> = self.sessions.read().values().cloned().collect();
+        all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        all
+    }
+
+    pub fn projects(&self) -> Vec<ProjectRecord> {
+        self.index.list()
+    }
+
+    pub fn project(&self, id: Uuid) -> Option<ProjectRecord> {
+        self.index.get(&id)
+    }
+
+    /// The live session that has `project_id` open, if any.
+    pub fn session_of_project(&self, project_id: Uuid) -> Option<Arc<Session>> {
+        let sid = *self.open.read().get(&project_id)?;
+        self.find_session(sid)
+    }
+
+    fn register(&self, record: &SessionRecord, project: Option<OpenProject>, last_seq: u64) -> Arc<Session> {
+        let project_id = project.as_ref().map(|p| p.record.id);
+        let session = Session::start(
+            record,
+            project,
+            last_seq,
+            self.config.clone(),
+            self.store.clone(),
+            self.index.clone(),
+        );
+        self.sessions.write().insert(session.id, session.clone());
+        if let Some(pid) = project_id {
+            self.open.write().insert(pid, session.id);
+        }
+        session
+    }
+
+    fn new_session_record(project_id: Option<Uuid>) -> SessionRecord {
+        let now = Utc::now();
+        SessionRecord {
+            id: Uuid::new_v4(),
+            project_id,
+            created_at: now,
+            last_activity: now,
+        }
+    }
+
+    /// A new empty session.
+    pub async fn create_session(&self) -> Result<Arc<Session>, DomainError> {
+        let record = Self::new_session_record(None);
+        self.store
+            .commit(vec![Write::UpsertSession(record.clone())])
+            .await
+            .map_err(store_error)?;
+        Ok(self.register(&record, None, 0))
+    }
+
+    /// Stores a new project with `graph` and opens it in a new session.
+    async fn start_project(&self, template: Arc<Template>, name: String, graph: Graph) -> Result<Arc<Session>, DomainError> {
+        let now = Utc::now();
+        let mut dispatcher = Dispatcher::new(graph);
+        dispatcher.set_history_limit(self.config.history_limit);
+        let record = ProjectRecord {
+            id: Uuid::new_v4(),
+            name,
+            template_id: template.id.clone(),
+            created_at: now,
+            updated_at: now,
+            version: 0,
+            node_count: dispatcher.graph().len() as u64,
+        };
+        let state = serde_json::to_string(&dispatcher).map_err(|e| internal("could not serialise a new project", e))?;
+        let session_record = Self::new_session_record(Some(record.id));
+        let _guard = self.lifecycle.lock().await;
+        self.store
+            .commit(vec![
+                Write::UpsertProject(record.clone()),
+                Write::Snapshot {
+                    project_id: record.id,
+                    version: 0,
+                    state,
+                },
+                Write::UpsertSession(session_record.clone()),
+            ])
+            .await
+            .map_err(store_error)?;
+        self.index.upsert(record.clone());
+        let project = OpenProject::new(record, template, dispatcher, 0);
+        Ok(self.register(&session_record, Some(project), 0))
+    }
+
+    /// A new project from a template, with its root node named after it, open in a new session.
+    pub async fn create_project(&self, template_id: &str, name: &str) -> Result<Arc<Session>, DomainError> {
+        let template = self.template(template_id)?;
+        let name = clean_name(name)?;
+        let root = template.root_type();
+        let mut graph = Graph::new();
+        graph.apply(&Delta::NodeCreated {
+            node: NodeData {
+                id: Uuid::new_v4(),
+                type_id: root.id.clone(),
+                name: name.clone(),
+                properties: root.initial_properties(),
+                created_at: Utc::now(),
+            },
+            parent_id: None,
+            index: 0,
+        })?;
+        self.start_project(template, name, graph).await
+    }
+
+    /// Imports a Talus Tally project file as a new project, open in a new session.
+    pub async fn import_project(
+        &self,
+        file: &Value,
+        template_id: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<(Arc<Session>, project_file::Imported), DomainError> {
+        let template_id = match template_id {
+            Some(t) => t.to_string(),
+            None => project_file::template_hint(file).ok_or_else(|| {
+                err(
+                    ErrorCode::BadUserInput,
+                    "the file does not name its template; pass templateId",
+                )
+            })?,
+        };
+        let template = self.template(&template_id)?;
+        let imported = project_file::import(file, &template, Utc::now())?;
+        let name = match name.or(imported.name.as_deref()) {
+            Some(n) => clean_name(n)?,
+            None => "Imported project".to_string(),
+        };
+        let session = self.start_project(template, name, imported.graph.clone()).await?;
+        Ok((session, imported))
+    }
+
+    /// Rebuilds a stored project's dispatcher: newest snapshot plus the ops after it.
+    async fn load_project(&self, project_id: Uuid) -> Result<OpenProject, DomainError> {
+        let loaded = self
+            .store
+            .load_project(project_id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| err(ErrorCode::ProjectNotFound, format!("there is no project {project_id}")))?;
+        let template = self.template(&loaded.record.template_id)?;
+        let limit = self.config.history_limit;
+        tokio::task::spawn_blocking(move || {
+            let mut dispatcher = match &loaded.snapshot {
+                Some((_, json)) => serde_json::from_str::<Dispatcher>(json)
+                    .map_err(|e| internal("a stored project snapshot could not be read", e))?,
+                None => Dispatcher::new(Graph::new()),
+            };
+            dispatcher.set_history_limit(limit);
+            let tail = loaded.tail.len() as u64;
+            for (version, json) in &loaded.tail {
+                let op: Op = serde_json::from_str(json).map_err(|e| internal("a stored op could not be read", e))?;
+                dispatcher
+                    .replay(op)
+                    .map_err(|e| internal(&format!("stored op {version} could not be replayed"), e))?;
+            }
+            let mut record = loaded.record;
+            record.version = dispatcher.version();
+            record.node_count = dispatcher.graph().len() as u64;
+            Ok(OpenProject::new(record, template, dispatcher, tail))
+        })
+        .await
+        .map_err(|e| internal("loading a project failed", e))?
+    }
+
+    /// Opens a stored project; a live session that already has it open is returned instead.
+    pub async fn open_project(&self, project_id: Uuid) -> Result<Arc<Session>, DomainError> {
+        let _guard = self.lifecycle.lock().await;
+        if let Some(session) = self.session_of_project(project_id) {
+            session.touch();
+            return Ok(session);
+        }
+        if self.index.get(&project_id).is_none() {
+            return Err(err(ErrorCode::ProjectNotFound, format!("there is no project {project_id}")));
+        }
+        let project = self.load_project(project_id).await?;
+        let record = Self::new_session_record(Some(project_id));
+        self.store
+            .commit(vec![Write::UpsertSession(record.clone())])
+            .await
+            .map_err(store_error)?;
+        Ok(self.register(&record, Some(project), 0))
+    }
+
+    /// Deletes a stored project; refused while people are working in it.
+    pub async fn delete_project(&self, project_id: Uuid) -> Result<bool, DomainError> {
+        if self.index.get(&project_id).is_none() {
+            return Err(err(ErrorCode::ProjectNotFound, format!("there is no project {project_id}")));
+        }
+        if let Some(session) = self.session_of_project(project_id) {
+            let active = session.read().active_clients();
+            if active > 0 {
+                return Err(err(
+                    ErrorCode::BadUserInput,
+                    format!(
+                        "project {project_id} is open in session {} with {active} active client(s); they must leave (or the session be closed) before it can be deleted",
+                        session.id
+                    ),
+                ));
+            }
+            self.close_session(session.id).await?;
+        }
+        let _guard = self.lifecycle.lock().await;
+        self.store
+            .commit(vec![Write::DeleteProject(project_id)])
+            .await
+            .map_err(store_error)?;
+        self.index.remove(&project_id);
+        Ok(true)
+    }
+
+    /// Closes a session: its subscriptions end; its project stays stored.
+    pub async fn close_session(&self, id: Uuid) -> Result<bool, DomainError> {
+        let _guard = self.lifecycle.lock().await;
+        let session = self
+            .find_session(id)
+            .ok_or_else(|| err(ErrorCode::SessionNotFound, format!("there is no session {id}; it may have been closed")))?;
+        session.close();
+        session.stopped().await;
+        self.store
+            .commit(vec![Write::DeleteSession(id)])
+            .await
+            .map_err(store_error)?;
+        self.sessions.write().remove(&id);
+        let project_id = session.read().project.as_ref().map(|p| p.record.id);
+        if let Some(pid) = project_id {
+            let mut open = self.open.write();
+            if open.get(&pid) == Some(&id) {
+                open.remove(&pid);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Closes sessions with no active client idle for longer than `max_idle`.
+    pub async fn cleanup(&self, max_idle: Duration) -> Result<CleanupResult, DomainError> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(max_idle).unwrap_or(chrono::Duration::MAX);
+        let idle: Vec<Uuid> = self
+            .sessions()
+            .into_iter()
+            .filter(|s| s.read().active_clients() == 0 && s.last_activity() < cutoff)
+            .map(|s| s.id)
+            .collect();
+        let mut removed = 0;
+        for id in idle {
+            if self.close_session(id).await.is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(CleanupResult {
+            sessions_removed: removed,
+            active_sessions: self.sessions.read().len(),
+        })
+    }
+
+    /// The session's events (after `since`, else from now on), joining `client` to it while the stream lives.
+    pub async fn subscribe(
+        &self,
+        session_id: Uuid,
+        since: Option<u64>,
+        client: Option<ClientInfo>,
+    ) -> Result<impl Stream<Item = Arc<SessionEvent>>, DomainError> {
+        let session = self.session(session_id)?;
+        let rx = session.sender().subscribe();
+        let start = session.read().last_seq;
+        if let Some(since) = since {
+            if since > start {
+                return Err(err(
+                    ErrorCode::BadUserInput,
+                    format!("since {since} is ahead of the session's newest event ({start})"),
+                ));
+            }
+        }
+        let client_id = client.as_ref().map(|c| c.id.clone());
+        if let Some(client) = client {
+            session.join(client).await?;
+        }
+        Ok(subscribe::stream(session, since, client_id, rx, start, self.stop.subscribe()))
+    }
+
+    /// Ends every subscription, persists every session's record and closes the store.
+    pub async fn shutdown(&self) {
+        self.stop.send_replace(true);
+        for session in self.sessions() {
+            if let Err(e) = session.flush().await {
+                tracing::warn!(session = %session.id, error = %e, "could not persist the session on shutdown");
+            }
+        }
+        self.store.close().await;
+    }
+}

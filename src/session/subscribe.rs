@@ -1,0 +1,148 @@
+//! A subscriber's event stream: backlog from the log, then live events, with no gap and no duplicate.
+//!
+//! The stream subscribes to the broadcast first, then reads the backlog, then
+//! drops anything already sent (by seq). A subscriber that lags behind the
+//! broadcast buffer catches up from the in-memory tail or the store; one that
+//! asks for events older than what is retained gets `ResyncRequired` and
+//! continues with live events.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures_util::Stream;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
+
+use super::event::{EventKind, SessionEvent};
+use super::live::Session;
+
+/// Events fetched from the store per page while catching up.
+const PAGE: usize = 1000;
+
+/// Sends ClientLeft when the stream is dropped (unsubscribe, socket close, dead connection).
+struct Presence {
+    session: Arc<Session>,
+    client_id: Option<String>,
+}
+
+impl Drop for Presence {
+    fn drop(&mut self) {
+        if let Some(id) = self.client_id.take() {
+            self.session.leave(id);
+        }
+    }
+}
+
+enum CatchUp {
+    Events(Vec<Arc<SessionEvent>>),
+    Resync(String),
+}
+
+/// Up to a page of committed events after `last`, from memory or the store.
+async fn catch_up(session: &Session, last: u64) -> CatchUp {
+    if let Some(events) = session.recent_after(last) {
+        return CatchUp::Events(events);
+    }
+    match session.store.event_range(session.id).await {
+        Ok(Some((first, _))) if first > last + 1 => {
+            return CatchUp::Resync(format!(
+                "events after seq {last} are no longer retained (the oldest kept is {first})"
+            ))
+        }
+        Ok(_) => {}
+        Err(e) => return CatchUp::Resync(format!("the event log could not be read: {}", e.0)),
+    }
+    match session.store.events(session.id, last, PAGE).await {
+        Ok(stored) => {
+            let mut out = Vec::with_capacity(stored.len());
+            for s in stored {
+                match SessionEvent::from_json(&s.json) {
+                    Ok(e) => out.push(Arc::new(e)),
+                    Err(e) => {
+                        return CatchUp::Resync(format!("event {} could not be read back: {e}", s.seq))
+                    }
+                }
+            }
+            CatchUp::Events(out)
+        }
+        Err(e) => CatchUp::Resync(format!("the event log could not be read: {}", e.0)),
+    }
+}
+
+fn resync(session: &Session, reason: String) -> Arc<SessionEvent> {
+    let seq = session.read().last_seq;
+    Arc::new(SessionEvent::new(
+        seq,
+        session.id,
+        Utc::now(),
+        None,
+        None,
+        EventKind::ResyncRequired { reason },
+    ))
+}
+
+/// The session's events after `since` (or from now on), ending when the session closes or `stop` fires.
+pub(super) fn stream(
+    session: Arc<Session>,
+    since: Option<u64>,
+    client_id: Option<String>,
+    mut rx: tokio::sync::broadcast::Receiver<Arc<SessionEvent>>,
+    start: u64,
+    mut stop: watch::Receiver<bool>,
+) -> impl Stream<Item = Arc<SessionEvent>> {
+    let presence = Presence {
+        session: session.clone(),
+        client_id,
+    };
+    let mut closed = session.closed_signal();
+    async_stream::stream! {
+        let _presence = presence;
+        // The newest seq this subscriber has (been told to skip to).
+        let mut last = since.unwrap_or(start);
+        // Catch up to what is committed before going live.
+        let mut behind = since.is_some();
+        loop {
+            if behind {
+                let target = session.read().last_seq;
+                while last < target {
+                    match catch_up(&session, last).await {
+                        CatchUp::Events(events) => {
+                            if events.is_empty() {
+                                break;
+                            }
+                            for e in events {
+                                if e.seq == last + 1 {
+                                    last = e.seq;
+                                    yield e;
+                                }
+                            }
+                        }
+                        CatchUp::Resync(reason) => {
+                            let event = resync(&session, reason);
+                            last = event.seq;
+                            yield event;
+                            break;
+                        }
+                    }
+                }
+                behind = false;
+            }
+            let received = tokio::select! {
+                biased;
+                _ = closed.wait_for(|c| *c) => break,
+                _ = stop.wait_for(|c| *c) => break,
+                r = rx.recv() => r,
+            };
+            match received {
+                Ok(e) if e.seq <= last => {}
+                Ok(e) if e.seq == last + 1 => {
+                    last = e.seq;
+                    yield e;
+                }
+                // A gap (missed while catching up) or a lag: read the log.
+                Ok(_) | Err(RecvError::Lagged(_)) => behind = true,
+                Err(RecvError::Closed) => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The in-memory store (`--in-memory`): same semantics as a durable store, kept in the process only.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use uuid::Uuid;
+
+use super::{LoadedProject, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write};
+
+#[derive(Default)]
+struct Data {
+    projects: HashMap<Uuid, ProjectRecord>,
+    snapshots: HashMap<Uuid, (u64, String)>,
+    ops: HashMap<Uuid, BTreeMap<u64, String>>,
+    sessions: HashMap<Uuid, SessionRecord>,
+    events: HashMap<Uuid, BTreeMap<u64, String>>,
+}
+
+/// Keeps everything in memory; lost when the process ends.
+#[derive(Default)]
+pub struct MemoryStore {
+    data: Mutex<Data>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let mut d = self.data.lock();
+        for w in writes {
+            match w {
+                Write::UpsertProject(p) => {
+                    d.projects.insert(p.id, p);
+                }
+                Write::Snapshot {
+                    project_id,
+                    version,
+                    state,
+                } => {
+                    d.snapshots.insert(project_id, (version, state));
+                    if let Some(ops) = d.ops.get_mut(&project_id) {
+                        *ops = ops.split_off(&(version + 1));
+                    }
+                }
+                Write::AppendOp {
+                    project_id,
+                    version,
+                    op,
+                } => {
+                    d.ops.entry(project_id).or_default().insert(version, op);
+                }
+                Write::DeleteProject(id) => {
+                    d.projects.remove(&id);
+                    d.snapshots.remove(&id);
+                    d.ops.remove(&id);
+                }
+                Write::UpsertSession(s) => {
+                    d.sessions.insert(s.id, s);
+                }
+                Write::DeleteSession(id) => {
+                    d.sessions.remove(&id);
+                    d.events.remove(&id);
+                }
+                Write::AppendEvents { session_id, events } => {
+                    let log = d.events.entry(session_id).or_default();
+                    for e in events {
+                        log.insert(e.seq, e.json);
+                    }
+                }
+                Write::PruneEvents {
+                    session_id,
+                    below_seq,
+                } => {
+                    if let Some(log) = d.events.get_mut(&session_id) {
+                        *log = log.split_off(&below_seq);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn projects(&self) -> Result<Vec<ProjectRecord>, StoreError> {
+        Ok(self.data.lock().projects.values().cloned().collect())
+    }
+
+    async fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        Ok(self.data.lock().sessions.values().cloned().collect())
+    }
+
+    async fn load_project(&self, id: Uuid) -> Result<Option<LoadedProject>, StoreError> {
+        let d = self.data.lock();
+        let Some(record) = d.projects.get(&id).cloned() else {
+            return Ok(None);
+        };
+        let snapshot = d.snapshots.get(&id).cloned();
+        let after = snapshot.as_ref().map_or(0, |s| s.0);
+        let tail = d
+            .ops
+            .get(&id)
+            .map(|ops| {
+                ops.range(after + 1..)
+                    .map(|(v, o)| (*v, o.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Some(LoadedProject {
+            record,
+            snapshot,
+            tail,
+        }))
+    }
+
+    async fn events(
+        &self,
+        session_id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let d = self.data.lock();
+        Ok(d.events
+            .get(&session_id)
+            .map(|log| {
+                log.range(after + 1..)
+                    .take(limit)
+                    .map(|(seq, json)| StoredEvent {
+                        seq: *seq,
+                        json: json.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn event_range(&self, session_id: Uuid) -> Result<Option<(u64, u64)>, StoreError> {
+        let d = self.data.lock();
+        Ok(d.events.get(&session_id).and_then(|log| {
+            let first = log.keys().next()?;
+            let last = log.keys().next_back()?;
+            Some((*first, *last))
+        }))
+    }
+
+    fn is_durable(&self) -> bool {
+        false
+    }
+}

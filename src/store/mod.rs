@@ -1,0 +1,119 @@
+//! Storage behind a small trait: what the session layer persists and reads back.
+//!
+//! The session layer hands the store one `commit` per group of changes; a
+//! commit is atomic and, for a durable store, on disk when it returns. Values
+//! are opaque JSON strings (serialised dispatcher state, ops and events) so a
+//! store never needs to understand the domain. `sqlite` is the default
+//! embedded store; `memory` keeps everything in the process (`--in-memory`).
+
+pub mod memory;
+// pub mod sqlite; (being written)
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use memory::MemoryStore;
+// pub use sqlite::SqliteStore;
+
+/// A project's metadata, kept up to date with every commit that changes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProjectRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub template_id: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Dispatcher version after the newest committed op.
+    pub version: u64,
+    pub node_count: u64,
+}
+
+/// A session: which project it has open and when it was last used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: Uuid,
+    pub project_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub last_activity: DateTime<Utc>,
+}
+
+/// One event of a session's log: its sequence number and its serialised form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub json: String,
+}
+
+/// What is needed to rebuild a project's dispatcher: the newest snapshot and the ops after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedProject {
+    pub record: ProjectRecord,
+    /// (version, serialised dispatcher state); `None` if none was ever written.
+    pub snapshot: Option<(u64, String)>,
+    /// (version, serialised op) for every op with version > the snapshot's, ascending.
+    pub tail: Vec<(u64, String)>,
+}
+
+/// One change to the store; a `commit` applies a list of them atomically.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Insert or replace a project's metadata.
+    UpsertProject(ProjectRecord),
+    /// Replace the project's snapshot; ops at or below `version` are no longer needed.
+    Snapshot {
+        project_id: Uuid,
+        version: u64,
+        state: String,
+    },
+    /// Append the op that took the project to `version`.
+    AppendOp {
+        project_id: Uuid,
+        version: u64,
+        op: String,
+    },
+    /// Remove a project with its snapshot and ops.
+    DeleteProject(Uuid),
+    UpsertSession(SessionRecord),
+    /// Remove a session with its event log.
+    DeleteSession(Uuid),
+    AppendEvents {
+        session_id: Uuid,
+        events: Vec<StoredEvent>,
+    },
+    /// Drop a session's events with seq < `below_seq` (retention).
+    PruneEvents {
+        session_id: Uuid,
+        below_seq: u64,
+    },
+}
+
+/// The store could not do what was asked; nothing of the failed commit was kept.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("store unavailable: {0}")]
+pub struct StoreError(pub String);
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies every write atomically; for a durable store, durably before returning.
+    /// Concurrent commits may be grouped into one transaction, but each call
+    /// succeeds or fails as a whole.
+    async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError>;
+    async fn projects(&self) -> Result<Vec<ProjectRecord>, StoreError>;
+    async fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError>;
+    async fn load_project(&self, id: Uuid) -> Result<Option<LoadedProject>, StoreError>;
+    /// Up to `limit` events of the session with seq > `after`, ascending.
+    async fn events(
+        &self,
+        session_id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// The (oldest, newest) retained seq of the session's log, or `None` if it is empty.
+    async fn event_range(&self, session_id: Uuid) -> Result<Option<(u64, u64)>, StoreError>;
+    /// Whether commits survive a restart (false for the in-memory store).
+    fn is_durable(&self) -> bool;
+    /// Finishes pending commits; called once at shutdown.
+    async fn close(&self) {}
+}

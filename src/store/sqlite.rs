@@ -1,0 +1,1 @@
+//! The default embedded store: SQLite in WAL mode with grouped, synchronous commits.
