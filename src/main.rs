@@ -1,1 +1,142 @@
-fn main() {}
+//! The `talus-tally` binary: parse the command line, set up logging, serve until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use talus_tally::server::{self, Config};
+
+#[derive(Parser)]
+#[command(name = "talus-tally", version, about = "Real-time, template-driven project graph server (GraphQL)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the GraphQL API, playground and subscriptions (the default).
+    Serve(ServeArgs),
+    /// Print the GraphQL schema (SDL).
+    Schema,
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TALUS_ADDR", default_value = "127.0.0.1:8000")]
+    addr: SocketAddr,
+    /// Where the SQLite store (talus.db) lives.
+    #[arg(long, env = "TALUS_DATA_DIR", default_value = "talus-data")]
+    data_dir: PathBuf,
+    /// A directory of extra *.yaml templates (same id as a built-in overrides it).
+    #[arg(long, env = "TALUS_TEMPLATES_DIR")]
+    templates: Option<PathBuf>,
+    /// Keep everything in memory (nothing survives a restart).
+    #[arg(long, env = "TALUS_IN_MEMORY")]
+    in_memory: bool,
+    /// Undo steps kept per project.
+    #[arg(long, env = "TALUS_HISTORY_LIMIT", default_value_t = 1000)]
+    history_limit: usize,
+    /// Ops between snapshots of a project's state.
+    #[arg(long, env = "TALUS_SNAPSHOT_INTERVAL", default_value_t = 1000)]
+    snapshot_interval: u64,
+    /// Keep only this many newest events per session (default: all).
+    #[arg(long, env = "TALUS_EVENT_RETENTION")]
+    event_retention: Option<u64>,
+    /// Close sessions without clients idle longer than this many hours.
+    #[arg(long, env = "TALUS_IDLE_HOURS", default_value_t = 24.0)]
+    idle_hours: f64,
+    /// How often the idle-session reaper runs, in seconds.
+    #[arg(long, env = "TALUS_REAPER_SECS", default_value_t = 600)]
+    reaper_secs: u64,
+    /// Drop websockets silent (no pong) for this many seconds.
+    #[arg(long, env = "TALUS_WS_TIMEOUT_SECS", default_value_t = 30)]
+    ws_timeout_secs: u64,
+    /// Largest request body in bytes.
+    #[arg(long, env = "TALUS_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Deepest query allowed.
+    #[arg(long, env = "TALUS_MAX_DEPTH", default_value_t = 32)]
+    max_depth: usize,
+    /// Most complex query allowed.
+    #[arg(long, env = "TALUS_MAX_COMPLEXITY", default_value_t = 100_000)]
+    max_complexity: usize,
+    /// Most subscriptions one websocket connection may hold.
+    #[arg(long, env = "TALUS_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    max_subscriptions: usize,
+}
+
+impl ServeArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut c = Config {
+            addr: self.addr,
+            data_dir: self.data_dir.clone(),
+            templates_dir: self.templates.clone(),
+            in_memory: self.in_memory,
+            max_body_bytes: self.max_body_bytes,
+            ..Config::default()
+        };
+        if !(self.idle_hours.is_finite() && self.idle_hours >= 0.0) {
+            anyhow::bail!("--idle-hours must be a number of hours, 0 or more");
+        }
+        c.session.history_limit = self.history_limit.max(1);
+        c.session.snapshot_interval = self.snapshot_interval.max(1);
+        c.session.event_retention = self.event_retention;
+        c.session.idle_limit = Duration::from_secs_f64(self.idle_hours * 3600.0);
+        c.session.reaper_interval = Duration::from_secs(self.reaper_secs.max(1));
+        c.ws_timeout = Duration::from_secs(self.ws_timeout_secs.max(2));
+        c.ws_ping_interval = c.ws_timeout / 3;
+        c.limits.max_depth = self.max_depth;
+        c.limits.max_complexity = self.max_complexity;
+        c.limits.max_subscriptions_per_connection = self.max_subscriptions;
+        Ok(c)
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let serve = match cli.command {
+        Some(Cmd::Schema) => {
+            print!("{}", talus_tally::sdl());
+            return Ok(());
+        }
+        Some(Cmd::Serve(args)) => args,
+        None => cli.serve,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_http=warn".into()),
+        )
+        .init();
+    let config = serve.config()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(server::run(config, shutdown_signal()))
+}

@@ -6,8 +6,9 @@
 //! store never needs to understand the domain. `sqlite` is the default
 //! embedded store; `memory` keeps everything in the process (`--in-memory`).
 
+pub mod faulty;
 pub mod memory;
-// pub mod sqlite; (being written)
+pub mod sqlite;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use memory::MemoryStore;
-// pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// A project's metadata, kept up to date with every commit that changes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

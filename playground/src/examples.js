@@ -1,0 +1,272 @@
+// The tabs a newcomer sees on a first visit: one step of the workflow each.
+// GraphiQL keeps the tabs in the browser's local storage afterwards, so these
+// show again only after "Clear local storage" in GraphiQL's settings.
+//
+// Plain data with no imports: the browser test (tests/browser) imports this
+// file too, and checks every document against the running server's schema.
+
+const welcome = `# Welcome to the Talus Tally playground.
+#
+# Each tab is one step of the workflow; go through them left to right:
+#   1. Templates       the kinds of project you can create (this tab)
+#   2. CreateProject   a new project, opened in a live session
+#   3. Events          watch everything that happens in that session
+#   4. CreateNode      add a node to the project's graph
+#   5. UpdateProperty  set a property of that node
+#   6. UndoRedo        take the last command back, and do it again
+#   7. Graph           the whole graph of the session
+#
+# Run an operation with the run button or Ctrl-Enter. Ctrl-Space completes
+# field names; the Docs button (top left) describes every type and field.
+#
+# A template lists its node types: a node type's id is the typeId you give
+# when creating a node, and allowedChildren says which types may go under it.
+# The root of a new project has the template's rootType.
+`;
+
+const templates = `${welcome}
+query Templates {
+  templates {
+    id
+    name
+    rootType {
+      id
+    }
+    nodeTypes {
+      id
+      name
+      allowedChildren
+      properties {
+        id
+        name
+        type
+        required
+        options {
+          id
+          name
+        }
+      }
+    }
+  }
+}
+`;
+
+const createProject = `# Creates a project from the built-in general template (id "project") and
+# opens it in a new session, with the project's root node already in place.
+#
+# Keep two ids from the result for the next tabs:
+#   id                   the session id: "sessionId" in their variables
+#   graph.roots[0].id    the root node: "parentId" in CreateNode
+mutation CreateProject {
+  createProject(templateId: "project", name: "My first project") {
+    id
+    version
+    graph {
+      roots {
+        id
+        name
+        typeId
+      }
+    }
+  }
+}
+`;
+
+const events = `# Streams every event of a session as it happens, over a WebSocket.
+# Paste the session id from CreateProject into the variables below, then run.
+#
+# Open this page in a second browser window and run this subscription there:
+# a running subscription stops when you run anything else in the same window.
+# Then run the commands (CreateNode, UpdateProperty, UndoRedo) in the first
+# window and watch their events arrive here; the result pane shows the newest
+# event, its seq one higher than the last. Run again to stop.
+#
+# Optional variable "since": first replay the stored events with a greater
+# seq (0 replays the whole history), then go on with live ones.
+subscription Events($sessionId: ID!, $since: Int) {
+  sessionEvents(sessionId: $sessionId, since: $since) {
+    __typename
+    seq
+    commandId
+    clientId
+    ... on NodeCreated {
+      node {
+        id
+        name
+        typeId
+      }
+      parentId
+      index
+    }
+    ... on PropertyChanged {
+      nodeId
+      propertyId
+      oldValue
+      newValue
+    }
+    ... on NodeDeleted {
+      nodeId
+      deletedIds
+    }
+    ... on CommandExecuted {
+      commandType
+      version
+    }
+    ... on CommandUndone {
+      commandType
+      version
+    }
+    ... on CommandRedone {
+      commandType
+      version
+    }
+    ... on ClientJoined {
+      client {
+        id
+        name
+      }
+      activeClients
+    }
+  }
+}
+`;
+
+const createNode = `# Adds a node under another one. Paste into the variables below:
+#   sessionId  the session id from CreateProject
+#   parentId   the root node's id (CreateProject's graph.roots[0].id)
+#   typeId     a node type allowed under the root: one of the root type's
+#              allowedChildren (Templates tab)
+# The template decides which types exist and what may go where; a wrong
+# choice fails with CHILD_NOT_ALLOWED and a message listing what is allowed.
+#
+# The result's nodeId is the new node: UpdateProperty needs it.
+mutation CreateNode($sessionId: ID!, $parentId: ID!, $typeId: ID!, $name: String) {
+  createNode(
+    sessionId: $sessionId
+    input: { parentId: $parentId, typeId: $typeId, name: $name }
+  ) {
+    version
+    nodeId
+    events {
+      __typename
+      seq
+    }
+  }
+}
+`;
+
+const updateProperty = `# Sets one property of a node. Paste into the variables below:
+#   sessionId   the session id from CreateProject
+#   nodeId      the nodeId from CreateNode
+#   propertyId  one of the properties of the node's type (Templates tab:
+#               nodeTypes { properties { id type options } })
+#   value       JSON of the property's type: "text", 42, true, or a SELECT
+#               option's id; null clears the property
+mutation UpdateProperty($sessionId: ID!, $nodeId: ID!, $propertyId: ID!, $value: JSON) {
+  updateProperty(
+    sessionId: $sessionId
+    nodeId: $nodeId
+    propertyId: $propertyId
+    value: $value
+  ) {
+    version
+    events {
+      __typename
+      seq
+      ... on PropertyChanged {
+        propertyId
+        oldValue
+        newValue
+      }
+    }
+    canUndo
+    canRedo
+  }
+}
+`;
+
+const undoRedo = `# Every command can be undone, and an undone one redone. This document has
+# two operations: the run button asks which one to run.
+# Paste the session id from CreateProject into the variables below.
+#
+# Undo fails with NOTHING_TO_UNDO when there is nothing left to take back,
+# Redo with NOTHING_TO_REDO when nothing was undone since the last command.
+mutation Undo($sessionId: ID!) {
+  undo(sessionId: $sessionId) {
+    version
+    canUndo
+    canRedo
+    events {
+      __typename
+      seq
+    }
+  }
+}
+
+mutation Redo($sessionId: ID!) {
+  redo(sessionId: $sessionId) {
+    version
+    canUndo
+    canRedo
+    events {
+      __typename
+      seq
+    }
+  }
+}
+`;
+
+const graph = `# The live graph of a session: every node, parents before children.
+# Paste the session id from CreateProject into the variables below.
+query Graph($sessionId: ID!) {
+  graph(sessionId: $sessionId) {
+    version
+    nodeCount
+    nodes {
+      id
+      name
+      typeId
+      parentId
+      properties
+      missingRequired
+    }
+  }
+}
+`;
+
+/** Turns a variables object into the text of GraphiQL's variables pane. */
+const vars = (value) => JSON.stringify(value, null, 2);
+
+const SESSION = 'PASTE-THE-SESSION-ID';
+
+/** GraphiQL's `defaultTabs`: shown on a first visit, in this order. */
+export const exampleTabs = [
+  { query: templates },
+  { query: createProject },
+  { query: events, variables: vars({ sessionId: SESSION }) },
+  {
+    query: createNode,
+    variables: vars({
+      sessionId: SESSION,
+      parentId: 'PASTE-THE-ROOT-NODE-ID',
+      typeId: 'PASTE-A-NODE-TYPE-ID',
+      name: 'My first node',
+    }),
+  },
+  {
+    query: updateProperty,
+    variables: vars({
+      sessionId: SESSION,
+      nodeId: 'PASTE-THE-NODE-ID',
+      propertyId: 'PASTE-A-PROPERTY-ID',
+      value: 'a new value',
+    }),
+  },
+  { query: undoRedo, variables: vars({ sessionId: SESSION }) },
+  { query: graph, variables: vars({ sessionId: SESSION }) },
+];
+
+/** What a tab opened with "+" starts with. */
+export const newTabQuery = `# A new tab. Ctrl-Space completes field names; the Docs button (top left)
+# describes the whole API.
+`;

@@ -1,0 +1,32 @@
+//! The GraphQL API: the only layer that knows GraphQL.
+//!
+//! Layout: `schema.rs` (Query, Mutation, Subscription roots and `build`),
+//! `types.rs` (view types), `events.rs` (the SessionEvent interface),
+//! `inputs.rs` (command inputs), `error.rs` (errors with `extensions.code`),
+//! `extension.rs` (codes for engine errors, request logging), `scalars.rs`.
+
+pub mod error;
+pub mod events;
+pub mod extension;
+pub mod inputs;
+pub mod scalars;
+pub mod schema;
+pub mod types;
+
+pub use schema::{build, ApiLimits, AppSchema};
+
+use std::sync::atomic::AtomicUsize;
+
+/// The client behind an HTTP request (`x-client-id` header).
+#[derive(Debug, Clone)]
+pub struct HttpClient(pub String);
+
+/// The client behind a websocket connection, from its `connection_init` payload or generated.
+#[derive(Debug)]
+pub struct ConnClient {
+    pub id: String,
+    pub name: Option<String>,
+    pub connected_at: chrono::DateTime<chrono::Utc>,
+    /// Open subscriptions on this connection, for the per-connection limit.
+    pub subscriptions: std::sync::Arc<AtomicUsize>,
+}

@@ -1,0 +1,390 @@
+//! The schema's roots: thin resolvers that parse input, call the hub or a session, and wrap results in views.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::{Context, Json, Object, Schema, Subscription, ID};
+use chrono::Utc;
+use futures_util::{Stream, StreamExt};
+use serde_json::Value;
+
+use super::error::{code, count, gql, uuid, OrGql, Result};
+use super::events::SessionEventView;
+use super::extension::Codes;
+use super::inputs::{CommandInput, CreateNodeInput};
+use super::types::{
+    hub, session, CleanupResultView, CommandResultView, GraphView, NodeView, ProjectView, SessionView,
+    TemplateErrorView, TemplateView,
+};
+use super::{ConnClient, HttpClient};
+use crate::domain::{project_file, Command, ErrorCode};
+use crate::session::{ClientInfo, Hub, Outcome, Session};
+
+pub type AppSchema = Schema<Query, Mutation, SubscriptionRoot>;
+
+/// Limits that protect the server from expensive requests.
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    pub max_depth: usize,
+    pub max_complexity: usize,
+    pub max_subscriptions_per_connection: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_depth: 32,
+            max_complexity: 100_000,
+            max_subscriptions_per_connection: 100,
+        }
+    }
+}
+
+/// Builds the schema around a hub.
+pub fn build(hub: Arc<Hub>, limits: &ApiLimits) -> AppSchema {
+    Schema::build(Query, Mutation, SubscriptionRoot)
+        .data(hub)
+        .data(limits.clone())
+        .limit_depth(limits.max_depth)
+        .limit_complexity(limits.max_complexity)
+        .extension(Codes)
+        .finish()
+}
+
+/// Who is asking: the websocket connection's client, else the HTTP `x-client-id`.
+fn client_id(ctx: &Context<'_>) -> Option<String> {
+    if let Some(c) = ctx.data_opt::<ConnClient>() {
+        return Some(c.id.clone());
+    }
+    ctx.data_opt::<HttpClient>().map(|c| c.0.clone())
+}
+
+fn version(v: Option<i32>) -> Result<Option<u64>> {
+    v.map(|v| count(v, "expectedVersion")).transpose()
+}
+
+fn result(outcome: Outcome, session: Arc<Session>) -> CommandResultView {
+    CommandResultView { outcome, session }
+}
+
+pub struct Query;
+
+#[Object]
+impl Query {
+    /// Every template the server can use: built-in ones and those in the templates directory.
+    async fn templates(&self, ctx: &Context<'_>) -> Vec<TemplateView> {
+        hub(ctx).templates().list().into_iter().map(TemplateView).collect()
+    }
+
+    /// One template with its full schema, or null if unknown.
+    async fn template(&self, ctx: &Context<'_>, id: ID) -> Option<TemplateView> {
+        hub(ctx).templates().get(&id).map(TemplateView)
+    }
+
+    /// Templates that failed to load, with the reason (a broken file never stops the server).
+    async fn template_errors(&self, ctx: &Context<'_>) -> Vec<TemplateErrorView> {
+        hub(ctx)
+            .templates()
+            .errors()
+            .iter()
+            .map(|e| TemplateErrorView {
+                file: e.file.clone(),
+                message: e.message.clone(),
+            })
+            .collect()
+    }
+
+    async fn sessions(&self, ctx: &Context<'_>) -> Vec<SessionView> {
+        hub(ctx).sessions().into_iter().map(SessionView).collect()
+    }
+
+    /// A session, or null if there is none with that id.
+    async fn session(&self, ctx: &Context<'_>, id: ID) -> Result<Option<SessionView>> {
+        let id = uuid(&id, "id")?;
+        Ok(hub(ctx).find_session(id).map(|s| {
+            s.touch();
+            SessionView(s)
+        }))
+    }
+
+    /// Projects kept by the server's store.
+    async fn projects(&self, ctx: &Context<'_>) -> Vec<ProjectView> {
+        hub(ctx).projects().into_iter().map(ProjectView).collect()
+    }
+
+    async fn project(&self, ctx: &Context<'_>, id: ID) -> Result<Option<ProjectView>> {
+        let id = uuid(&id, "id")?;
+        Ok(hub(ctx).project(id).map(ProjectView))
+    }
+
+    /// The live graph of a session. Errors with SESSION_NOT_FOUND or NO_PROJECT.
+    async fn graph(&self, ctx: &Context<'_>, session_id: ID) -> Result<GraphView> {
+        let s = session(ctx, &session_id)?;
+        s.read().project().gql()?;
+        Ok(GraphView(s))
+    }
+
+    async fn node(&self, ctx: &Context<'_>, session_id: ID, id: ID) -> Result<Option<NodeView>> {
+        let s = session(ctx, &session_id)?;
+        let id = uuid(&id, "id")?;
+        let state = s.read();
+        let project = state.project().gql()?;
+        Ok(project
+            .dispatcher
+            .graph()
+            .get(&id)
+            .map(|n| NodeView::live(n, &project.template, &s)))
+    }
+
+    /// Nodes whose name (case-insensitive substring) and/or type match; both filters optional.
+    async fn search_nodes(
+        &self,
+        ctx: &Context<'_>,
+        session_id: ID,
+        text: Option<String>,
+        type_id: Option<ID>,
+        #[graphql(default = 100)] limit: i32,
+    ) -> Result<Vec<NodeView>> {
+        let s = session(ctx, &session_id)?;
+        s.read().project().gql()?;
+        let limit = count(limit, "limit")? as usize;
+        Ok(GraphView(s).search(text.as_deref(), type_id.as_ref().map(|t| t.as_str()), limit))
+    }
+
+    /// The session's project as a Talus Tally project file (format version 1.0).
+    async fn export_project(&self, ctx: &Context<'_>, session_id: ID) -> Result<Json<Value>> {
+        let s = session(ctx, &session_id)?;
+        let state = s.read();
+        let project = state.project().gql()?;
+        Ok(Json(project_file::export_named(
+            project.dispatcher.graph(),
+            &project.record.template_id,
+            Some(&project.record.name),
+        )))
+    }
+}
+
+pub struct Mutation;
+
+#[Object]
+impl Mutation {
+    /// An empty session (no project yet).
+    async fn create_session(&self, ctx: &Context<'_>) -> Result<SessionView> {
+        Ok(SessionView(hub(ctx).create_session().await.gql()?))
+    }
+
+    /// A new project from a template, opened in a new session with its root node.
+    async fn create_project(&self, ctx: &Context<'_>, template_id: ID, name: String) -> Result<SessionView> {
+        Ok(SessionView(hub(ctx).create_project(&template_id, &name).await.gql()?))
+    }
+
+    /// Open a stored project; if a live session already has it open, that session is returned.
+    async fn open_project(&self, ctx: &Context<'_>, project_id: ID) -> Result<SessionView> {
+        let id = uuid(&project_id, "projectId")?;
+        Ok(SessionView(hub(ctx).open_project(id).await.gql()?))
+    }
+
+    /// Import a Talus Tally project file (1.0 `nodes` map, or the later `graph.nodes` list) as a new project.
+    async fn import_project(
+        &self,
+        ctx: &Context<'_>,
+        file: Json<Value>,
+        template_id: Option<ID>,
+        name: Option<String>,
+    ) -> Result<SessionView> {
+        let (session, imported) = hub(ctx)
+            .import_project(&file.0, template_id.as_ref().map(|t| t.as_str()), name.as_deref())
+            .await
+            .gql()?;
+        if !imported.orphaned.is_empty() || !imported.warnings.is_empty() {
+            tracing::info!(
+                session = %session.id,
+                orphaned = imported.orphaned.len(),
+                warnings = imported.warnings.len(),
+                "imported a project with values the template does not define"
+            );
+        }
+        Ok(SessionView(session))
+    }
+
+    async fn delete_project(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+        let id = uuid(&id, "id")?;
+        hub(ctx).delete_project(id).await.gql()
+    }
+
+    async fn close_session(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+        let id = uuid(&id, "id")?;
+        hub(ctx).close_session(id).await.gql()
+    }
+
+    /// Close sessions with no active client idle for longer than this. Nothing stored is lost.
+    async fn cleanup_sessions(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 24.0)] max_inactive_hours: f64,
+    ) -> Result<CleanupResultView> {
+        if !max_inactive_hours.is_finite() || max_inactive_hours < 0.0 {
+            return Err(code(
+                ErrorCode::BadUserInput,
+                format!("maxInactiveHours must be a finite number of hours, 0 or more, got {max_inactive_hours}"),
+            ));
+        }
+        let idle = Duration::from_secs_f64((max_inactive_hours * 3600.0).min(1e12));
+        let r = hub(ctx).cleanup(idle).await.gql()?;
+        Ok(CleanupResultView {
+            sessions_removed: r.sessions_removed as i32,
+            active_sessions: r.active_sessions as i32,
+        })
+    }
+
+    /// Run one command through the session's dispatcher. With expectedVersion, fails with VERSION_CONFLICT if the graph moved on.
+    async fn execute(
+        &self,
+        ctx: &Context<'_>,
+        session_id: ID,
+        command: CommandInput,
+        expected_version: Option<i32>,
+    ) -> Result<CommandResultView> {
+        let command = command.into_command()?;
+        run(ctx, &session_id, command, version(expected_version)?).await
+    }
+
+    /// Run several commands atomically: all apply or none; one undo step.
+    async fn execute_batch(
+        &self,
+        ctx: &Context<'_>,
+        session_id: ID,
+        commands: Vec<CommandInput>,
+        expected_version: Option<i32>,
+    ) -> Result<CommandResultView> {
+        let commands = commands
+            .into_iter()
+            .map(CommandInput::into_command)
+            .collect::<Result<Vec<_>>>()?;
+        run(ctx, &session_id, Command::Batch { commands }, version(expected_version)?).await
+    }
+
+    /// Errors with NOTHING_TO_UNDO when the undo stack is empty.
+    async fn undo(&self, ctx: &Context<'_>, session_id: ID) -> Result<CommandResultView> {
+        let s = session(ctx, &session_id)?;
+        let outcome = s.undo(client_id(ctx)).await.gql()?;
+        Ok(result(outcome, s))
+    }
+
+    /// Errors with NOTHING_TO_REDO when the redo stack is empty.
+    async fn redo(&self, ctx: &Context<'_>, session_id: ID) -> Result<CommandResultView> {
+        let s = session(ctx, &session_id)?;
+        let outcome = s.redo(client_id(ctx)).await.gql()?;
+        Ok(result(outcome, s))
+    }
+
+    /// Shorthand for execute(command: {createNode: ...}).
+    async fn create_node(&self, ctx: &Context<'_>, session_id: ID, input: CreateNodeInput) -> Result<CommandResultView> {
+        run(ctx, &session_id, input.into_command()?, None).await
+    }
+
+    /// Shorthand for execute(command: {deleteNode: ...}).
+    async fn delete_node(&self, ctx: &Context<'_>, session_id: ID, node_id: ID) -> Result<CommandResultView> {
+        let command = Command::DeleteNode {
+            node_id: uuid(&node_id, "nodeId")?,
+        };
+        run(ctx, &session_id, command, None).await
+    }
+
+    /// Shorthand for execute(command: {updateProperty: ...}); value null clears the property.
+    async fn update_property(
+        &self,
+        ctx: &Context<'_>,
+        session_id: ID,
+        node_id: ID,
+        property_id: ID,
+        value: Option<Json<Value>>,
+    ) -> Result<CommandResultView> {
+        let command = Command::UpdateProperty {
+            node_id: uuid(&node_id, "nodeId")?,
+            property_id: property_id.0,
+            value: value.map_or(Value::Null, |j| j.0),
+        };
+        run(ctx, &session_id, command, None).await
+    }
+
+    /// Shorthand for execute(command: {moveNode: ...}).
+    async fn move_node(
+        &self,
+        ctx: &Context<'_>,
+        session_id: ID,
+        node_id: ID,
+        new_parent_id: ID,
+        index: Option<i32>,
+    ) -> Result<CommandResultView> {
+        let command = Command::MoveNode {
+            node_id: uuid(&node_id, "nodeId")?,
+            new_parent_id: uuid(&new_parent_id, "newParentId")?,
+            index: index.map(super::error::index).transpose()?,
+        };
+        run(ctx, &session_id, command, None).await
+    }
+}
+
+async fn run(ctx: &Context<'_>, session_id: &ID, command: Command, expected: Option<u64>) -> Result<CommandResultView> {
+    let s = session(ctx, session_id)?;
+    let outcome = s.execute(command, expected, client_id(ctx)).await.map_err(gql)?;
+    Ok(result(outcome, s))
+}
+
+/// Releases a connection's subscription slot when the stream ends.
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct SubscriptionRoot;
+
+#[Subscription(name = "Subscription")]
+impl SubscriptionRoot {
+    /// Every event of one session, in order. With `since`, first every stored event
+    /// with seq > since (oldest first), then live ones: no gap, no duplicate.
+    /// Subscribing makes the connection an active client of the session.
+    async fn session_events(
+        &self,
+        ctx: &Context<'_>,
+        session_id: ID,
+        since: Option<i32>,
+    ) -> Result<impl Stream<Item = SessionEventView>> {
+        let id = uuid(&session_id, "sessionId")?;
+        let since = since.map(|s| count(s, "since")).transpose()?;
+        let hub = hub(ctx).clone();
+        let s = hub.session(id).gql()?;
+        let (client, slot) = match ctx.data_opt::<ConnClient>() {
+            Some(c) => {
+                let limit = ctx.data_unchecked::<super::ApiLimits>().max_subscriptions_per_connection;
+                let open = c.subscriptions.fetch_add(1, Ordering::Relaxed);
+                let slot = Slot(c.subscriptions.clone());
+                if open >= limit {
+                    return Err(code(
+                        ErrorCode::LimitExceeded,
+                        format!("this connection already has {open} subscriptions (the limit is {limit})"),
+                    ));
+                }
+                let info = ClientInfo {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    connected_at: c.connected_at,
+                };
+                (Some(info), Some(slot))
+            }
+            None => (None, None),
+        };
+        let template = s.read().project.as_ref().map(|p| p.template.clone());
+        let events = hub.subscribe(id, since, client).await.gql()?;
+        let _ = Utc::now();
+        Ok(events.map(move |e| {
+            let _slot = &slot;
+            SessionEventView::from_event(e, template.clone())
+        }))
+    }
+}

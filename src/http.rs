@@ -1,0 +1,241 @@
+//! The axum router: GraphQL over HTTP and websockets on `/graphql`, the playground, the SDL and health.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_graphql::http::{WebSocketProtocols, WsMessage, ALL_WEBSOCKET_PROTOCOLS};
+use async_graphql::{BatchRequest, Data};
+use axum::body::{Body, Bytes};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::api::{AppSchema, ConnClient, HttpClient};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub schema: AppSchema,
+    pub max_body_bytes: usize,
+    /// How often the server pings a websocket; a connection silent for `ws_timeout` is dropped.
+    pub ws_ping_interval: Duration,
+    pub ws_timeout: Duration,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/schema.graphql", get(sdl))
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(crate::playground::router())
+        .with_state(state)
+}
+
+fn error_response(status: StatusCode, code: &str, message: String) -> Response {
+    let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
+    (status, axum::Json(body)).into_response()
+}
+
+fn http_client(headers: &HeaderMap) -> Option<HttpClient> {
+    headers
+        .get("x-client-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .map(|v| HttpClient(v.to_string()))
+}
+
+async fn execute(state: &AppState, headers: &HeaderMap, request: BatchRequest) -> Response {
+    let mut request = request;
+    if let Some(client) = http_client(headers) {
+        request = request.data(client);
+    }
+    let response = state.schema.execute_batch(request).await;
+    let mut out = axum::Json(&response).into_response();
+    if let Some(cache) = response.cache_control().value() {
+        if let Ok(v) = cache.parse() {
+            out.headers_mut().insert(header::CACHE_CONTROL, v);
+        }
+    }
+    out
+}
+
+async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let bytes: Bytes = match axum::body::to_bytes(body, state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "LIMIT_EXCEEDED",
+                format!("the request body is larger than the limit of {} bytes", state.max_body_bytes),
+            )
+        }
+    };
+    let request: BatchRequest = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                format!("the body must be a GraphQL request as JSON ({{\"query\": ...}}): {e}"),
+            )
+        }
+    };
+    execute(&state, &headers, request).await
+}
+
+async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    let is_upgrade = parts
+        .headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if is_upgrade {
+        let protocol = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').find_map(|p| p.trim().parse::<WebSocketProtocols>().ok()));
+        let Some(protocol) = protocol else {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                "websocket clients must ask for the graphql-transport-ws or graphql-ws subprotocol".to_string(),
+            );
+        };
+        let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+            Ok(u) => u,
+            Err(e) => return e.into_response(),
+        };
+        return upgrade
+            .protocols(ALL_WEBSOCKET_PROTOCOLS)
+            .on_upgrade(move |socket| serve_websocket(socket, state, protocol))
+            .into_response();
+    }
+    let query = parts.uri.query().unwrap_or("");
+    let request = match async_graphql::http::parse_query_string(query) {
+        Ok(r) => r,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                format!("GET /graphql needs ?query=... (and optional variables, operationName): {e}"),
+            )
+        }
+    };
+    if parts.method == Method::GET && request.query.trim_start().starts_with("mutation") {
+        return error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "BAD_USER_INPUT",
+            "mutations must be sent with POST".to_string(),
+        );
+    }
+    execute(&state, &parts.headers, BatchRequest::Single(request)).await
+}
+
+async fn sdl(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        state.schema.sdl(),
+    )
+        .into_response()
+}
+
+/// Identity of a websocket client from its `connection_init` payload (`clientId`, `name`), else generated.
+fn connection_client(payload: &serde_json::Value) -> ConnClient {
+    let text = |key: &str| {
+        payload
+            .get(key)
+            .and_then(|v| v.as_str())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty() && s.len() <= 200)
+    };
+    ConnClient {
+        id: text("clientId").unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        name: text("name"),
+        connected_at: chrono::Utc::now(),
+        subscriptions: Arc::new(AtomicUsize::new(0)),
+    }
+}
+
+/// Serves one websocket: graphql-transport-ws or the legacy graphql-ws, with server pings.
+async fn serve_websocket(socket: WebSocket, state: AppState, protocols: WebSocketProtocols) {
+    let (mut sink, stream) = socket.split();
+    let last_seen = Arc::new(Mutex::new(Instant::now()));
+    let seen = last_seen.clone();
+    let input = stream
+        .take_while(|r| futures_util::future::ready(r.is_ok()))
+        .filter_map(move |r| {
+            *seen.lock() = Instant::now();
+            futures_util::future::ready(match r {
+                Ok(Message::Text(t)) => Some(t.as_str().as_bytes().to_vec()),
+                Ok(Message::Binary(b)) => Some(b.to_vec()),
+                _ => None,
+            })
+        });
+    let mut messages = async_graphql::http::WebSocket::new(state.schema.clone(), input, protocols)
+        .on_connection_init(|payload| async move {
+            let mut data = Data::default();
+            data.insert(connection_client(&payload));
+            Ok(data)
+        });
+    let mut ping = tokio::time::interval(state.ws_ping_interval);
+    ping.tick().await;
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            msg = messages.next() => {
+                let out = match msg {
+                    Some(WsMessage::Text(text)) => Message::Text(text.into()),
+                    Some(WsMessage::Close(code, reason)) => Message::Close(Some(CloseFrame { code, reason: reason.into() })),
+                    None => break,
+                };
+                if sink.send(out).await.is_err() {
+                    break;
+                }
+            }
+            _ = ping.tick() => {
+                if last_seen.lock().elapsed() > state.ws_timeout {
+                    tracing::info!("dropping a websocket that stopped answering pings");
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: "ping timeout".into() }))).await;
+                    break;
+                }
+                if sink.send(Message::Ping(Bytes::from_static(b"talus"))).await.is_err() {
+                    break;
+                }
+            }
+            _ = stopped(&mut shutdown) => {
+                // Subscriptions end on their own (the hub stops them); let their
+                // `complete` messages go out before closing.
+                let deadline = tokio::time::sleep(Duration::from_millis(200));
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        msg = messages.next() => match msg {
+                            Some(WsMessage::Text(text)) => { if sink.send(Message::Text(text.into())).await.is_err() { break; } }
+                            _ => break,
+                        },
+                        _ = &mut deadline => break,
+                    }
+                }
+                let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }))).await;
+                break;
+            }
+        }
+    }
+}
+
+/// Resolves once the flag is set (holding no borrow across awaits).
+async fn stopped(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|s| *s).await.map(|_| ());
+}

@@ -1,0 +1,151 @@
+//! Builds and runs the server: store, templates, hub, schema and router, until a shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{self, ApiLimits, AppSchema};
+use crate::http::{self, AppState};
+use crate::session::{Hub, SessionConfig};
+use crate::store::{sqlite::SqliteOptions, MemoryStore, SqliteStore, Store};
+use crate::templates::TemplateCatalog;
+
+/// Everything the server can be told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub templates_dir: Option<PathBuf>,
+    pub in_memory: bool,
+    pub session: SessionConfig,
+    pub limits: ApiLimits,
+    pub max_body_bytes: usize,
+    pub ws_ping_interval: Duration,
+    pub ws_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            data_dir: PathBuf::from("talus-data"),
+            templates_dir: None,
+            in_memory: false,
+            session: SessionConfig::default(),
+            limits: ApiLimits::default(),
+            max_body_bytes: 32 * 1024 * 1024,
+            ws_ping_interval: Duration::from_secs(10),
+            ws_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The store a config asks for: SQLite in the data dir, or memory.
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if config.in_memory {
+        return Ok(Arc::new(MemoryStore::new()));
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("could not create the data dir {}", config.data_dir.display()))?;
+    let path = config.data_dir.join("talus.db");
+    let store = SqliteStore::open(&path, SqliteOptions::default())
+        .map_err(|e| anyhow::anyhow!("could not open {}: {e}", path.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// The templates a config asks for, with load errors logged.
+pub fn load_templates(config: &Config) -> TemplateCatalog {
+    let catalog = match &config.templates_dir {
+        Some(dir) => TemplateCatalog::load_dir(dir),
+        None => TemplateCatalog::builtin(),
+    };
+    for e in catalog.errors() {
+        tracing::warn!(file = %e.file, "template not loaded: {}", e.message);
+    }
+    catalog
+}
+
+/// A server that is serving.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub hub: Arc<Hub>,
+    pub schema: AppSchema,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, ends subscriptions, flushes the store and waits (at most 10 s).
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.stop.send_replace(true);
+        match tokio::time::timeout(Duration::from_secs(10), self.task).await {
+            Ok(joined) => joined.context("the server task failed")?,
+            Err(_) => anyhow::bail!("the server did not stop within 10 s"),
+        }
+    }
+}
+
+/// Starts serving on `listener` with `store`; returns once it accepts connections.
+pub async fn start(config: Config, listener: TcpListener, store: Arc<dyn Store>) -> anyhow::Result<Running> {
+    let templates = Arc::new(load_templates(&config));
+    let hub = Hub::start(config.session.clone(), store, templates).await?;
+    let schema = api::build(hub.clone(), &config.limits);
+    let (stop, stop_rx) = watch::channel(false);
+    let state = AppState {
+        schema: schema.clone(),
+        max_body_bytes: config.max_body_bytes,
+        ws_ping_interval: config.ws_ping_interval,
+        ws_timeout: config.ws_timeout,
+        shutdown: stop_rx.clone(),
+    };
+    let app = http::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+    let addr = listener.local_addr()?;
+    let task_hub = hub.clone();
+    let mut signal = stop_rx.clone();
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = signal.wait_for(|s| *s).await;
+        });
+        let mut after = stop_rx;
+        let ended = tokio::spawn(async move {
+            let _ = after.wait_for(|s| *s).await;
+            // Subscriptions end first so open websockets can close.
+            task_hub.shutdown().await;
+        });
+        serve.await.context("serving failed")?;
+        let _ = ended.await;
+        Ok(())
+    });
+    Ok(Running {
+        addr,
+        hub,
+        schema,
+        stop,
+        task,
+    })
+}
+
+/// Runs until `shutdown` completes, then stops gracefully.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let store = open_store(&config)?;
+    let listener = TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("could not listen on {}", config.addr))?;
+    let durable = !config.in_memory;
+    let running = start(config.clone(), listener, store).await?;
+    tracing::info!(
+        store = if durable { "sqlite" } else { "memory" },
+        data_dir = %config.data_dir.display(),
+        "Talus Tally listening on http://{}",
+        running.addr
+    );
+    shutdown.await;
+    tracing::info!("shutting down");
+    running.shutdown().await
+}

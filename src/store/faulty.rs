@@ -1,0 +1,120 @@
+//! Fault injection for tests: a store wrapper whose commits fail on demand, as on a full disk.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use super::{LoadedProject, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write};
+
+/// The switch of a `FaultyStore`; clones share it, so a test keeps one
+/// after handing the store to the server.
+#[derive(Debug, Clone, Default)]
+pub struct FaultSwitch(Arc<AtomicBool>);
+
+impl FaultSwitch {
+    /// While `true`, every commit fails and the inner store is not touched.
+    pub fn fail_writes(&self, fail: bool) {
+        self.0.store(fail, Ordering::SeqCst);
+    }
+
+    pub fn failing(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Wraps any store; commits fail with "injected: disk full" while the switch
+/// is on, reads always pass through.
+pub struct FaultyStore<S> {
+    inner: S,
+    switch: FaultSwitch,
+}
+
+impl<S: Store> FaultyStore<S> {
+    /// The wrapper and the switch that controls it (initially off).
+    pub fn new(inner: S) -> (Self, FaultSwitch) {
+        let switch = FaultSwitch::default();
+        (
+            Self {
+                inner,
+                switch: switch.clone(),
+            },
+            switch,
+        )
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
+#[async_trait]
+impl<S: Store> Store for FaultyStore<S> {
+    async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        if self.switch.failing() {
+            return Err(StoreError("injected: disk full".into()));
+        }
+        self.inner.commit(writes).await
+    }
+
+    async fn projects(&self) -> Result<Vec<ProjectRecord>, StoreError> {
+        self.inner.projects().await
+    }
+
+    async fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        self.inner.sessions().await
+    }
+
+    async fn load_project(&self, id: Uuid) -> Result<Option<LoadedProject>, StoreError> {
+        self.inner.load_project(id).await
+    }
+
+    async fn events(&self, session_id: Uuid, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.events(session_id, after, limit).await
+    }
+
+    async fn event_range(&self, session_id: Uuid) -> Result<Option<(u64, u64)>, StoreError> {
+        self.inner.event_range(session_id).await
+    }
+
+    fn is_durable(&self) -> bool {
+        self.inner.is_durable()
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn event(session_id: Uuid, seq: u64) -> Write {
+        Write::AppendEvents {
+            session_id,
+            events: vec![StoredEvent {
+                seq,
+                json: "{}".into(),
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_fail_while_the_switch_is_on_and_leave_the_inner_store_alone() {
+        let (store, switch) = FaultyStore::new(MemoryStore::new());
+        let session = Uuid::new_v4();
+        store.commit(vec![event(session, 1)]).await.unwrap();
+
+        switch.fail_writes(true);
+        let error = store.commit(vec![event(session, 2)]).await.unwrap_err();
+        assert_eq!(error.to_string(), "store unavailable: injected: disk full");
+        assert_eq!(store.event_range(session).await.unwrap(), Some((1, 1)));
+
+        switch.fail_writes(false);
+        store.commit(vec![event(session, 2)]).await.unwrap();
+        assert_eq!(store.event_range(session).await.unwrap(), Some((1, 2)));
+    }
+}

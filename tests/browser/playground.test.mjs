@@ -1,0 +1,284 @@
+// Drives the GraphiQL playground of a real talus-tally server in headless
+// Chromium: the page loads offline, runs a query from its editor, and shows
+// the events of a subscription started from the page.
+//
+//   TALUS_BIN   server binary (default: target/release/talus-tally, else target/debug)
+//   CHROMIUM    browser binary (default: /usr/bin/chromium)
+//   TALUS_SCREENSHOT  where to save a screenshot (default: a file in the temp folder)
+//
+// Run with `node --test tests/browser/playground.test.mjs` after `npm ci` in
+// tests/browser, or with .ci/browser-test, which does all of that.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { buildClientSchema, getIntrospectionQuery, parse, validate } from 'graphql';
+import { chromium } from 'playwright-core';
+import { exampleTabs } from '../../playground/src/examples.js';
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const screenshotPath =
+  process.env.TALUS_SCREENSHOT ?? path.join(tmpdir(), `talus-playground-${process.pid}.png`);
+
+// GraphiQL's parts, by the class names GraphiQL 4 gives them.
+const QUERY_EDITOR = '.graphiql-query-editor';
+const VARIABLES_EDITOR = '.graphiql-editor-tool';
+const RESPONSE = '.graphiql-response';
+const RUN_BUTTON = '.graphiql-execute-button';
+const TAB = '.graphiql-tab';
+
+let server;
+let browser;
+let page;
+/** What went wrong in the page that no step looked for: checked last. */
+const problems = [];
+/** Payloads of the page's WebSocket frames, as JSON. */
+const framesSent = [];
+const framesReceived = [];
+
+before(async () => {
+  server = await startServer();
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    headless: true,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+  const context = await browser.newContext({ viewport: { width: 1440, height: 900 } });
+  page = await context.newPage();
+  page.on('console', (message) => {
+    if (message.type() === 'error') problems.push(`console error: ${message.text()}`);
+  });
+  page.on('pageerror', (error) => problems.push(`uncaught in the page: ${error.message}`));
+  page.on('request', (request) => {
+    const url = new URL(request.url());
+    const local = url.host === new URL(server.origin).host;
+    if (!local && url.protocol !== 'data:') problems.push(`request to another host: ${url}`);
+  });
+  page.on('requestfailed', (request) =>
+    problems.push(`request failed: ${request.url()} (${request.failure()?.errorText})`),
+  );
+  page.on('websocket', (socket) => {
+    socket.on('framesent', (frame) => framesSent.push(JSON.parse(frame.payload)));
+    socket.on('framereceived', (frame) => framesReceived.push(JSON.parse(frame.payload)));
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.child.kill();
+});
+
+test('every example tab is a valid operation of the server schema', async () => {
+  const { data } = await graphql(getIntrospectionQuery());
+  const schema = buildClientSchema(data);
+  for (const tab of exampleTabs) {
+    const document = parse(tab.query);
+    const names = document.definitions.map((d) => d.name?.value).join(', ');
+    assert.deepEqual(validate(schema, document).map(String), [], `example ${names}`);
+    if (tab.variables) JSON.parse(tab.variables);
+  }
+});
+
+test('the page is served at / and /playground', async () => {
+  for (const pathname of ['/', '/playground']) {
+    const response = await fetch(new URL(pathname, server.origin));
+    assert.equal(response.status, 200, pathname);
+    assert.match(response.headers.get('content-type'), /^text\/html/, pathname);
+    assert.match(await response.text(), /<div id="graphiql">/, pathname);
+  }
+});
+
+test('the page opens with the example tabs', async () => {
+  await page.goto(new URL('/', server.origin).href);
+  await page.locator(`${QUERY_EDITOR} .CodeMirror`).waitFor();
+  await page.locator(`${RESPONSE} .CodeMirror`).waitFor();
+  assert.equal(await page.locator(TAB).count(), exampleTabs.length);
+  assert.equal(await editorText(QUERY_EDITOR), exampleTabs[0].query);
+  assert.equal(await page.title(), 'Talus Tally playground');
+});
+
+test('a query run from the editor shows its result', async () => {
+  // The first tab lists the templates; "project" is always built in.
+  await page.locator(RUN_BUTTON).click();
+  const response = await waitFor('the templates in the result pane', async () => {
+    const text = await editorText(RESPONSE);
+    return text.includes('"templates"') && JSON.parse(text);
+  });
+  assert.equal(response.errors, undefined);
+  assert.ok(
+    response.data.templates.some((template) => template.id === 'project'),
+    JSON.stringify(response.data.templates.map((template) => template.id)),
+  );
+});
+
+test('a subscription run in the page shows the events of a command', async () => {
+  const { templates } = (await graphql('{ templates { id rootType { id allowedChildren } } }')).data;
+  const { rootType } = templates.find((template) => template.id === 'project');
+  const session = (
+    await graphql(`mutation {
+      createProject(templateId: "project", name: "Browser test") { id lastSeq graph { roots { id } } }
+    }`)
+  ).data.createProject;
+  // Under the root if the template allows any child there, else a new root.
+  const input = rootType.allowedChildren.length
+    ? { parentId: session.graph.roots[0].id, typeId: rootType.allowedChildren[0], name: 'From the browser test' }
+    : { typeId: rootType.id, name: 'From the browser test' };
+
+  // The third tab is the sessionEvents example; `since` replays anything
+  // that happens before the server has the subscription in place.
+  await page.locator(TAB).nth(2).click();
+  await waitFor('the Events tab', async () =>
+    (await editorText(QUERY_EDITOR)).includes('subscription Events'),
+  );
+  await setEditorText(
+    VARIABLES_EDITOR,
+    JSON.stringify({ sessionId: session.id, since: session.lastSeq }, null, 2),
+  );
+  await page.locator(RUN_BUTTON).click();
+  await waitFor('the subscribe message on the WebSocket', () =>
+    framesSent.some((frame) => frame.type === 'subscribe'),
+  );
+
+  const result = (
+    await graphql(
+      `mutation ($sessionId: ID!, $input: CreateNodeInput!) {
+        createNode(sessionId: $sessionId, input: $input) { commandId version nodeId events { __typename seq } }
+      }`,
+      { sessionId: session.id, input },
+    )
+  ).data.createNode;
+  const lastSeq = Math.max(...result.events.map((event) => event.seq));
+
+  // GraphiQL shows the newest event: the command's last one.
+  const shown = await waitFor(`event ${lastSeq} of the command in the result pane`, async () => {
+    const text = await editorText(RESPONSE);
+    const event = text.startsWith('{') && JSON.parse(text).data?.sessionEvents;
+    return event?.seq === lastSeq && event;
+  });
+  assert.equal(shown.commandId, result.commandId);
+  // All of the command's events reached the page, NodeCreated among them.
+  const delivered = framesReceived
+    .filter((frame) => frame.type === 'next')
+    .map((frame) => frame.payload.data.sessionEvents);
+  const created = delivered.find((event) => event.__typename === 'NodeCreated');
+  assert.ok(created, JSON.stringify(delivered));
+  assert.equal(created.node.id, result.nodeId);
+  assert.equal(created.node.name, input.name);
+  assert.equal(created.commandId, result.commandId);
+
+  await page.screenshot({ path: screenshotPath });
+  console.log(`screenshot: ${screenshotPath}`);
+
+  // Running again stops the subscription.
+  await page.locator(RUN_BUTTON).click();
+  await waitFor('the complete message on the WebSocket', () =>
+    framesSent.some((frame) => frame.type === 'complete'),
+  );
+});
+
+test('the page loaded nothing from elsewhere and reported no error', () => {
+  assert.deepEqual(problems, []);
+});
+
+/** The text of one of GraphiQL's CodeMirror editors. */
+function editorText(selector) {
+  return page.evaluate(
+    (selector) => document.querySelector(`${selector} .CodeMirror`).CodeMirror.getValue(),
+    selector,
+  );
+}
+
+/** Replaces the text of one of GraphiQL's editors, as typing would. */
+function setEditorText(selector, text) {
+  return page.evaluate(
+    ([selector, text]) => document.querySelector(`${selector} .CodeMirror`).CodeMirror.setValue(text),
+    [selector, text],
+  );
+}
+
+/** Polls `check` until it returns something truthy, and returns that. */
+async function waitFor(what, check, timeoutMs = 15_000) {
+  const deadline = Date.now() + timeoutMs;
+  let lastError;
+  while (Date.now() < deadline) {
+    try {
+      const value = await check();
+      if (value) return value;
+    } catch (error) {
+      lastError = error;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error(`timed out waiting for ${what}${lastError ? `: ${lastError.message}` : ''}`);
+}
+
+/** POSTs a GraphQL operation to the server; fails on any GraphQL error. */
+async function graphql(query, variables) {
+  const response = await fetch(new URL('/graphql', server.origin), {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ query, variables }),
+  });
+  const body = await response.json();
+  assert.equal(body.errors, undefined, JSON.stringify(body.errors));
+  return body;
+}
+
+function serverBinary() {
+  if (process.env.TALUS_BIN) return path.resolve(process.env.TALUS_BIN);
+  const built = ['release', 'debug']
+    .map((profile) => path.join(repo, 'target', profile, 'talus-tally'))
+    .find((file) => existsSync(file));
+  if (!built) throw new Error('no server binary: run `cargo build --release` or set TALUS_BIN');
+  return built;
+}
+
+/** Starts the server on a free port; resolves once it logs where it listens. */
+function startServer() {
+  const binary = serverBinary();
+  const child = spawn(binary, ['serve', '--addr', '127.0.0.1:0', '--in-memory'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, NO_COLOR: '1' },
+  });
+  let output = '';
+  let started = false;
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill();
+      reject(new Error(`${binary} did not log "listening on" within 30 s:\n${output}`));
+    }, 30_000);
+    const onOutput = (chunk) => {
+      // Keep reading even once started: a full pipe would block the server.
+      if (output.length > 100_000) return;
+      output += chunk;
+      const match = output.replace(/\x1b\[[0-9;]*m/g, '').match(/listening on http:\/\/([\d.]+):(\d+)/);
+      if (match && !started) {
+        started = true;
+        clearTimeout(timer);
+        resolve({ child, origin: `http://${match[1]}:${match[2]}` });
+      }
+    };
+    child.stdout.on('data', onOutput);
+    child.stderr.on('data', onOutput);
+    child.on('error', (error) => {
+      clearTimeout(timer);
+      reject(new Error(`cannot start ${binary}: ${error.message}`));
+    });
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      reject(new Error(`${binary} exited (${code ?? signal}) before listening:\n${output}`));
+    });
+  });
+}
