@@ -329,6 +329,8 @@ struct Group<'a> {
     events: Vec<Arc<SessionEvent>>,
     writes: Vec<Write>,
     reverts: Vec<Revert>,
+    /// Clients that joined in this group: a failed commit takes their joins back.
+    joined: Vec<String>,
     pending: Vec<Pending>,
 }
 
@@ -357,6 +359,7 @@ async fn run_group(session: &Session, jobs: Vec<Job>, index: &ProjectIndex) {
             events: Vec::new(),
             writes: Vec::new(),
             reverts: Vec::new(),
+            joined: Vec::new(),
             pending: Vec::new(),
         }
     };
@@ -458,6 +461,15 @@ async fn run_group(session: &Session, jobs: Vec<Job>, index: &ProjectIndex) {
                     }
                     if let Some(before) = project_before {
                         project.record = before;
+                    }
+                }
+                // Their subscriptions fail, so they never joined. (Leaves stay: those clients are gone.)
+                for id in group.joined.drain(..) {
+                    if let Some(entry) = state.clients.get_mut(&id) {
+                        entry.1 -= 1;
+                        if entry.1 == 0 {
+                            state.clients.remove(&id);
+                        }
                     }
                 }
             }
@@ -589,6 +601,7 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, job: Job) {
                 .entry(client.id.clone())
                 .or_insert_with(|| (client.clone(), 0));
             entry.1 += 1;
+            group.joined.push(client.id.clone());
             if entry.1 == 1 {
                 let active = state.clients.len() as u32;
                 group.event(
