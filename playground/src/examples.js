@@ -7,21 +7,23 @@
 
 const welcome = `# Welcome to the Talus Tally playground.
 #
-# Each tab is one step of the workflow; go through them left to right:
-#   1. Templates       the kinds of project you can create (this tab)
-#   2. CreateProject   a new project, opened in a live session
-#   3. Events          watch everything that happens in that session
-#   4. CreateNode      add a node to the project's graph
-#   5. UpdateProperty  set a property of that node
-#   6. UndoRedo        take the last command back, and do it again
-#   7. Graph           the whole graph of the session
+# Each tab is one step; go through them left to right:
+#   Templates       the kinds of project (this tab)
+#   CreateProject   a new project in a live session
+#   Events          watch what happens in the session
+#   CreateNode      add a node to the project's graph
+#   UpdateProperty  set a property of that node
+#   Undo            undo the last command, or Redo it
+#   Graph           the whole graph of the session
 #
-# Run an operation with the run button or Ctrl-Enter. Ctrl-Space completes
-# field names; the Docs button (top left) describes every type and field.
+# Run with the run button or Ctrl-Enter. Ctrl-Space
+# completes names; the Docs button (top left) describes
+# every type and field.
 #
-# A template lists its node types: a node type's id is the typeId you give
-# when creating a node, and allowedChildren says which types may go under it.
-# The root of a new project has the template's rootType.
+# A template lists node types: a node type's id is the
+# typeId for creating a node, and its allowedChildren
+# the types that may go under it. A new project's root
+# node has the template's rootType.
 `;
 
 const templates = `${welcome}
@@ -51,12 +53,14 @@ query Templates {
 }
 `;
 
-const createProject = `# Creates a project from the built-in general template (id "project") and
-# opens it in a new session, with the project's root node already in place.
+const createProject = `# Creates a project from the built-in general template
+# (id "project") and opens it in a new session, with
+# the project's root node in place.
 #
-# Keep two ids from the result for the next tabs:
-#   id                   the session id: "sessionId" in their variables
-#   graph.roots[0].id    the root node: "parentId" in CreateNode
+# Keep two ids of the result for the next tabs:
+#   id                 the session: their "sessionId"
+#   graph.roots[0].id  the root node: CreateNode's
+#                      "parentId"
 mutation CreateProject {
   createProject(templateId: "project", name: "My first project") {
     id
@@ -72,17 +76,21 @@ mutation CreateProject {
 }
 `;
 
-const events = `# Streams every event of a session as it happens, over a WebSocket.
-# Paste the session id from CreateProject into the variables below, then run.
+const events = `# Streams every event of a session as it happens, over
+# a WebSocket. Paste the session id from CreateProject
+# into the variables below, then run.
 #
-# Open this page in a second browser window and run this subscription there:
-# a running subscription stops when you run anything else in the same window.
-# Then run the commands (CreateNode, UpdateProperty, UndoRedo) in the first
-# window and watch their events arrive here; the result pane shows the newest
-# event, its seq one higher than the last. Run again to stop.
+# Run this in a second browser window (open this page
+# again): a running subscription stops when anything
+# else runs in the same window. Run the commands
+# (CreateNode, UpdateProperty, Undo) in the first window
+# and watch their events arrive here: the result pane
+# shows the newest event, its seq one above the last.
+# Run again to stop.
 #
-# Optional variable "since": first replay the stored events with a greater
-# seq (0 replays the whole history), then go on with live ones.
+# Optional variable "since": first replay the stored
+# events with a greater seq (0: the whole history),
+# then go on with live ones.
 subscription Events($sessionId: ID!, $since: Int) {
   sessionEvents(sessionId: $sessionId, since: $since) {
     __typename
@@ -131,16 +139,26 @@ subscription Events($sessionId: ID!, $since: Int) {
 }
 `;
 
-const createNode = `# Adds a node under another one. Paste into the variables below:
+const createNode = `# Adds a node under another one. Paste into the
+# variables below:
 #   sessionId  the session id from CreateProject
-#   parentId   the root node's id (CreateProject's graph.roots[0].id)
-#   typeId     a node type allowed under the root: one of the root type's
-#              allowedChildren (Templates tab)
-# The template decides which types exist and what may go where; a wrong
-# choice fails with CHILD_NOT_ALLOWED and a message listing what is allowed.
+#   parentId   the root node's id (CreateProject's
+#              graph.roots[0].id)
+#   typeId     a type allowed under the root: one of
+#              the root type's allowedChildren
+#              (Templates tab)
+# The template decides which types exist and what may
+# go where: a wrong type fails with CHILD_NOT_ALLOWED
+# and says which are allowed.
 #
-# The result's nodeId is the new node: UpdateProperty needs it.
-mutation CreateNode($sessionId: ID!, $parentId: ID!, $typeId: ID!, $name: String) {
+# The result's nodeId is the new node, for
+# UpdateProperty.
+mutation CreateNode(
+  $sessionId: ID!
+  $parentId: ID!
+  $typeId: ID!
+  $name: String
+) {
   createNode(
     sessionId: $sessionId
     input: { parentId: $parentId, typeId: $typeId, name: $name }
@@ -155,14 +173,21 @@ mutation CreateNode($sessionId: ID!, $parentId: ID!, $typeId: ID!, $name: String
 }
 `;
 
-const updateProperty = `# Sets one property of a node. Paste into the variables below:
+const updateProperty = `# Sets one property of a node. Paste into the
+# variables below:
 #   sessionId   the session id from CreateProject
 #   nodeId      the nodeId from CreateNode
-#   propertyId  one of the properties of the node's type (Templates tab:
-#               nodeTypes { properties { id type options } })
-#   value       JSON of the property's type: "text", 42, true, or a SELECT
-#               option's id; null clears the property
-mutation UpdateProperty($sessionId: ID!, $nodeId: ID!, $propertyId: ID!, $value: JSON) {
+#   propertyId  a property of the node's type
+#               (Templates tab: properties { id })
+#   value       JSON of the property's type: "text",
+#               42, true, or a SELECT option's id;
+#               null clears the property
+mutation UpdateProperty(
+  $sessionId: ID!
+  $nodeId: ID!
+  $propertyId: ID!
+  $value: JSON
+) {
   updateProperty(
     sessionId: $sessionId
     nodeId: $nodeId
@@ -185,12 +210,14 @@ mutation UpdateProperty($sessionId: ID!, $nodeId: ID!, $propertyId: ID!, $value:
 }
 `;
 
-const undoRedo = `# Every command can be undone, and an undone one redone. This document has
-# two operations: the run button asks which one to run.
-# Paste the session id from CreateProject into the variables below.
+const undoRedo = `# Every command can be undone, and an undone one
+# redone. Two operations here: the run button asks
+# which one to run. Paste the session id from
+# CreateProject into the variables below.
 #
-# Undo fails with NOTHING_TO_UNDO when there is nothing left to take back,
-# Redo with NOTHING_TO_REDO when nothing was undone since the last command.
+# Undo fails with NOTHING_TO_UNDO when there is nothing
+# to take back; Redo with NOTHING_TO_REDO when nothing
+# was undone since the last command.
 mutation Undo($sessionId: ID!) {
   undo(sessionId: $sessionId) {
     version
@@ -216,8 +243,9 @@ mutation Redo($sessionId: ID!) {
 }
 `;
 
-const graph = `# The live graph of a session: every node, parents before children.
-# Paste the session id from CreateProject into the variables below.
+const graph = `# The live graph of a session: every node, parents
+# before children. Paste the session id from
+# CreateProject into the variables below.
 query Graph($sessionId: ID!) {
   graph(sessionId: $sessionId) {
     version
@@ -267,6 +295,6 @@ export const exampleTabs = [
 ];
 
 /** What a tab opened with "+" starts with. */
-export const newTabQuery = `# A new tab. Ctrl-Space completes field names; the Docs button (top left)
-# describes the whole API.
+export const newTabQuery = `# A new tab. Ctrl-Space completes names; the Docs
+# button (top left) describes the whole API.
 `;

@@ -291,6 +291,8 @@ fn unreachable_node() -> NodeView {
 }
 
 /// Fields that share a name across event types share one type (nullability included), so a client can select them all in one subscription.
+// The field list repeats `ty = ...` by design; clippy reads it as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(Interface)]
 #[graphql(
     name = "SessionEvent",

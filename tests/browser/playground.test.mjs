@@ -25,7 +25,9 @@ const screenshotPath =
 
 // GraphiQL's parts, by the class names GraphiQL 4 gives them.
 const QUERY_EDITOR = '.graphiql-query-editor';
-const VARIABLES_EDITOR = '.graphiql-editor-tool';
+// The variables and the headers editor share a section; the examples open
+// with the variables one shown.
+const VARIABLES_EDITOR = '.graphiql-editor-tool .graphiql-editor:not(.hidden)';
 const RESPONSE = '.graphiql-response';
 const RUN_BUTTON = '.graphiql-execute-button';
 const TAB = '.graphiql-tab';
@@ -138,7 +140,7 @@ test('a subscription run in the page shows the events of a command', async () =>
 
   // The third tab is the sessionEvents example; `since` replays anything
   // that happens before the server has the subscription in place.
-  await page.locator(TAB).nth(2).click();
+  await page.locator(TAB).nth(2).locator('.graphiql-tab-button').click();
   await waitFor('the Events tab', async () =>
     (await editorText(QUERY_EDITOR)).includes('subscription Events'),
   );
@@ -149,6 +151,16 @@ test('a subscription run in the page shows the events of a command', async () =>
   await page.locator(RUN_BUTTON).click();
   await waitFor('the subscribe message on the WebSocket', () =>
     framesSent.some((frame) => frame.type === 'subscribe'),
+  );
+  // Once the server has the subscription, the page is an active client of
+  // the session (and may have been sent its ClientJoined): any event after
+  // that is the command's.
+  await waitFor(
+    'the server to count the page as an active client',
+    async () =>
+      framesReceived.some((frame) => frame.type === 'next') ||
+      (await graphql('query ($id: ID!) { session(id: $id) { activeClients } }', { id: session.id }))
+        .data.session?.activeClients > 0,
   );
 
   const result = (
