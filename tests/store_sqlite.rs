@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use talus_tally::store::{
-    MemoryStore, ProjectRecord, SessionRecord, SqliteOptions, SqliteStore, Store, StoredEvent, Write,
+    MemoryStore, ProjectRecord, SessionRecord, SqliteOptions, SqliteStore, Store, StoredEvent,
+    Write,
 };
 use uuid::Uuid;
 
@@ -99,7 +100,12 @@ async fn every_write_round_trips_exactly_as_in_the_memory_store() {
             Write::UpsertSession(session(s1, Some(p1), 1)),
             Write::UpsertSession(session(s2, None, 2)),
         ],
-        vec![op(p1, 1), op(p1, 2), op(p1, 3), Write::UpsertProject(project(p1, "Bus", 3))],
+        vec![
+            op(p1, 1),
+            op(p1, 2),
+            op(p1, 3),
+            Write::UpsertProject(project(p1, "Bus", 3)),
+        ],
         vec![events(s1, 1..=6), events(s2, 1..=3)],
         // A snapshot drops the ops at or below its version.
         vec![Write::Snapshot {
@@ -107,7 +113,10 @@ async fn every_write_round_trips_exactly_as_in_the_memory_store() {
             version: 2,
             state: r#"{"graph":"at 2"}"#.into(),
         }],
-        vec![op(p1, 4), Write::UpsertProject(project(p1, "Bus renamed", 4))],
+        vec![
+            op(p1, 4),
+            Write::UpsertProject(project(p1, "Bus renamed", 4)),
+        ],
         // A repeated op version or event seq replaces the earlier one.
         vec![op(p1, 4), events(s1, [6])],
         vec![Write::Snapshot {
@@ -116,11 +125,14 @@ async fn every_write_round_trips_exactly_as_in_the_memory_store() {
             state: r#"{"graph":"at 4"}"#.into(),
         }],
         // Ops and a snapshot for a project without a record are kept but not loaded.
-        vec![op(p3, 1), Write::Snapshot {
-            project_id: p3,
-            version: 1,
-            state: "{}".into(),
-        }],
+        vec![
+            op(p3, 1),
+            Write::Snapshot {
+                project_id: p3,
+                version: 1,
+                state: "{}".into(),
+            },
+        ],
         vec![Write::PruneEvents {
             session_id: s1,
             below_seq: 4,
@@ -129,7 +141,10 @@ async fn every_write_round_trips_exactly_as_in_the_memory_store() {
             session_id: s2,
             below_seq: u64::MAX,
         }],
-        vec![Write::UpsertSession(session(s2, Some(p2), 3)), events(s3, [7])],
+        vec![
+            Write::UpsertSession(session(s2, Some(p2), 3)),
+            events(s3, [7]),
+        ],
         vec![op(p2, 1), Write::DeleteProject(p2)],
         vec![Write::DeleteSession(s3)],
         vec![Write::UpsertProject(project(p3, "Late record", 1))],
@@ -199,7 +214,10 @@ async fn data_survives_close_and_reopen_and_drop_without_close() {
     assert_eq!(loaded.record, project(p, "Bus", 2));
     assert_eq!(loaded.snapshot, Some((1, "state".into())));
     assert_eq!(loaded.tail, vec![(2, r#"{"op":2}"#.into())]);
-    assert_eq!(store.sessions().await.unwrap(), vec![session(s, Some(p), 0)]);
+    assert_eq!(
+        store.sessions().await.unwrap(),
+        vec![session(s, Some(p), 0)]
+    );
     store.commit(vec![events(s, [4])]).await.unwrap();
     drop(store);
 
@@ -219,7 +237,9 @@ async fn a_database_from_a_newer_version_is_refused_and_left_untouched() {
         .unwrap();
     let before = std::fs::read(&path).unwrap();
 
-    let error = SqliteStore::open(&path, SqliteOptions::default()).err().unwrap();
+    let error = SqliteStore::open(&path, SqliteOptions::default())
+        .err()
+        .unwrap();
 
     assert_eq!(
         format!("{error:#}").rsplit(": ").next().unwrap(),
@@ -288,7 +308,10 @@ async fn concurrent_commits_from_32_tasks_all_land() {
         let loaded = store.load_project(p).await.unwrap().unwrap();
         assert_eq!(loaded.record.version, per_task);
         assert_eq!(loaded.tail.len() as u64, per_task);
-        assert_eq!(store.event_range(s).await.unwrap(), Some((3, per_task * 3 + 2)));
+        assert_eq!(
+            store.event_range(s).await.unwrap(),
+            Some((3, per_task * 3 + 2))
+        );
     }
     store.close().await;
 }
@@ -312,9 +335,20 @@ async fn commits_fail_while_another_process_locks_the_file_then_recover_by_thems
     let other = rusqlite::Connection::open(&path).unwrap();
     other.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let error = store.commit(vec![events(s, [2])]).await.unwrap_err();
-    assert_eq!(error.to_string(), "store unavailable: the database is locked by another process");
-    assert_eq!(store.events(s, 0, 10).await.unwrap().len(), 1, "reads keep working");
-    assert_eq!(store.event_range(s).await.unwrap(), Some((1, 1)), "nothing of the job was kept");
+    assert_eq!(
+        error.to_string(),
+        "store unavailable: the database is locked by another process"
+    );
+    assert_eq!(
+        store.events(s, 0, 10).await.unwrap().len(),
+        1,
+        "reads keep working"
+    );
+    assert_eq!(
+        store.event_range(s).await.unwrap(),
+        Some((1, 1)),
+        "nothing of the job was kept"
+    );
 
     other.execute_batch("COMMIT").unwrap();
     store.commit(vec![events(s, [2])]).await.unwrap();

@@ -262,10 +262,10 @@ impl Session {
     pub(super) fn recent_after(&self, after: u64) -> Option<Vec<Arc<SessionEvent>>> {
         let recent = self.recent.lock();
         let first = recent.front().map(|e| e.seq)?;
-        if first > after + 1 {
+        if first > after.saturating_add(1) {
             return None;
         }
-        let skip = (after + 1 - first) as usize;
+        let skip = (after.saturating_add(1) - first) as usize;
         Some(recent.iter().skip(skip).cloned().collect())
     }
 }

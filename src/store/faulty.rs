@@ -70,7 +70,12 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.load_project(id).await
     }
 
-    async fn events(&self, session_id: Uuid, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn events(
+        &self,
+        session_id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         self.inner.events(session_id, after, limit).await
     }
 

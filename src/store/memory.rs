@@ -1,6 +1,7 @@
 //! The in-memory store (`--in-memory`): same semantics as a durable store, kept in the process only.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound::{Excluded, Unbounded};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -105,7 +106,7 @@ impl Store for MemoryStore {
             .ops
             .get(&id)
             .map(|ops| {
-                ops.range(after + 1..)
+                ops.range((Excluded(after), Unbounded))
                     .map(|(v, o)| (*v, o.clone()))
                     .collect()
             })
@@ -127,7 +128,7 @@ impl Store for MemoryStore {
         Ok(d.events
             .get(&session_id)
             .map(|log| {
-                log.range(after + 1..)
+                log.range((Excluded(after), Unbounded))
                     .take(limit)
                     .map(|(seq, json)| StoredEvent {
                         seq: *seq,

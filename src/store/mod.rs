@@ -4,7 +4,8 @@
 //! commit is atomic and, for a durable store, on disk when it returns. Values
 //! are opaque JSON strings (serialised dispatcher state, ops and events) so a
 //! store never needs to understand the domain. `sqlite` is the default
-//! embedded store; `memory` keeps everything in the process (`--in-memory`).
+//! embedded store; `memory` keeps everything in the process (`--in-memory`);
+//! `faulty` wraps either to make commits fail on demand in tests.
 
 pub mod faulty;
 pub mod memory;

@@ -156,8 +156,9 @@ impl SqliteStore {
     /// database at `path`, then starts the writer thread.
     pub fn open(path: &Path, options: SqliteOptions) -> anyhow::Result<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("Failed to create the data directory {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!("Failed to create the data directory {}", dir.display())
+            })?;
         }
         let mut conn = Connection::open(path)
             .with_context(|| format!("Failed to open the database {}", path.display()))?;
@@ -244,9 +245,11 @@ impl Store for SqliteStore {
         }
         // The writer drops the reply sender without answering only if it
         // panicked; the caller then gets an error instead of waiting forever.
-        answer
-            .await
-            .unwrap_or_else(|_| Err(StoreError("the store's writer failed during the commit".into())))
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError(
+                "the store's writer failed during the commit".into(),
+            ))
+        })
     }
 
     async fn projects(&self) -> Result<Vec<ProjectRecord>, StoreError> {
@@ -303,7 +306,8 @@ impl Store for SqliteStore {
                     "SELECT version, op FROM project_ops
                      WHERE project_id = ?1 AND version > ?2 ORDER BY version",
                 )?;
-                let rows = stmt.query_map(params![id, after], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                let rows =
+                    stmt.query_map(params![id, after], |row| Ok((row.get(0)?, row.get(1)?)))?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()?
             };
             tx.finish()?;
@@ -316,7 +320,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn events(&self, session_id: Uuid, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn events(
+        &self,
+        session_id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         // Seqs are stored as SQLite integers, so none is above i64::MAX.
         let Ok(after) = i64::try_from(after) else {
             return Ok(Vec::new());
@@ -346,8 +355,10 @@ impl Store for SqliteStore {
                 "SELECT (SELECT MIN(seq) FROM session_events WHERE session_id = ?1),
                         (SELECT MAX(seq) FROM session_events WHERE session_id = ?1)",
             )?;
-            let (first, last): (Option<u64>, Option<u64>) =
-                stmt.query_row([session_id.to_string()], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            let (first, last): (Option<u64>, Option<u64>) = stmt
+                .query_row([session_id.to_string()], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?;
             Ok(first.zip(last))
         })
         .await
@@ -370,11 +381,16 @@ impl Store for SqliteStore {
 
 /// Checks the schema version, switches to WAL and applies the migrations
 /// this database has not seen yet.
-fn prepare_schema(conn: &mut Connection, path: &Path, options: &SqliteOptions) -> anyhow::Result<()> {
+fn prepare_schema(
+    conn: &mut Connection,
+    path: &Path,
+    options: &SqliteOptions,
+) -> anyhow::Result<()> {
     conn.busy_timeout(options.busy_timeout)?;
     // Look before changing anything: a newer database is left exactly as it is.
     refuse_newer(conn, path)?;
-    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         bail!("the database cannot use write-ahead logging (journal mode stays {mode})");
     }
@@ -403,7 +419,10 @@ fn refuse_newer(conn: &Connection, path: &Path) -> anyhow::Result<usize> {
     match usize::try_from(version) {
         Ok(version) if version <= known => Ok(version),
         _ => {
-            let name = path.file_name().unwrap_or(path.as_os_str()).to_string_lossy();
+            let name = path
+                .file_name()
+                .unwrap_or(path.as_os_str())
+                .to_string_lossy();
             bail!(
                 "{name} was written by a newer Talus Tally (schema {version}, this binary knows up to {known}); refusing to open it"
             )
@@ -422,7 +441,9 @@ fn configure_writer(conn: &Connection, options: &SqliteOptions) -> rusqlite::Res
 }
 
 fn open_reader(path: &Path, options: &SqliteOptions) -> rusqlite::Result<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(options.busy_timeout)?;
     Ok(conn)
@@ -436,7 +457,10 @@ struct Readers {
 
 impl Readers {
     /// Runs `f` on a free connection, or waits for one taken in turn.
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
         let mut conn = match self.conns.iter().find_map(|c| c.try_lock()) {
             Some(conn) => conn,
             None => self.conns[self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len()].lock(),
@@ -482,7 +506,8 @@ impl Writer {
             }
             // A panic must not end the thread; the jobs of the group are
             // dropped with it, so their callers get an error, not a hang.
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit_group(group)));
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit_group(group)));
             if outcome.is_err() {
                 tracing::error!("the store's writer panicked during a commit; reconnecting");
                 self.conn = None;
@@ -514,7 +539,9 @@ impl Writer {
         let conn = self.conn.as_ref().expect("connection opened above");
         let outcome = run_group(conn, &group);
         let reconnect = match &outcome {
-            Ok(results) => results.iter().any(|r| r.as_ref().is_err_and(needs_reconnect)),
+            Ok(results) => results
+                .iter()
+                .any(|r| r.as_ref().is_err_and(needs_reconnect)),
             Err(e) => needs_reconnect(e),
         };
         match outcome {
@@ -545,7 +572,9 @@ impl Writer {
     }
 
     fn answer_all(&self, group: Vec<Job>, error: &rusqlite::Error) {
-        self.shared.failed.fetch_add(group.len() as u64, Ordering::Relaxed);
+        self.shared
+            .failed
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
         for job in group {
             let _ = job.reply.send(Err(store_error(error)));
         }
@@ -555,7 +584,9 @@ impl Writer {
         // No CREATE flag: if the file vanished, fail rather than start an
         // empty database without a schema.
         #[allow(unused_mut)]
-        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
         #[cfg(test)]
         if self.shared.hooks.open_read_only() {
             flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -581,14 +612,19 @@ impl Writer {
                     tracing::warn!(error = %e, "store could not close its database");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "store could not reopen its database to checkpoint it"),
+            Err(e) => {
+                tracing::warn!(error = %e, "store could not reopen its database to checkpoint it")
+            }
         }
     }
 }
 
 /// Runs every job of the group in one transaction: the result of each job,
 /// or the error that lost the whole group (then nothing of it was kept).
-fn run_group(conn: &Connection, group: &[Job]) -> Result<Vec<rusqlite::Result<()>>, rusqlite::Error> {
+fn run_group(
+    conn: &Connection,
+    group: &[Job],
+) -> Result<Vec<rusqlite::Result<()>>, rusqlite::Error> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let mut results = Vec::with_capacity(group.len());
     for job in group {
@@ -618,7 +654,8 @@ fn rollback(conn: &Connection) {
 
 /// Applies one job inside its own savepoint.
 fn run_job(conn: &Connection, writes: &[Write]) -> Result<(), Failure> {
-    conn.execute_batch("SAVEPOINT job").map_err(Failure::Group)?;
+    conn.execute_batch("SAVEPOINT job")
+        .map_err(Failure::Group)?;
     match writes.iter().try_for_each(|write| apply(conn, write)) {
         Ok(()) => conn.execute_batch("RELEASE job").map_err(Failure::Group),
         // After some errors (disk full, I/O error) SQLite rolls back the
@@ -671,8 +708,10 @@ fn apply(conn: &Connection, write: &Write) -> rusqlite::Result<()> {
         } => {
             // REPLACE, like `MemoryStore`: an op logged for a version the
             // dispatcher reverted and reused is superseded, not a conflict.
-            conn.prepare_cached("INSERT OR REPLACE INTO project_ops (project_id, version, op) VALUES (?1, ?2, ?3)")?
-                .execute(params![project_id.to_string(), version, op])?;
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO project_ops (project_id, version, op) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![project_id.to_string(), version, op])?;
         }
         Write::DeleteProject(id) => {
             let id = id.to_string();
@@ -705,8 +744,9 @@ fn apply(conn: &Connection, write: &Write) -> rusqlite::Result<()> {
         Write::AppendEvents { session_id, events } => {
             let id = session_id.to_string();
             // REPLACE, like `MemoryStore`: an event with a seq already stored replaces it.
-            let mut stmt =
-                conn.prepare_cached("INSERT OR REPLACE INTO session_events (session_id, seq, json) VALUES (?1, ?2, ?3)")?;
+            let mut stmt = conn.prepare_cached(
+                "INSERT OR REPLACE INTO session_events (session_id, seq, json) VALUES (?1, ?2, ?3)",
+            )?;
             for event in events {
                 stmt.execute(params![id, event.seq, event.json])?;
             }
@@ -718,7 +758,9 @@ fn apply(conn: &Connection, write: &Write) -> rusqlite::Result<()> {
             let id = session_id.to_string();
             match i64::try_from(*below_seq) {
                 Ok(below) => conn
-                    .prepare_cached("DELETE FROM session_events WHERE session_id = ?1 AND seq < ?2")?
+                    .prepare_cached(
+                        "DELETE FROM session_events WHERE session_id = ?1 AND seq < ?2",
+                    )?
                     .execute(params![id, below])?,
                 // Every stored seq is below it.
                 Err(_) => conn
@@ -771,7 +813,10 @@ fn time_column(row: &Row<'_>, idx: usize) -> rusqlite::Result<DateTime<Utc>> {
         .map_err(|e| conversion_error(idx, e))
 }
 
-fn conversion_error(idx: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+fn conversion_error(
+    idx: usize,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e))
 }
 
@@ -804,7 +849,9 @@ fn store_error(e: &rusqlite::Error) -> StoreError {
         Some(ErrorCode::SystemIoFailure) => "disk I/O error".to_string(),
         Some(ErrorCode::CannotOpen) => "cannot open the database file".to_string(),
         Some(ErrorCode::PermissionDenied) => "permission denied on the database file".to_string(),
-        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => "the database file is corrupt".to_string(),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+            "the database file is corrupt".to_string()
+        }
         _ => e.to_string(),
     };
     StoreError(message)
@@ -873,7 +920,10 @@ mod tests {
     }
 
     /// Submits every job while the writer is held, so they form one group.
-    async fn commit_as_one_group(store: &Arc<SqliteStore>, jobs: Vec<Vec<Write>>) -> Vec<Result<(), StoreError>> {
+    async fn commit_as_one_group(
+        store: &Arc<SqliteStore>,
+        jobs: Vec<Vec<Write>>,
+    ) -> Vec<Result<(), StoreError>> {
         let before = store.stats();
         store.shared.hooks.pause(true);
         let count = jobs.len() as u64;
@@ -892,7 +942,11 @@ mod tests {
         for task in tasks {
             results.push(task.await.unwrap());
         }
-        assert_eq!(store.stats().groups, before.groups + 1, "the jobs formed one group");
+        assert_eq!(
+            store.stats().groups,
+            before.groups + 1,
+            "the jobs formed one group"
+        );
         results
     }
 
@@ -972,11 +1026,21 @@ mod tests {
         // after `chmod 0444` (which does not stop root, who runs the tests).
         store.shared.hooks.read_only.store(true, Ordering::SeqCst);
         store.shared.hooks.reconnect.store(true, Ordering::SeqCst);
-        let error = store.commit(vec![events(session, 2..=2)]).await.unwrap_err();
+        let error = store
+            .commit(vec![events(session, 2..=2)])
+            .await
+            .unwrap_err();
         assert_eq!(error.0, "the database file is read-only");
-        let error = store.commit(vec![events(session, 2..=2)]).await.unwrap_err();
+        let error = store
+            .commit(vec![events(session, 2..=2)])
+            .await
+            .unwrap_err();
         assert_eq!(error.0, "the database file is read-only");
-        assert_eq!(store.event_range(session).await.unwrap(), Some((1, 1)), "reads keep working");
+        assert_eq!(
+            store.event_range(session).await.unwrap(),
+            Some((1, 1)),
+            "reads keep working"
+        );
 
         // Writable again: the writer dropped its read-only connection after
         // the error, so the next commit opens a fresh one and succeeds.
@@ -992,7 +1056,10 @@ mod tests {
         let session = Uuid::new_v4();
 
         store.shared.hooks.panic.store(true, Ordering::SeqCst);
-        let error = store.commit(vec![events(session, 1..=1)]).await.unwrap_err();
+        let error = store
+            .commit(vec![events(session, 1..=1)])
+            .await
+            .unwrap_err();
         assert_eq!(error.0, "the store's writer failed during the commit");
 
         store.commit(vec![events(session, 2..=2)]).await.unwrap();
