@@ -4,7 +4,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_graphql::http::{WebSocketProtocols, WsMessage, ALL_WEBSOCKET_PROTOCOLS};
+use async_graphql::http::{WebSocketProtocols, WsMessage};
 use async_graphql::{BatchRequest, Data};
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -19,6 +19,9 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::api::{AppSchema, ConnClient, HttpClient};
+
+/// Read buffer of a websocket; larger client messages are read in several steps.
+const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -76,7 +79,10 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
             return error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "LIMIT_EXCEEDED",
-                format!("the request body is larger than the limit of {} bytes", state.max_body_bytes),
+                format!(
+                    "the request body is larger than the limit of {} bytes",
+                    state.max_body_bytes
+                ),
             )
         }
     };
@@ -105,12 +111,16 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
             .headers
             .get(header::SEC_WEBSOCKET_PROTOCOL)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').find_map(|p| p.trim().parse::<WebSocketProtocols>().ok()));
+            .and_then(|v| {
+                v.split(',')
+                    .find_map(|p| p.trim().parse::<WebSocketProtocols>().ok())
+            });
         let Some(protocol) = protocol else {
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "BAD_USER_INPUT",
-                "websocket clients must ask for the graphql-transport-ws or graphql-ws subprotocol".to_string(),
+                "websocket clients must ask for the graphql-transport-ws or graphql-ws subprotocol"
+                    .to_string(),
             );
         };
         let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
@@ -118,7 +128,15 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
             Err(e) => return e.into_response(),
         };
         return upgrade
-            .protocols(ALL_WEBSOCKET_PROTOCOLS)
+            // Answer with the subprotocol this connection will speak (the client's
+            // first supported one), not axum's pick from a list, or a client
+            // offering both would be told one protocol and spoken to in the other.
+            .protocols([protocol.sec_websocket_protocol()])
+            // Clients only send small messages (subscribe, complete, pong), and
+            // tungstenite zero-fills the free part of its read buffer before
+            // every read attempt: the default 128 KiB cost a 128 KiB memset per
+            // poll and 128 KiB of RSS per connection (talus-bench, BENCHMARKS.md).
+            .read_buffer_size(WS_READ_BUFFER_BYTES)
             .on_upgrade(move |socket| serve_websocket(socket, state, protocol))
             .into_response();
     }
@@ -129,11 +147,13 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "BAD_USER_INPUT",
-                format!("GET /graphql needs ?query=... (and optional variables, operationName): {e}"),
+                format!(
+                    "GET /graphql needs ?query=... (and optional variables, operationName): {e}"
+                ),
             )
         }
     };
-    if parts.method == Method::GET && request.query.trim_start().starts_with("mutation") {
+    if parts.method == Method::GET && has_mutation(&request.query) {
         return error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "BAD_USER_INPUT",
@@ -141,6 +161,17 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         );
     }
     execute(&state, &parts.headers, BatchRequest::Single(request)).await
+}
+
+/// Whether a document holds a mutation, wherever it stands (after comments or
+/// fragments too). A document that does not parse is left to the executor,
+/// which reports it as BAD_USER_INPUT.
+fn has_mutation(query: &str) -> bool {
+    async_graphql::parser::parse_query(query).is_ok_and(|doc| {
+        doc.operations
+            .iter()
+            .any(|(_, op)| op.node.ty == async_graphql::parser::types::OperationType::Mutation)
+    })
 }
 
 async fn sdl(State(state): State<AppState>) -> Response {

@@ -1,17 +1,21 @@
 //! Talus Tally: a real-time, template-driven project graph server.
+pub mod api;
 pub mod domain;
+pub mod http;
 pub mod playground;
+pub mod server;
+pub mod session;
 pub mod store;
 pub mod templates;
-pub mod session;
-pub mod api;
-pub mod http;
-pub mod server;
 
 /// The GraphQL schema (SDL) this server offers, as `schema.graphql` holds it.
 pub fn sdl() -> String {
     use async_graphql::Schema;
-    Schema::build(api::schema::Query, api::schema::Mutation, api::schema::SubscriptionRoot)
-        .finish()
-        .sdl()
+    Schema::build(
+        api::schema::Query,
+        api::schema::Mutation,
+        api::schema::SubscriptionRoot,
+    )
+    .finish()
+    .sdl()
 }

@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use talus_tally::server::{self, Config};
 
 #[derive(Parser)]
-#[command(name = "talus-tally", version, about = "Real-time, template-driven project graph server (GraphQL)")]
+#[command(
+    name = "talus-tally",
+    version,
+    about = "Real-time, template-driven project graph server (GraphQL)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,

@@ -51,8 +51,12 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     if config.in_memory {
         return Ok(Arc::new(MemoryStore::new()));
     }
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("could not create the data dir {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "could not create the data dir {}",
+            config.data_dir.display()
+        )
+    })?;
     let path = config.data_dir.join("talus.db");
     let store = SqliteStore::open(&path, SqliteOptions::default())
         .map_err(|e| anyhow::anyhow!("could not open {}: {e}", path.display()))?;
@@ -92,7 +96,11 @@ impl Running {
 }
 
 /// Starts serving on `listener` with `store`; returns once it accepts connections.
-pub async fn start(config: Config, listener: TcpListener, store: Arc<dyn Store>) -> anyhow::Result<Running> {
+pub async fn start(
+    config: Config,
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+) -> anyhow::Result<Running> {
     let templates = Arc::new(load_templates(&config));
     let hub = Hub::start(config.session.clone(), store, templates).await?;
     let schema = api::build(hub.clone(), &config.limits);

@@ -58,13 +58,19 @@ impl Child_ {
     /// SIGTERM, then the exit status (must come within 10 s).
     fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "the server did not exit within 10 s of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit within 10 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -103,12 +109,18 @@ const STATE: &str = "query($s: ID!) { session(id: $s) { lastSeq version canUndo 
 async fn replay(url: &str, session: &str, since: u64, until_seq: u64) -> Vec<Value> {
     let ws_url = url.replace("http://", "ws://") + "/graphql";
     let mut req = ws_url.into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("websocket connects");
-    ws.send(Message::text(json!({"type": "connection_init", "payload": {"clientId": "replayer"}}).to_string()))
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
         .await
-        .unwrap();
+        .expect("websocket connects");
+    ws.send(Message::text(
+        json!({"type": "connection_init", "payload": {"clientId": "replayer"}}).to_string(),
+    ))
+    .await
+    .unwrap();
     let query = "subscription($s: ID!, $since: Int) { sessionEvents(sessionId: $s, since: $since) { __typename seq commandId } }";
     ws.send(Message::text(
         json!({"id": "1", "type": "subscribe", "payload": {"query": query, "variables": {"s": session, "since": since}}})
@@ -118,7 +130,11 @@ async fn replay(url: &str, session: &str, since: u64, until_seq: u64) -> Vec<Val
     .unwrap();
     let mut events = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while events.last().map_or(since, |e: &Value| e["seq"].as_u64().unwrap()) < until_seq {
+    while events
+        .last()
+        .map_or(since, |e: &Value| e["seq"].as_u64().unwrap())
+        < until_seq
+    {
         let left = deadline.saturating_duration_since(Instant::now());
         let msg = tokio::time::timeout(left, ws.next())
             .await
@@ -129,7 +145,10 @@ async fn replay(url: &str, session: &str, since: u64, until_seq: u64) -> Vec<Val
         let v: Value = serde_json::from_str(&text).unwrap();
         match v["type"].as_str() {
             Some("next") => {
-                assert!(v["payload"].get("errors").is_none(), "subscription error: {v}");
+                assert!(
+                    v["payload"].get("errors").is_none(),
+                    "subscription error: {v}"
+                );
                 events.push(v["payload"]["data"]["sessionEvents"].clone());
             }
             Some("connection_ack") | Some("ping") | Some("pong") => {}
@@ -141,18 +160,27 @@ async fn replay(url: &str, session: &str, since: u64, until_seq: u64) -> Vec<Val
 
 fn assert_consecutive(events: &[Value], from: u64) {
     for (i, e) in events.iter().enumerate() {
-        assert_eq!(e["seq"].as_u64(), Some(from + 1 + i as u64), "gap or duplicate at {e}");
+        assert_eq!(
+            e["seq"].as_u64(),
+            Some(from + 1 + i as u64),
+            "gap or duplicate at {e}"
+        );
     }
 }
 
 /// Structural invariants as a client sees them.
 fn assert_graph_consistent(state: &Value) {
     let nodes = state["graph"]["nodes"].as_array().unwrap();
-    let ids: std::collections::HashSet<&str> = nodes.iter().map(|n| n["id"].as_str().unwrap()).collect();
+    let ids: std::collections::HashSet<&str> =
+        nodes.iter().map(|n| n["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), nodes.len(), "a node appears twice");
     for n in nodes {
         for c in n["children"].as_array().unwrap() {
-            assert_eq!(c["parentId"], n["id"], "child {c} does not point back to {}", n["id"]);
+            assert_eq!(
+                c["parentId"], n["id"],
+                "child {c} does not point back to {}",
+                n["id"]
+            );
         }
         if let Some(p) = n["parentId"].as_str() {
             assert!(ids.contains(p), "dangling parent {p}");
@@ -195,11 +223,20 @@ async fn sigkill_under_load_loses_no_acknowledged_write_and_half_applies_nothing
     let http = reqwest::Client::new();
     let mut server = spawn(dir.path());
     let created = data(
-        &gql(&http, &server.url, CREATE, json!({"t": "restomod", "n": "Crash test"})).await,
+        &gql(
+            &http,
+            &server.url,
+            CREATE,
+            json!({"t": "restomod", "n": "Crash test"}),
+        )
+        .await,
         "createProject",
     );
     let session = created["id"].as_str().unwrap().to_string();
-    let root = created["graph"]["roots"][0]["id"].as_str().unwrap().to_string();
+    let root = created["graph"]["roots"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let acked = Arc::new(Mutex::new(Acked::default()));
 
     for round in 0..3 {
@@ -207,8 +244,14 @@ async fn sigkill_under_load_loses_no_acknowledged_write_and_half_applies_nothing
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut writers = Vec::new();
         for w in 0..6 {
-            let (http, url, session, root, acked, stop) =
-                (http.clone(), server.url.clone(), session.clone(), root.clone(), acked.clone(), stop.clone());
+            let (http, url, session, root, acked, stop) = (
+                http.clone(),
+                server.url.clone(),
+                session.clone(),
+                root.clone(),
+                acked.clone(),
+                stop.clone(),
+            );
             writers.push(tokio::spawn(async move {
                 let mut i = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -262,7 +305,10 @@ async fn sigkill_under_load_loses_no_acknowledged_write_and_half_applies_nothing
         }
 
         server = spawn(dir.path());
-        let state = data(&gql(&http, &server.url, STATE, json!({"s": session})).await, "session");
+        let state = data(
+            &gql(&http, &server.url, STATE, json!({"s": session})).await,
+            "session",
+        );
         assert!(!state.is_null(), "the session survives the crash");
         assert_graph_consistent(&state);
         let nodes: std::collections::HashMap<String, Value> = state["graph"]["nodes"]
@@ -271,30 +317,34 @@ async fn sigkill_under_load_loses_no_acknowledged_write_and_half_applies_nothing
             .iter()
             .map(|n| (n["id"].as_str().unwrap().to_string(), n.clone()))
             .collect();
-        let a = acked.lock();
-        assert!(!a.pairs.is_empty(), "round {round}: the load acknowledged nothing before the kill");
-        for (phase, job) in &a.pairs {
-            assert!(nodes.contains_key(phase), "acknowledged phase {phase} lost");
-            assert!(nodes.contains_key(job), "acknowledged job {job} lost");
-        }
-        for (phase, job) in &a.in_flight {
-            assert_eq!(
-                nodes.contains_key(phase),
-                nodes.contains_key(job),
-                "a batch was half applied: phase {phase} / job {job}"
+        {
+            let a = acked.lock();
+            assert!(
+                !a.pairs.is_empty(),
+                "round {round}: the load acknowledged nothing before the kill"
             );
-        }
-        for (node, (acked_value, in_flight)) in &a.values {
-            let Some(n) = nodes.get(node) else { continue };
-            let got = n["properties"]["start_date"].as_str().map(str::to_string);
-            if got != *acked_value {
-                assert!(
-                    in_flight.is_some() && got == *in_flight,
-                    "node {node}: start_date {got:?}, acknowledged {acked_value:?}"
+            for (phase, job) in &a.pairs {
+                assert!(nodes.contains_key(phase), "acknowledged phase {phase} lost");
+                assert!(nodes.contains_key(job), "acknowledged job {job} lost");
+            }
+            for (phase, job) in &a.in_flight {
+                assert_eq!(
+                    nodes.contains_key(phase),
+                    nodes.contains_key(job),
+                    "a batch was half applied: phase {phase} / job {job}"
                 );
             }
+            for (node, (acked_value, in_flight)) in &a.values {
+                let Some(n) = nodes.get(node) else { continue };
+                let got = n["properties"]["start_date"].as_str().map(str::to_string);
+                if got != *acked_value {
+                    assert!(
+                        in_flight.is_some() && got == *in_flight,
+                        "node {node}: start_date {got:?}, acknowledged {acked_value:?}"
+                    );
+                }
+            }
         }
-        drop(a);
         // The log replays from seq 1 without a gap and holds every acknowledged command.
         let last_seq = state["lastSeq"].as_u64().unwrap();
         let events = replay(&server.url, &session, 0, last_seq).await;
@@ -305,7 +355,10 @@ async fn sigkill_under_load_loses_no_acknowledged_write_and_half_applies_nothing
             .filter_map(|e| e["commandId"].as_str())
             .collect();
         for c in &acked.lock().commands {
-            assert!(logged.contains(c.as_str()), "acknowledged command {c} has no CommandExecuted in the log");
+            assert!(
+                logged.contains(c.as_str()),
+                "acknowledged command {c} has no CommandExecuted in the log"
+            );
         }
         acked.lock().in_flight.clear();
         acked.lock().values.retain(|_, v| v.0.is_some());
@@ -314,14 +367,29 @@ async fn sigkill_under_load_loses_no_acknowledged_write_and_half_applies_nothing
         }
     }
     // Undo still works after all the crashes, and redo puts the change back.
-    let before = data(&gql(&http, &server.url, STATE, json!({"s": session})).await, "session");
+    let before = data(
+        &gql(&http, &server.url, STATE, json!({"s": session})).await,
+        "session",
+    );
     let undo = "mutation($s: ID!) { undo(sessionId: $s) { version canRedo } }";
-    let undone = data(&gql(&http, &server.url, undo, json!({"s": session})).await, "undo");
+    let undone = data(
+        &gql(&http, &server.url, undo, json!({"s": session})).await,
+        "undo",
+    );
     assert_eq!(undone["canRedo"], true);
     let redo = "mutation($s: ID!) { redo(sessionId: $s) { version } }";
-    data(&gql(&http, &server.url, redo, json!({"s": session})).await, "redo");
-    let after = data(&gql(&http, &server.url, STATE, json!({"s": session})).await, "session");
-    assert_eq!(before["graph"], after["graph"], "undo then redo restores the graph exactly");
+    data(
+        &gql(&http, &server.url, redo, json!({"s": session})).await,
+        "redo",
+    );
+    let after = data(
+        &gql(&http, &server.url, STATE, json!({"s": session})).await,
+        "session",
+    );
+    assert_eq!(
+        before["graph"], after["graph"],
+        "undo then redo restores the graph exactly"
+    );
     server.kill();
 }
 
@@ -331,34 +399,76 @@ async fn sigterm_exits_cleanly_and_a_restart_keeps_everything() {
     let http = reqwest::Client::new();
     let server = spawn(dir.path());
     let created = data(
-        &gql(&http, &server.url, CREATE, json!({"t": "restomod", "n": "Clean stop"})).await,
+        &gql(
+            &http,
+            &server.url,
+            CREATE,
+            json!({"t": "restomod", "n": "Clean stop"}),
+        )
+        .await,
         "createProject",
     );
     let session = created["id"].as_str().unwrap().to_string();
-    let root = created["graph"]["roots"][0]["id"].as_str().unwrap().to_string();
+    let root = created["graph"]["roots"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for i in 0..5 {
         let commands = json!([{"createNode": {"parentId": root, "typeId": "phase", "name": format!("Phase {i}")}}]);
-        data(&gql(&http, &server.url, BATCH, json!({"s": session, "c": commands})).await, "executeBatch");
+        data(
+            &gql(
+                &http,
+                &server.url,
+                BATCH,
+                json!({"s": session, "c": commands}),
+            )
+            .await,
+            "executeBatch",
+        );
     }
     let undo = "mutation($s: ID!) { undo(sessionId: $s) { version } }";
-    data(&gql(&http, &server.url, undo, json!({"s": session})).await, "undo");
-    let before = data(&gql(&http, &server.url, STATE, json!({"s": session})).await, "session");
+    data(
+        &gql(&http, &server.url, undo, json!({"s": session})).await,
+        "undo",
+    );
+    let before = data(
+        &gql(&http, &server.url, STATE, json!({"s": session})).await,
+        "session",
+    );
     let projects_q = "{ projects { id name nodeCount version } }";
-    let projects_before = data(&gql(&http, &server.url, projects_q, json!({})).await, "projects");
+    let projects_before = data(
+        &gql(&http, &server.url, projects_q, json!({})).await,
+        "projects",
+    );
 
     let status = server.terminate();
     assert!(status.success(), "SIGTERM exits with 0, got {status}");
 
     let server = spawn(dir.path());
-    let after = data(&gql(&http, &server.url, STATE, json!({"s": session})).await, "session");
-    assert_eq!(before, after, "sessions, graph, version, lastSeq and undo/redo state survive");
+    let after = data(
+        &gql(&http, &server.url, STATE, json!({"s": session})).await,
+        "session",
+    );
+    assert_eq!(
+        before, after,
+        "sessions, graph, version, lastSeq and undo/redo state survive"
+    );
     assert_eq!(after["canRedo"], true);
-    let projects_after = data(&gql(&http, &server.url, projects_q, json!({})).await, "projects");
+    let projects_after = data(
+        &gql(&http, &server.url, projects_q, json!({})).await,
+        "projects",
+    );
     assert_eq!(projects_before, projects_after);
     // Redo continues where it stopped.
     let redo = "mutation($s: ID!) { redo(sessionId: $s) { version canRedo } }";
-    let redone = data(&gql(&http, &server.url, redo, json!({"s": session})).await, "redo");
-    assert_eq!(redone["version"].as_u64(), Some(before["version"].as_u64().unwrap() + 1));
+    let redone = data(
+        &gql(&http, &server.url, redo, json!({"s": session})).await,
+        "redo",
+    );
+    assert_eq!(
+        redone["version"].as_u64(),
+        Some(before["version"].as_u64().unwrap() + 1)
+    );
     assert!(server.terminate().success());
 }
 
@@ -368,35 +478,83 @@ async fn a_subscriber_resuming_with_since_after_a_restart_gets_exactly_the_misse
     let http = reqwest::Client::new();
     let server = spawn(dir.path());
     let created = data(
-        &gql(&http, &server.url, CREATE, json!({"t": "restomod", "n": "Resume"})).await,
+        &gql(
+            &http,
+            &server.url,
+            CREATE,
+            json!({"t": "restomod", "n": "Resume"}),
+        )
+        .await,
         "createProject",
     );
     let session = created["id"].as_str().unwrap().to_string();
-    let root = created["graph"]["roots"][0]["id"].as_str().unwrap().to_string();
+    let root = created["graph"]["roots"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let add = |n: usize| json!([{"createNode": {"parentId": root, "typeId": "phase", "name": format!("Phase {n}")}}]);
     for i in 0..3 {
-        data(&gql(&http, &server.url, BATCH, json!({"s": session, "c": add(i)})).await, "executeBatch");
+        data(
+            &gql(
+                &http,
+                &server.url,
+                BATCH,
+                json!({"s": session, "c": add(i)}),
+            )
+            .await,
+            "executeBatch",
+        );
     }
-    let seen_up_to = data(&gql(&http, &server.url, STATE, json!({"s": session})).await, "session")["lastSeq"]
+    let seen_up_to = data(
+        &gql(&http, &server.url, STATE, json!({"s": session})).await,
+        "session",
+    )["lastSeq"]
         .as_u64()
         .unwrap();
     let first = replay(&server.url, &session, 0, seen_up_to).await;
     assert_consecutive(&first, 0);
     // Events the client misses: some before the crash, some after the restart.
     for i in 3..6 {
-        data(&gql(&http, &server.url, BATCH, json!({"s": session, "c": add(i)})).await, "executeBatch");
+        data(
+            &gql(
+                &http,
+                &server.url,
+                BATCH,
+                json!({"s": session, "c": add(i)}),
+            )
+            .await,
+            "executeBatch",
+        );
     }
     server.kill();
     let server = spawn(dir.path());
     for i in 6..8 {
-        data(&gql(&http, &server.url, BATCH, json!({"s": session, "c": add(i)})).await, "executeBatch");
+        data(
+            &gql(
+                &http,
+                &server.url,
+                BATCH,
+                json!({"s": session, "c": add(i)}),
+            )
+            .await,
+            "executeBatch",
+        );
     }
-    let last = data(&gql(&http, &server.url, STATE, json!({"s": session})).await, "session")["lastSeq"]
+    let last = data(
+        &gql(&http, &server.url, STATE, json!({"s": session})).await,
+        "session",
+    )["lastSeq"]
         .as_u64()
         .unwrap();
     let missed = replay(&server.url, &session, seen_up_to, last).await;
     assert_consecutive(&missed, seen_up_to);
     assert_eq!(missed.last().unwrap()["seq"].as_u64(), Some(last));
-    let executed = missed.iter().filter(|e| e["__typename"] == "CommandExecuted").count();
-    assert_eq!(executed, 5, "the five commands after seq {seen_up_to} arrive, once each");
+    let executed = missed
+        .iter()
+        .filter(|e| e["__typename"] == "CommandExecuted")
+        .count();
+    assert_eq!(
+        executed, 5,
+        "the five commands after seq {seen_up_to} arrive, once each"
+    );
 }

@@ -37,17 +37,30 @@ pub fn uuid(id: &ID, what: &str) -> Result<Uuid> {
     Uuid::parse_str(id.as_str()).map_err(|_| {
         code(
             ErrorCode::BadUserInput,
-            format!("{what} must be a UUID like 292b9e11-45c7-94f4-20db-7f6085266a4f, got \"{}\"", id.as_str()),
+            format!(
+                "{what} must be a UUID like 292b9e11-45c7-94f4-20db-7f6085266a4f, got \"{}\"",
+                id.as_str()
+            ),
         )
     })
 }
 
 /// A non-negative index argument, or INDEX_OUT_OF_RANGE.
 pub fn index(i: i32) -> Result<usize> {
-    usize::try_from(i).map_err(|_| code(ErrorCode::IndexOutOfRange, format!("index {i} is out of range: it must be 0 or more")))
+    usize::try_from(i).map_err(|_| {
+        code(
+            ErrorCode::IndexOutOfRange,
+            format!("index {i} is out of range: it must be 0 or more"),
+        )
+    })
 }
 
 /// A non-negative count argument (versions, seqs), or BAD_USER_INPUT.
 pub fn count(i: i32, what: &str) -> Result<u64> {
-    u64::try_from(i).map_err(|_| code(ErrorCode::BadUserInput, format!("{what} must be 0 or more, got {i}")))
+    u64::try_from(i).map_err(|_| {
+        code(
+            ErrorCode::BadUserInput,
+            format!("{what} must be 0 or more, got {i}"),
+        )
+    })
 }

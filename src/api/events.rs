@@ -235,9 +235,14 @@ event_type!(CommandRedone {
 
 fn presence(kind: &EventKind) -> Option<(&crate::session::ClientInfo, u32)> {
     match kind {
-        EventKind::ClientJoined { client, active_clients } | EventKind::ClientLeft { client, active_clients } => {
-            Some((client, *active_clients))
+        EventKind::ClientJoined {
+            client,
+            active_clients,
         }
+        | EventKind::ClientLeft {
+            client,
+            active_clients,
+        } => Some((client, *active_clients)),
         _ => None,
     }
 }
@@ -296,11 +301,23 @@ fn unreachable_node() -> NodeView {
 #[derive(Interface)]
 #[graphql(
     name = "SessionEvent",
-    field(name = "seq", ty = "i32", desc = "Per-session sequence number, strictly increasing by 1 with no gaps."),
+    field(
+        name = "seq",
+        ty = "i32",
+        desc = "Per-session sequence number, strictly increasing by 1 with no gaps."
+    ),
     field(name = "session_id", ty = "ID"),
     field(name = "timestamp", ty = "Timestamp"),
-    field(name = "command_id", ty = "Option<ID>", desc = "The command that caused it, if any."),
-    field(name = "client_id", ty = "Option<ID>", desc = "The client whose request caused it, if known.")
+    field(
+        name = "command_id",
+        ty = "Option<ID>",
+        desc = "The command that caused it, if any."
+    ),
+    field(
+        name = "client_id",
+        ty = "Option<ID>",
+        desc = "The client whose request caused it, if known."
+    )
 )]
 pub enum SessionEventView {
     NodeCreated(NodeCreated),

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextRequest, NextSubscribe,
-    NextValidation,
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextRequest,
+    NextSubscribe, NextValidation,
 };
 use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{Response, ServerError, ServerResult, ValidationResult, Value, Variables};
@@ -24,7 +24,10 @@ impl ExtensionFactory for Codes {
 struct CodesExtension;
 
 fn with_code(mut e: ServerError, code: &str) -> ServerError {
-    let has = e.extensions.as_ref().is_some_and(|x| x.get("code").is_some());
+    let has = e
+        .extensions
+        .as_ref()
+        .is_some_and(|x| x.get("code").is_some());
     if !has {
         e.extensions
             .get_or_insert_with(Default::default)
@@ -33,10 +36,21 @@ fn with_code(mut e: ServerError, code: &str) -> ServerError {
     e
 }
 
+/// The messages async-graphql uses when a configured limit is hit (depth,
+/// complexity, parser recursion, directives per field, recursion depth).
+/// They are matched as phrases: a validation error that merely mentions an
+/// argument named `limit` is still a BAD_USER_INPUT.
+const LIMIT_MESSAGES: [&str; 4] = [
+    "query is nested too deep",
+    "query is too complex",
+    "recursion limit exceeded",
+    "cannot be greater than",
+];
+
 /// The code for an error the engine produced before any resolver ran.
 fn engine_code(e: &ServerError) -> &'static str {
     let m = e.message.to_lowercase();
-    if m.contains("nested too deep") || m.contains("too complex") || m.contains("too many") || m.contains("limit") {
+    if LIMIT_MESSAGES.iter().any(|l| m.contains(l)) {
         "LIMIT_EXCEEDED"
     } else {
         "BAD_USER_INPUT"
@@ -77,9 +91,10 @@ impl Extension for CodesExtension {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        next.run(ctx, query, variables)
-            .await
-            .map_err(|e| with_code(e, "BAD_USER_INPUT"))
+        next.run(ctx, query, variables).await.map_err(|e| {
+            let code = engine_code(&e);
+            with_code(e, code)
+        })
     }
 
     async fn validation(

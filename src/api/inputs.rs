@@ -108,12 +108,18 @@ impl CreateNodeInput {
             Some(other) => {
                 return Err(code(
                     ErrorCode::BadUserInput,
-                    format!("properties must be a JSON object of property id -> value, got {other}"),
+                    format!(
+                        "properties must be a JSON object of property id -> value, got {other}"
+                    ),
                 ))
             }
         };
         Ok(Command::CreateNode {
-            parent_id: self.parent_id.as_ref().map(|p| uuid(p, "parentId")).transpose()?,
+            parent_id: self
+                .parent_id
+                .as_ref()
+                .map(|p| uuid(p, "parentId"))
+                .transpose()?,
             type_id: self.type_id.0,
             name: self.name,
             properties,

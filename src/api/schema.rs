@@ -14,8 +14,8 @@ use super::events::SessionEventView;
 use super::extension::Codes;
 use super::inputs::{CommandInput, CreateNodeInput};
 use super::types::{
-    hub, session, CleanupResultView, CommandResultView, GraphView, NodeView, ProjectView, SessionView,
-    TemplateErrorView, TemplateView,
+    hub, session, CleanupResultView, CommandResultView, GraphView, NodeView, ProjectView,
+    SessionView, TemplateErrorView, TemplateView,
 };
 use super::{ConnClient, HttpClient};
 use crate::domain::{project_file, Command, ErrorCode};
@@ -74,7 +74,12 @@ pub struct Query;
 impl Query {
     /// Every template the server can use: built-in ones and those in the templates directory.
     async fn templates(&self, ctx: &Context<'_>) -> Vec<TemplateView> {
-        hub(ctx).templates().list().into_iter().map(TemplateView).collect()
+        hub(ctx)
+            .templates()
+            .list()
+            .into_iter()
+            .map(TemplateView)
+            .collect()
     }
 
     /// One template with its full schema, or null if unknown.
@@ -144,8 +149,9 @@ impl Query {
         session_id: ID,
         text: Option<String>,
         type_id: Option<ID>,
-        #[graphql(default = 100)] limit: i32,
+        #[graphql(default = 100)] limit: Option<i32>,
     ) -> Result<Vec<NodeView>> {
+        let limit = limit.unwrap_or(100);
         let s = session(ctx, &session_id)?;
         s.read().project().gql()?;
         let limit = count(limit, "limit")? as usize;
@@ -175,8 +181,15 @@ impl Mutation {
     }
 
     /// A new project from a template, opened in a new session with its root node.
-    async fn create_project(&self, ctx: &Context<'_>, template_id: ID, name: String) -> Result<SessionView> {
-        Ok(SessionView(hub(ctx).create_project(&template_id, &name).await.gql()?))
+    async fn create_project(
+        &self,
+        ctx: &Context<'_>,
+        template_id: ID,
+        name: String,
+    ) -> Result<SessionView> {
+        Ok(SessionView(
+            hub(ctx).create_project(&template_id, &name).await.gql()?,
+        ))
     }
 
     /// Open a stored project; if a live session already has it open, that session is returned.
@@ -194,7 +207,11 @@ impl Mutation {
         name: Option<String>,
     ) -> Result<SessionView> {
         let (session, imported) = hub(ctx)
-            .import_project(&file.0, template_id.as_ref().map(|t| t.as_str()), name.as_deref())
+            .import_project(
+                &file.0,
+                template_id.as_ref().map(|t| t.as_str()),
+                name.as_deref(),
+            )
             .await
             .gql()?;
         if !imported.orphaned.is_empty() || !imported.warnings.is_empty() {
@@ -222,8 +239,9 @@ impl Mutation {
     async fn cleanup_sessions(
         &self,
         ctx: &Context<'_>,
-        #[graphql(default = 24.0)] max_inactive_hours: f64,
+        #[graphql(default = 24.0)] max_inactive_hours: Option<f64>,
     ) -> Result<CleanupResultView> {
+        let max_inactive_hours = max_inactive_hours.unwrap_or(24.0);
         if !max_inactive_hours.is_finite() || max_inactive_hours < 0.0 {
             return Err(code(
                 ErrorCode::BadUserInput,
@@ -262,7 +280,13 @@ impl Mutation {
             .into_iter()
             .map(CommandInput::into_command)
             .collect::<Result<Vec<_>>>()?;
-        run(ctx, &session_id, Command::Batch { commands }, version(expected_version)?).await
+        run(
+            ctx,
+            &session_id,
+            Command::Batch { commands },
+            version(expected_version)?,
+        )
+        .await
     }
 
     /// Errors with NOTHING_TO_UNDO when the undo stack is empty.
@@ -280,12 +304,22 @@ impl Mutation {
     }
 
     /// Shorthand for execute(command: {createNode: ...}).
-    async fn create_node(&self, ctx: &Context<'_>, session_id: ID, input: CreateNodeInput) -> Result<CommandResultView> {
+    async fn create_node(
+        &self,
+        ctx: &Context<'_>,
+        session_id: ID,
+        input: CreateNodeInput,
+    ) -> Result<CommandResultView> {
         run(ctx, &session_id, input.into_command()?, None).await
     }
 
     /// Shorthand for execute(command: {deleteNode: ...}).
-    async fn delete_node(&self, ctx: &Context<'_>, session_id: ID, node_id: ID) -> Result<CommandResultView> {
+    async fn delete_node(
+        &self,
+        ctx: &Context<'_>,
+        session_id: ID,
+        node_id: ID,
+    ) -> Result<CommandResultView> {
         let command = Command::DeleteNode {
             node_id: uuid(&node_id, "nodeId")?,
         };
@@ -327,9 +361,17 @@ impl Mutation {
     }
 }
 
-async fn run(ctx: &Context<'_>, session_id: &ID, command: Command, expected: Option<u64>) -> Result<CommandResultView> {
+async fn run(
+    ctx: &Context<'_>,
+    session_id: &ID,
+    command: Command,
+    expected: Option<u64>,
+) -> Result<CommandResultView> {
     let s = session(ctx, session_id)?;
-    let outcome = s.execute(command, expected, client_id(ctx)).await.map_err(gql)?;
+    let outcome = s
+        .execute(command, expected, client_id(ctx))
+        .await
+        .map_err(gql)?;
     Ok(result(outcome, s))
 }
 
@@ -361,7 +403,9 @@ impl SubscriptionRoot {
         let s = hub.session(id).gql()?;
         let (client, slot) = match ctx.data_opt::<ConnClient>() {
             Some(c) => {
-                let limit = ctx.data_unchecked::<super::ApiLimits>().max_subscriptions_per_connection;
+                let limit = ctx
+                    .data_unchecked::<super::ApiLimits>()
+                    .max_subscriptions_per_connection;
                 let open = c.subscriptions.fetch_add(1, Ordering::Relaxed);
                 let slot = Slot(c.subscriptions.clone());
                 if open >= limit {

@@ -43,7 +43,12 @@ impl TemplateView {
         NodeTypeView(self.0.root_type().clone())
     }
     async fn node_types(&self) -> Vec<NodeTypeView> {
-        self.0.node_types.iter().cloned().map(NodeTypeView).collect()
+        self.0
+            .node_types
+            .iter()
+            .cloned()
+            .map(NodeTypeView)
+            .collect()
     }
     async fn node_type(&self, id: ID) -> Option<NodeTypeView> {
         self.0.node_type(&id).cloned().map(NodeTypeView)
@@ -68,7 +73,12 @@ impl NodeTypeView {
         self.0.allowed_children.iter().cloned().map(ID).collect()
     }
     async fn properties(&self) -> Vec<PropertyDefView> {
-        self.0.properties.iter().cloned().map(PropertyDefView).collect()
+        self.0
+            .properties
+            .iter()
+            .cloned()
+            .map(PropertyDefView)
+            .collect()
     }
     /// Feature flags from the template, e.g. is_root.
     async fn features(&self) -> &[String] {
@@ -188,7 +198,10 @@ impl ProjectView {
         ID(self.0.template_id.clone())
     }
     async fn template(&self, ctx: &Context<'_>) -> Option<TemplateView> {
-        hub(ctx).templates().get(&self.0.template_id).map(TemplateView)
+        hub(ctx)
+            .templates()
+            .get(&self.0.template_id)
+            .map(TemplateView)
     }
     async fn created_at(&self) -> Timestamp {
         Timestamp(self.0.created_at)
@@ -232,34 +245,63 @@ impl SessionView {
         self.0.read().project.is_some()
     }
     async fn project(&self) -> Option<ProjectView> {
-        self.0.read().project.as_ref().map(|p| ProjectView(p.record.clone()))
+        self.0
+            .read()
+            .project
+            .as_ref()
+            .map(|p| ProjectView(p.record.clone()))
     }
     /// Graph version: +1 for every applied command, undo or redo.
     async fn version(&self) -> i32 {
-        self.0.read().project.as_ref().map_or(0, |p| p.dispatcher.version() as i32)
+        self.0
+            .read()
+            .project
+            .as_ref()
+            .map_or(0, |p| p.dispatcher.version() as i32)
     }
     /// Seq of the newest event of this session (0 if none).
     async fn last_seq(&self) -> i32 {
         self.0.read().last_seq as i32
     }
     async fn can_undo(&self) -> bool {
-        self.0.read().project.as_ref().is_some_and(|p| p.dispatcher.can_undo())
+        self.0
+            .read()
+            .project
+            .as_ref()
+            .is_some_and(|p| p.dispatcher.can_undo())
     }
     async fn can_redo(&self) -> bool {
-        self.0.read().project.as_ref().is_some_and(|p| p.dispatcher.can_redo())
+        self.0
+            .read()
+            .project
+            .as_ref()
+            .is_some_and(|p| p.dispatcher.can_redo())
     }
     async fn node_count(&self) -> i32 {
-        self.0.read().project.as_ref().map_or(0, |p| p.dispatcher.graph().len() as i32)
+        self.0
+            .read()
+            .project
+            .as_ref()
+            .map_or(0, |p| p.dispatcher.graph().len() as i32)
     }
     async fn graph(&self) -> Option<GraphView> {
-        self.0.read().project.is_some().then(|| GraphView(self.0.clone()))
+        self.0
+            .read()
+            .project
+            .is_some()
+            .then(|| GraphView(self.0.clone()))
     }
 }
 
 pub struct GraphView(pub Arc<Session>);
 
 impl GraphView {
-    fn nodes_where(&self, keep: impl Fn(&Node) -> bool, limit: usize, roots_only: bool) -> Vec<NodeView> {
+    fn nodes_where(
+        &self,
+        keep: impl Fn(&Node) -> bool,
+        limit: usize,
+        roots_only: bool,
+    ) -> Vec<NodeView> {
         let state = self.0.read();
         let Some(project) = state.project.as_ref() else {
             return Vec::new();
@@ -267,16 +309,30 @@ impl GraphView {
         let graph = project.dispatcher.graph();
         let make = |n: &Node| NodeView::live(n, &project.template, &self.0);
         if roots_only {
-            return graph.roots().iter().filter_map(|id| graph.get(id)).map(make).collect();
+            return graph
+                .roots()
+                .iter()
+                .filter_map(|id| graph.get(id))
+                .map(make)
+                .collect();
         }
-        graph.preorder().filter(|n| keep(n)).take(limit).map(make).collect()
+        graph
+            .preorder()
+            .filter(|n| keep(n))
+            .take(limit)
+            .map(make)
+            .collect()
     }
 }
 
 #[Object(name = "Graph")]
 impl GraphView {
     async fn version(&self) -> i32 {
-        self.0.read().project.as_ref().map_or(0, |p| p.dispatcher.version() as i32)
+        self.0
+            .read()
+            .project
+            .as_ref()
+            .map_or(0, |p| p.dispatcher.version() as i32)
     }
     async fn roots(&self) -> Vec<NodeView> {
         self.nodes_where(|_| true, usize::MAX, true)
@@ -286,7 +342,11 @@ impl GraphView {
         self.nodes_where(|_| true, usize::MAX, false)
     }
     async fn node_count(&self) -> i32 {
-        self.0.read().project.as_ref().map_or(0, |p| p.dispatcher.graph().len() as i32)
+        self.0
+            .read()
+            .project
+            .as_ref()
+            .map_or(0, |p| p.dispatcher.graph().len() as i32)
     }
 }
 
@@ -296,7 +356,9 @@ impl GraphView {
         let needle = text.map(str::to_lowercase);
         self.nodes_where(
             |n| {
-                needle.as_ref().is_none_or(|t| n.name.to_lowercase().contains(t))
+                needle
+                    .as_ref()
+                    .is_none_or(|t| n.name.to_lowercase().contains(t))
                     && type_id.is_none_or(|ty| n.type_id == ty)
             },
             limit,
@@ -381,7 +443,12 @@ impl NodeView {
         self.template
             .as_ref()
             .and_then(|t| t.node_type(&self.type_id))
-            .map(|t| t.missing_required(&self.properties).into_iter().map(ID).collect())
+            .map(|t| {
+                t.missing_required(&self.properties)
+                    .into_iter()
+                    .map(ID)
+                    .collect()
+            })
             .unwrap_or_default()
     }
     async fn parent_id(&self) -> Option<ID> {
@@ -389,7 +456,8 @@ impl NodeView {
     }
     /// The parent in the live graph (null for event records).
     async fn parent(&self) -> Option<NodeView> {
-        self.lookup(&self.parent.into_iter().collect::<Vec<_>>()).pop()
+        self.lookup(&self.parent.into_iter().collect::<Vec<_>>())
+            .pop()
     }
     /// Children in order (empty for event records, whose children arrive as their own events).
     async fn children(&self) -> Vec<NodeView> {
@@ -423,7 +491,12 @@ impl CommandResultView {
     }
     /// The events this command produced, as delivered to subscribers.
     async fn events(&self) -> Vec<SessionEventView> {
-        let template = self.session.read().project.as_ref().map(|p| p.template.clone());
+        let template = self
+            .session
+            .read()
+            .project
+            .as_ref()
+            .map(|p| p.template.clone());
         self.outcome
             .events
             .iter()

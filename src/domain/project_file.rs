@@ -142,6 +142,12 @@ fn bad(message: impl Into<String>) -> DomainError {
 
 /// Imports a project file against `template`; nodes without a `created_at` get `now`.
 ///
+/// The roots are the file's `roots` list when it has one (parentless nodes
+/// the list leaves out follow it), else the parentless nodes in file order.
+/// For a 1.0 `nodes` object "file order" is the order `serde_json::Map`
+/// keeps, which is by id (the crate does not enable `preserve_order`); that
+/// is why `export` writes `roots`.
+///
 /// Fails with BAD_USER_INPUT (or NODE_TYPE_NOT_FOUND for a type the template
 /// lacks) when the file cannot become a valid graph; nothing is created then.
 pub fn import(

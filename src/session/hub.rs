@@ -26,7 +26,10 @@ use crate::templates::TemplateCatalog;
 fn store_error(e: StoreError) -> DomainError {
     err(
         ErrorCode::StoreUnavailable,
-        format!("the store could not be used ({}); nothing changed, retry later", e.0),
+        format!(
+            "the store could not be used ({}); nothing changed, retry later",
+            e.0
+        ),
     )
 }
 
@@ -105,7 +108,11 @@ impl Hub {
                 let idle = hub.config.idle_limit;
                 match hub.cleanup(idle).await {
                     Ok(r) if r.sessions_removed > 0 => {
-                        tracing::info!(removed = r.sessions_removed, active = r.active_sessions, "reaped idle sessions")
+                        tracing::info!(
+                            removed = r.sessions_removed,
+                            active = r.active_sessions,
+                            "reaped idle sessions"
+                        )
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "session reaper failed"),
@@ -124,7 +131,10 @@ impl Hub {
             let known: Vec<String> = self.templates.list().iter().map(|t| t.id.clone()).collect();
             err(
                 ErrorCode::TemplateNotFound,
-                format!("there is no template '{id}'; available: {}", known.join(", ")),
+                format!(
+                    "there is no template '{id}'; available: {}",
+                    known.join(", ")
+                ),
             )
         })
     }
@@ -139,12 +149,12 @@ impl Hub {
 
     /// A live session, or SESSION_NOT_FOUND. Counts as activity.
     pub fn session(&self, id: Uuid) -> Result<Arc<Session>, DomainError> {
-        let session = self
-            .sessions
-            .read()
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| err(ErrorCode::SessionNotFound, format!("there is no session {id}; it may have been closed")))?;
+        let session = self.sessions.read().get(&id).cloned().ok_or_else(|| {
+            err(
+                ErrorCode::SessionNotFound,
+                format!("there is no session {id}; it may have been closed"),
+            )
+        })?;
         session.touch();
         Ok(session)
     }
@@ -175,7 +185,12 @@ impl Hub {
         self.find_session(sid)
     }
 
-    fn register(&self, record: &SessionRecord, project: Option<OpenProject>, last_seq: u64) -> Arc<Session> {
+    fn register(
+        &self,
+        record: &SessionRecord,
+        project: Option<OpenProject>,
+        last_seq: u64,
+    ) -> Arc<Session> {
         let project_id = project.as_ref().map(|p| p.record.id);
         let session = Session::start(
             record,
@@ -213,7 +228,12 @@ impl Hub {
     }
 
     /// Stores a new project with `graph` and opens it in a new session.
-    async fn start_project(&self, template: Arc<Template>, name: String, graph: Graph) -> Result<Arc<Session>, DomainError> {
+    async fn start_project(
+        &self,
+        template: Arc<Template>,
+        name: String,
+        graph: Graph,
+    ) -> Result<Arc<Session>, DomainError> {
         let now = Utc::now();
         let mut dispatcher = Dispatcher::new(graph);
         dispatcher.set_history_limit(self.config.history_limit);
@@ -226,7 +246,8 @@ impl Hub {
             version: 0,
             node_count: dispatcher.graph().len() as u64,
         };
-        let state = serde_json::to_string(&dispatcher).map_err(|e| internal("could not serialise a new project", e))?;
+        let state = serde_json::to_string(&dispatcher)
+            .map_err(|e| internal("could not serialise a new project", e))?;
         let session_record = Self::new_session_record(Some(record.id));
         let _guard = self.lifecycle.lock().await;
         self.store
@@ -247,7 +268,11 @@ impl Hub {
     }
 
     /// A new project from a template, with its root node named after it, open in a new session.
-    pub async fn create_project(&self, template_id: &str, name: &str) -> Result<Arc<Session>, DomainError> {
+    pub async fn create_project(
+        &self,
+        template_id: &str,
+        name: &str,
+    ) -> Result<Arc<Session>, DomainError> {
         let template = self.template(template_id)?;
         let name = clean_name(name)?;
         let root = template.root_type();
@@ -288,7 +313,9 @@ impl Hub {
             Some(n) => clean_name(n)?,
             None => "Imported project".to_string(),
         };
-        let session = self.start_project(template, name, imported.graph.clone()).await?;
+        let session = self
+            .start_project(template, name, imported.graph.clone())
+            .await?;
         Ok((session, imported))
     }
 
@@ -299,7 +326,12 @@ impl Hub {
             .load_project(project_id)
             .await
             .map_err(store_error)?
-            .ok_or_else(|| err(ErrorCode::ProjectNotFound, format!("there is no project {project_id}")))?;
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::ProjectNotFound,
+                    format!("there is no project {project_id}"),
+                )
+            })?;
         let template = self.template(&loaded.record.template_id)?;
         let limit = self.config.history_limit;
         tokio::task::spawn_blocking(move || {
@@ -311,10 +343,11 @@ impl Hub {
             dispatcher.set_history_limit(limit);
             let tail = loaded.tail.len() as u64;
             for (version, json) in &loaded.tail {
-                let op: Op = serde_json::from_str(json).map_err(|e| internal("a stored op could not be read", e))?;
-                dispatcher
-                    .replay(op)
-                    .map_err(|e| internal(&format!("stored op {version} could not be replayed"), e))?;
+                let op: Op = serde_json::from_str(json)
+                    .map_err(|e| internal("a stored op could not be read", e))?;
+                dispatcher.replay(op).map_err(|e| {
+                    internal(&format!("stored op {version} could not be replayed"), e)
+                })?;
             }
             let mut record = loaded.record;
             record.version = dispatcher.version();
@@ -333,7 +366,10 @@ impl Hub {
             return Ok(session);
         }
         if self.index.get(&project_id).is_none() {
-            return Err(err(ErrorCode::ProjectNotFound, format!("there is no project {project_id}")));
+            return Err(err(
+                ErrorCode::ProjectNotFound,
+                format!("there is no project {project_id}"),
+            ));
         }
         let project = self.load_project(project_id).await?;
         let record = Self::new_session_record(Some(project_id));
@@ -347,9 +383,15 @@ impl Hub {
     /// Deletes a stored project; refused while people are working in it.
     pub async fn delete_project(&self, project_id: Uuid) -> Result<bool, DomainError> {
         if self.index.get(&project_id).is_none() {
-            return Err(err(ErrorCode::ProjectNotFound, format!("there is no project {project_id}")));
+            return Err(err(
+                ErrorCode::ProjectNotFound,
+                format!("there is no project {project_id}"),
+            ));
         }
         if let Some(session) = self.session_of_project(project_id) {
+            // A client that just unsubscribed has its leave queued to the actor;
+            // let the actor apply it first so the count is current.
+            session.flush().await?;
             let active = session.read().active_clients();
             if active > 0 {
                 return Err(err(
@@ -374,9 +416,12 @@ impl Hub {
     /// Closes a session: its subscriptions end; its project stays stored.
     pub async fn close_session(&self, id: Uuid) -> Result<bool, DomainError> {
         let _guard = self.lifecycle.lock().await;
-        let session = self
-            .find_session(id)
-            .ok_or_else(|| err(ErrorCode::SessionNotFound, format!("there is no session {id}; it may have been closed")))?;
+        let session = self.find_session(id).ok_or_else(|| {
+            err(
+                ErrorCode::SessionNotFound,
+                format!("there is no session {id}; it may have been closed"),
+            )
+        })?;
         session.close();
         session.stopped().await;
         self.store
@@ -396,7 +441,8 @@ impl Hub {
 
     /// Closes sessions with no active client idle for longer than `max_idle`.
     pub async fn cleanup(&self, max_idle: Duration) -> Result<CleanupResult, DomainError> {
-        let cutoff = Utc::now() - chrono::Duration::from_std(max_idle).unwrap_or(chrono::Duration::MAX);
+        let cutoff =
+            Utc::now() - chrono::Duration::from_std(max_idle).unwrap_or(chrono::Duration::MAX);
         let idle: Vec<Uuid> = self
             .sessions()
             .into_iter()
@@ -437,7 +483,14 @@ impl Hub {
         if let Some(client) = client {
             session.join(client).await?;
         }
-        Ok(subscribe::stream(session, since, client_id, rx, start, self.stop.subscribe()))
+        Ok(subscribe::stream(
+            session,
+            since,
+            client_id,
+            rx,
+            start,
+            self.stop.subscribe(),
+        ))
     }
 
     /// Ends every subscription, persists every session's record and closes the store.

@@ -34,7 +34,12 @@ pub struct OpenProject {
 }
 
 impl OpenProject {
-    pub fn new(record: ProjectRecord, template: Arc<Template>, dispatcher: Dispatcher, ops_since_snapshot: u64) -> Self {
+    pub fn new(
+        record: ProjectRecord,
+        template: Arc<Template>,
+        dispatcher: Dispatcher,
+        ops_since_snapshot: u64,
+    ) -> Self {
         OpenProject {
             record,
             template,
@@ -64,9 +69,12 @@ impl State {
 
     /// The open project, or NO_PROJECT.
     pub fn project(&self) -> Result<&OpenProject, DomainError> {
-        self.project
-            .as_ref()
-            .ok_or_else(|| err(ErrorCode::NoProject, "this session has no project open; use openProject or createProject"))
+        self.project.as_ref().ok_or_else(|| {
+            err(
+                ErrorCode::NoProject,
+                "this session has no project open; use openProject or createProject",
+            )
+        })
     }
 }
 
@@ -215,11 +223,18 @@ impl Session {
     async fn ask<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, DomainError> {
         self.touch();
         let (tx, rx) = oneshot::channel();
-        self.jobs
-            .send(job(tx))
-            .map_err(|_| err(ErrorCode::SessionNotFound, format!("session {} is closed", self.id)))?;
-        rx.await
-            .map_err(|_| err(ErrorCode::SessionNotFound, format!("session {} was closed", self.id)))?
+        self.jobs.send(job(tx)).map_err(|_| {
+            err(
+                ErrorCode::SessionNotFound,
+                format!("session {} is closed", self.id),
+            )
+        })?;
+        rx.await.map_err(|_| {
+            err(
+                ErrorCode::SessionNotFound,
+                format!("session {} was closed", self.id),
+            )
+        })?
     }
 
     pub async fn execute(
@@ -277,7 +292,11 @@ enum Pending {
 }
 
 /// The session's single writer: drains jobs in groups, commits each group once, then publishes.
-async fn actor(session: std::sync::Weak<Session>, mut rx: mpsc::UnboundedReceiver<Job>, index: Arc<ProjectIndex>) {
+async fn actor(
+    session: std::sync::Weak<Session>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    index: Arc<ProjectIndex>,
+) {
     let (mut closed, stopped) = match session.upgrade() {
         Some(s) => (s.closed_signal(), s.stopped.clone()),
         None => return,
@@ -311,7 +330,9 @@ async fn actor(session: std::sync::Weak<Session>, mut rx: mpsc::UnboundedReceive
             }
         };
         let Some(first) = first else { return };
-        let Some(session) = session.upgrade() else { return };
+        let Some(session) = session.upgrade() else {
+            return;
+        };
         let mut jobs = vec![first];
         while jobs.len() < session.config.max_group {
             match rx.try_recv() {
@@ -335,7 +356,12 @@ struct Group<'a> {
 }
 
 impl Group<'_> {
-    fn event(&mut self, command_id: Option<Uuid>, client_id: &Option<String>, kind: EventKind) -> Arc<SessionEvent> {
+    fn event(
+        &mut self,
+        command_id: Option<Uuid>,
+        client_id: &Option<String>,
+        kind: EventKind,
+    ) -> Arc<SessionEvent> {
         let event = Arc::new(SessionEvent::new(
             self.next_seq,
             self.session.id,
@@ -376,7 +402,9 @@ async fn run_group(session: &Session, jobs: Vec<Job>, index: &ProjectIndex) {
                 project.record.version = project.dispatcher.version();
                 project.record.node_count = project.dispatcher.graph().len() as u64;
                 project.record.updated_at = Utc::now();
-                group.writes.push(Write::UpsertProject(project.record.clone()));
+                group
+                    .writes
+                    .push(Write::UpsertProject(project.record.clone()));
                 let due = session
                     .config
                     .snapshot_interval
@@ -475,7 +503,10 @@ async fn run_group(session: &Session, jobs: Vec<Job>, index: &ProjectIndex) {
             }
             let failure = err(
                 ErrorCode::StoreUnavailable,
-                format!("the change could not be stored ({}); nothing changed, retry later", e.0),
+                format!(
+                    "the change could not be stored ({}); nothing changed, retry later",
+                    e.0
+                ),
             );
             for p in group.pending {
                 match p {
@@ -523,7 +554,10 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, job: Job) {
             let command_id = Uuid::new_v4();
             let command_type = command.type_name().to_string();
             let Some(project) = state.project.as_mut() else {
-                let e = err(ErrorCode::NoProject, "this session has no project open; use openProject or createProject");
+                let e = err(
+                    ErrorCode::NoProject,
+                    "this session has no project open; use openProject or createProject",
+                );
                 group.pending.push(Pending::Outcome(reply, Err(e)));
                 return;
             };
@@ -537,18 +571,21 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, job: Job) {
             let template = project.template.clone();
             let mut new_id = Uuid::new_v4;
             let mut ctx = Ctx::new(&template, Utc::now(), &mut new_id);
-            let result = project
-                .dispatcher
-                .execute(&command, expected_version, command_id, &mut ctx);
+            let result =
+                project
+                    .dispatcher
+                    .execute(&command, expected_version, command_id, &mut ctx);
             let outcome = match result {
-                Ok(applied) => {
-                    finish_applied(project, group, applied, &client_id, |command_type, version| {
-                        EventKind::CommandExecuted {
-                            command_type,
-                            version,
-                        }
-                    })
-                }
+                Ok(applied) => finish_applied(
+                    project,
+                    group,
+                    applied,
+                    &client_id,
+                    |command_type, version| EventKind::CommandExecuted {
+                        command_type,
+                        version,
+                    },
+                ),
                 Err(e) => {
                     group.event(
                         Some(command_id),
@@ -564,20 +601,29 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, job: Job) {
             };
             group.pending.push(Pending::Outcome(reply, outcome));
         }
-        Job::Undo { client_id, reply } | Job::Redo { client_id, reply } if state.project.is_none() => {
+        Job::Undo { client_id, reply } | Job::Redo { client_id, reply }
+            if state.project.is_none() =>
+        {
             let _ = client_id;
-            let e = err(ErrorCode::NoProject, "this session has no project open; use openProject or createProject");
+            let e = err(
+                ErrorCode::NoProject,
+                "this session has no project open; use openProject or createProject",
+            );
             group.pending.push(Pending::Outcome(reply, Err(e)));
         }
         Job::Undo { client_id, reply } => {
             let project = state.project.as_mut().expect("checked above");
             let outcome = match project.dispatcher.undo() {
-                Ok(applied) => finish_applied(project, group, applied, &client_id, |command_type, version| {
-                    EventKind::CommandUndone {
+                Ok(applied) => finish_applied(
+                    project,
+                    group,
+                    applied,
+                    &client_id,
+                    |command_type, version| EventKind::CommandUndone {
                         command_type,
                         version,
-                    }
-                }),
+                    },
+                ),
                 Err(e) => Err(e),
             };
             group.pending.push(Pending::Outcome(reply, outcome));
@@ -585,12 +631,16 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, job: Job) {
         Job::Redo { client_id, reply } => {
             let project = state.project.as_mut().expect("checked above");
             let outcome = match project.dispatcher.redo() {
-                Ok(applied) => finish_applied(project, group, applied, &client_id, |command_type, version| {
-                    EventKind::CommandRedone {
+                Ok(applied) => finish_applied(
+                    project,
+                    group,
+                    applied,
+                    &client_id,
+                    |command_type, version| EventKind::CommandRedone {
                         command_type,
                         version,
-                    }
-                }),
+                    },
+                ),
                 Err(e) => Err(e),
             };
             group.pending.push(Pending::Outcome(reply, outcome));
@@ -667,7 +717,10 @@ fn finish_applied(
     // Events of an execute start with its CommandExecuting, already in the group.
     let start = group.events[..first]
         .iter()
-        .rposition(|e| e.command_id == Some(applied.command_id) && matches!(e.kind, EventKind::CommandExecuting { .. }))
+        .rposition(|e| {
+            e.command_id == Some(applied.command_id)
+                && matches!(e.kind, EventKind::CommandExecuting { .. })
+        })
         .filter(|i| *i + 1 == first)
         .unwrap_or(first);
     Ok(Outcome {

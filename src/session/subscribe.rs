@@ -59,7 +59,10 @@ async fn catch_up(session: &Session, last: u64) -> CatchUp {
                 match SessionEvent::from_json(&s.json) {
                     Ok(e) => out.push(Arc::new(e)),
                     Err(e) => {
-                        return CatchUp::Resync(format!("event {} could not be read back: {e}", s.seq))
+                        return CatchUp::Resync(format!(
+                            "event {} could not be read back: {e}",
+                            s.seq
+                        ))
                     }
                 }
             }
