@@ -418,3 +418,48 @@ async fn a_project_is_found_again_after_a_restart_on_the_same_data_dir() {
     let undone = again.undo(&session).await;
     assert_eq!(undone["version"], 3);
 }
+
+#[tokio::test]
+async fn the_reaper_closes_idle_sessions_without_clients_but_spares_watched_ones() {
+    let app = App::start_with(|c| {
+        c.session.reaper_interval = std::time::Duration::from_millis(50);
+        c.session.idle_limit = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let (idle, _) = app.create_project("restomod", "Idle").await;
+    let (watched, _) = app.create_project("restomod", "Watched").await;
+    let _ws = app.subscribe(&watched).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        // `sessions` lists without touching (asking for one session counts as activity).
+        let all = app.query("{ sessions { id } }", json!({})).await;
+        if !all["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == idle.as_str())
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reaper never closed the idle session"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let s = app
+        .query(
+            "query($s: ID!) { session(id: $s) { activeClients } }",
+            json!({"s": watched}),
+        )
+        .await;
+    assert_eq!(
+        s["session"]["activeClients"], 1,
+        "a session with a client is never reaped"
+    );
+    let names: Vec<String> = app.projects().await.into_iter().map(|p| p.1).collect();
+    assert!(
+        names.contains(&"Idle".to_string()),
+        "the reaped session's project is kept: {names:?}"
+    );
+}
