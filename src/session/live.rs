@@ -436,8 +436,10 @@ async fn run_group(session: &Session, jobs: Vec<Job>, index: &ProjectIndex) {
                 .collect(),
         });
         if let Some(keep) = session.config.event_retention {
+            // Prune whenever the log crosses a multiple of 256 events: cheap and bounded.
             let last = group.next_seq - 1;
-            if last > keep && last % 256 == 0 {
+            let first = group.events[0].seq;
+            if last > keep && (first - 1) / 256 != last / 256 {
                 group.writes.push(Write::PruneEvents {
                     session_id: session.id,
                     below_seq: last - keep + 1,
