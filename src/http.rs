@@ -1,24 +1,20 @@
 //! The axum router: GraphQL over HTTP and websockets on `/graphql`, the playground, the SDL and health.
 
-use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_graphql::http::{WebSocketProtocols, WsMessage};
-use async_graphql::{BatchRequest, Data};
+use async_graphql::http::WebSocketProtocols;
+use async_graphql::BatchRequest;
 use axum::body::{Body, Bytes};
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use futures_util::{SinkExt, StreamExt};
-use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::api::{AppSchema, ConnClient, HttpClient};
+use crate::api::{AppSchema, HttpClient};
 
 /// Read buffer of a websocket; larger client messages are read in several steps.
 const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
@@ -137,7 +133,7 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
             // every read attempt: the default 128 KiB cost a 128 KiB memset per
             // poll and 128 KiB of RSS per connection (talus-bench, BENCHMARKS.md).
             .read_buffer_size(WS_READ_BUFFER_BYTES)
-            .on_upgrade(move |socket| serve_websocket(socket, state, protocol))
+            .on_upgrade(move |socket| crate::ws::serve(socket, state, protocol))
             .into_response();
     }
     let query = parts.uri.query().unwrap_or("");
@@ -180,93 +176,4 @@ async fn sdl(State(state): State<AppState>) -> Response {
         state.schema.sdl(),
     )
         .into_response()
-}
-
-/// Identity of a websocket client from its `connection_init` payload (`clientId`, `name`), else generated.
-fn connection_client(payload: &serde_json::Value) -> ConnClient {
-    let text = |key: &str| {
-        payload
-            .get(key)
-            .and_then(|v| v.as_str())
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty() && s.len() <= 200)
-    };
-    ConnClient {
-        id: text("clientId").unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-        name: text("name"),
-        connected_at: chrono::Utc::now(),
-        subscriptions: Arc::new(AtomicUsize::new(0)),
-    }
-}
-
-/// Serves one websocket: graphql-transport-ws or the legacy graphql-ws, with server pings.
-async fn serve_websocket(socket: WebSocket, state: AppState, protocols: WebSocketProtocols) {
-    let (mut sink, stream) = socket.split();
-    let last_seen = Arc::new(Mutex::new(Instant::now()));
-    let seen = last_seen.clone();
-    let input = stream
-        .take_while(|r| futures_util::future::ready(r.is_ok()))
-        .filter_map(move |r| {
-            *seen.lock() = Instant::now();
-            futures_util::future::ready(match r {
-                Ok(Message::Text(t)) => Some(t.as_str().as_bytes().to_vec()),
-                Ok(Message::Binary(b)) => Some(b.to_vec()),
-                _ => None,
-            })
-        });
-    let mut messages = async_graphql::http::WebSocket::new(state.schema.clone(), input, protocols)
-        .on_connection_init(|payload| async move {
-            let mut data = Data::default();
-            data.insert(connection_client(&payload));
-            Ok(data)
-        });
-    let mut ping = tokio::time::interval(state.ws_ping_interval);
-    ping.tick().await;
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        tokio::select! {
-            msg = messages.next() => {
-                let out = match msg {
-                    Some(WsMessage::Text(text)) => Message::Text(text.into()),
-                    Some(WsMessage::Close(code, reason)) => Message::Close(Some(CloseFrame { code, reason: reason.into() })),
-                    None => break,
-                };
-                if sink.send(out).await.is_err() {
-                    break;
-                }
-            }
-            _ = ping.tick() => {
-                if last_seen.lock().elapsed() > state.ws_timeout {
-                    tracing::info!("dropping a websocket that stopped answering pings");
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: "ping timeout".into() }))).await;
-                    break;
-                }
-                if sink.send(Message::Ping(Bytes::from_static(b"talus"))).await.is_err() {
-                    break;
-                }
-            }
-            _ = stopped(&mut shutdown) => {
-                // Subscriptions end on their own (the hub stops them); let their
-                // `complete` messages go out before closing.
-                let deadline = tokio::time::sleep(Duration::from_millis(200));
-                tokio::pin!(deadline);
-                loop {
-                    tokio::select! {
-                        msg = messages.next() => match msg {
-                            Some(WsMessage::Text(text)) => { if sink.send(Message::Text(text.into())).await.is_err() { break; } }
-                            _ => break,
-                        },
-                        _ = &mut deadline => break,
-                    }
-                }
-                let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }))).await;
-                break;
-            }
-        }
-    }
-}
-
-/// Resolves once the flag is set (holding no borrow across awaits).
-async fn stopped(flag: &mut watch::Receiver<bool>) {
-    let _ = flag.wait_for(|s| *s).await.map(|_| ());
 }

@@ -7,6 +7,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod templates;
+pub mod ws;
 
 /// The GraphQL schema (SDL) this server offers, as `schema.graphql` holds it.
 pub fn sdl() -> String {

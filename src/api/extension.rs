@@ -1,5 +1,7 @@
 //! An async-graphql extension: gives engine errors (parse, validation, limits) a contract code and logs each operation.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -7,21 +9,69 @@ use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextRequest,
     NextSubscribe, NextValidation,
 };
-use async_graphql::parser::types::ExecutableDocument;
+use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use async_graphql::{Response, ServerError, ServerResult, ValidationResult, Value, Variables};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
+use parking_lot::Mutex;
 
-/// Adds codes to errors that carry none and logs one line per operation.
-pub struct Codes;
+/// Adds codes to errors that carry none, logs one line per operation and
+/// remembers parsed documents.
+#[derive(Default)]
+pub struct Codes {
+    parsed: Arc<ParseCache>,
+}
 
 impl ExtensionFactory for Codes {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(CodesExtension)
+        Arc::new(CodesExtension {
+            parsed: self.parsed.clone(),
+            subscription: AtomicBool::new(false),
+        })
     }
 }
 
-struct CodesExtension;
+/// Documents that parsed (and passed the parser's limits), by query text.
+///
+/// Clients send the same few operations over and over with different
+/// variables; parsing one with pest took about a fifth of the server's CPU for
+/// a small mutation, a clone of the parsed document a fraction of that
+/// (talus-bench, BENCHMARKS.md). Bounded: it is emptied when full.
+#[derive(Default)]
+struct ParseCache {
+    docs: Mutex<HashMap<String, ExecutableDocument>>,
+}
+
+/// Queries longer than this are parsed every time (big one-off documents).
+const PARSE_CACHE_MAX_QUERY_BYTES: usize = 4 * 1024;
+/// Documents kept before the cache starts over.
+const PARSE_CACHE_ENTRIES: usize = 256;
+
+impl ParseCache {
+    fn get(&self, query: &str) -> Option<ExecutableDocument> {
+        self.docs.lock().get(query).cloned()
+    }
+
+    fn put(&self, query: &str, doc: &ExecutableDocument) {
+        if query.len() > PARSE_CACHE_MAX_QUERY_BYTES {
+            return;
+        }
+        let mut docs = self.docs.lock();
+        if docs.len() >= PARSE_CACHE_ENTRIES {
+            docs.clear();
+        }
+        docs.insert(query.to_string(), doc.clone());
+    }
+}
+
+/// One per request (or per subscription stream).
+struct CodesExtension {
+    parsed: Arc<ParseCache>,
+    /// Set when the document is a subscription: async-graphql runs the `execute`
+    /// hook once per delivered event, and a log line per event and subscriber
+    /// cost about 40% of the server's CPU when fanning out (talus-bench).
+    subscription: AtomicBool,
+}
 
 fn with_code(mut e: ServerError, code: &str) -> ServerError {
     let has = e
@@ -91,10 +141,26 @@ impl Extension for CodesExtension {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        next.run(ctx, query, variables).await.map_err(|e| {
-            let code = engine_code(&e);
-            with_code(e, code)
-        })
+        let doc = match self.parsed.get(query) {
+            Some(doc) => doc,
+            None => {
+                let doc = next.run(ctx, query, variables).await.map_err(|e| {
+                    let code = engine_code(&e);
+                    with_code(e, code)
+                })?;
+                self.parsed.put(query, &doc);
+                doc
+            }
+        };
+        let subscription = doc
+            .operations
+            .iter()
+            .all(|(_, op)| op.node.ty == OperationType::Subscription);
+        if subscription {
+            self.subscription.store(true, Ordering::Relaxed);
+            tracing::info!("graphql subscription started");
+        }
+        Ok(doc)
     }
 
     async fn validation(
@@ -119,6 +185,9 @@ impl Extension for CodesExtension {
         operation_name: Option<&str>,
         next: NextExecute<'_>,
     ) -> Response {
+        if self.subscription.load(Ordering::Relaxed) {
+            return next.run(ctx, operation_name).await;
+        }
         let started = Instant::now();
         let resp = next.run(ctx, operation_name).await;
         tracing::info!(

@@ -30,3 +30,15 @@ pub struct ConnClient {
     /// Open subscriptions on this connection, for the per-connection limit.
     pub subscriptions: std::sync::Arc<AtomicUsize>,
 }
+
+/// Request data that turns `sessionEvents` into a one-event stream of `event`:
+/// the websocket transport renders each event once per selection this way and
+/// shares the result among subscribers. `probe` receives the parsed
+/// (session id, since) arguments.
+pub struct RenderOne {
+    pub event: std::sync::Arc<crate::session::SessionEvent>,
+    pub probe: Option<Probe>,
+}
+
+/// Where a render learns the (session id, since) arguments of the subscription.
+pub type Probe = std::sync::Arc<parking_lot::Mutex<Option<(uuid::Uuid, Option<u64>)>>>;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::{Context, Json, Object, Schema, Subscription, ID};
-use chrono::Utc;
-use futures_util::{Stream, StreamExt};
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::error::{code, count, gql, uuid, OrGql, Result};
@@ -17,7 +17,7 @@ use super::types::{
     hub, session, CleanupResultView, CommandResultView, GraphView, NodeView, ProjectView,
     SessionView, TemplateErrorView, TemplateView,
 };
-use super::{ConnClient, HttpClient};
+use super::{ConnClient, HttpClient, RenderOne};
 use crate::domain::{project_file, Command, ErrorCode};
 use crate::session::{ClientInfo, Hub, Outcome, Session};
 
@@ -48,7 +48,7 @@ pub fn build(hub: Arc<Hub>, limits: &ApiLimits) -> AppSchema {
         .data(limits.clone())
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
-        .extension(Codes)
+        .extension(Codes::default())
         .finish()
 }
 
@@ -396,10 +396,25 @@ impl SubscriptionRoot {
         ctx: &Context<'_>,
         session_id: ID,
         since: Option<i32>,
-    ) -> Result<impl Stream<Item = SessionEventView>> {
+    ) -> Result<BoxStream<'static, SessionEventView>> {
         let id = uuid(&session_id, "sessionId")?;
         let since = since.map(|s| count(s, "since")).transpose()?;
         let hub = hub(ctx).clone();
+        if let Some(one) = ctx.data_opt::<RenderOne>() {
+            // Rendering one recorded event for the websocket transport: no subscription, no presence.
+            let s = hub.find_session(id).ok_or_else(|| {
+                code(
+                    ErrorCode::SessionNotFound,
+                    format!("there is no session {id}; it may have been closed"),
+                )
+            })?;
+            if let Some(probe) = &one.probe {
+                *probe.lock() = Some((id, since));
+            }
+            let template = s.read().project.as_ref().map(|p| p.template.clone());
+            let view = SessionEventView::from_event(one.event.clone(), template);
+            return Ok(futures_util::stream::once(async move { view }).boxed());
+        }
         let s = hub.session(id).gql()?;
         let (client, slot) = match ctx.data_opt::<ConnClient>() {
             Some(c) => {
@@ -425,10 +440,11 @@ impl SubscriptionRoot {
         };
         let template = s.read().project.as_ref().map(|p| p.template.clone());
         let events = hub.subscribe(id, since, client).await.gql()?;
-        let _ = Utc::now();
-        Ok(events.map(move |e| {
-            let _slot = &slot;
-            SessionEventView::from_event(e, template.clone())
-        }))
+        Ok(events
+            .map(move |e| {
+                let _slot = &slot;
+                SessionEventView::from_event(e, template.clone())
+            })
+            .boxed())
     }
 }

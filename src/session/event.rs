@@ -1,6 +1,6 @@
 //! Session events: immutable, sequenced records of everything that happened in a session.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -66,6 +66,37 @@ pub struct SessionEvent {
     /// Serialised form, computed once and shared by the store and every subscriber.
     #[serde(skip)]
     json: OnceLock<String>,
+    /// Renderings of this event for transports, by an opaque key (e.g. a
+    /// GraphQL selection), so one rendering serves every subscriber.
+    #[serde(skip)]
+    renders: Renders,
+}
+
+/// A small memo of renderings of one event; each is computed at most once.
+#[derive(Default)]
+pub struct Renders(parking_lot::Mutex<Vec<(u64, Rendering)>>);
+
+/// One rendering, filled once by whoever needs it first.
+type Rendering = Arc<tokio::sync::OnceCell<Arc<str>>>;
+
+impl Clone for Renders {
+    /// A copy of an event starts with no renderings.
+    fn clone(&self) -> Self {
+        Renders::default()
+    }
+}
+
+impl PartialEq for Renders {
+    /// Renderings are a cache: they never make two events different.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Renders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Renders({})", self.0.lock().len())
+    }
 }
 
 impl SessionEvent {
@@ -85,7 +116,28 @@ impl SessionEvent {
             client_id,
             kind,
             json: OnceLock::new(),
+            renders: Renders::default(),
         }
+    }
+
+    /// The rendering of this event under `key`, computed by `render` only by the first caller.
+    pub async fn rendered<F, Fut>(&self, key: u64, render: F) -> Arc<str>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Arc<str>>,
+    {
+        let cell = {
+            let mut renders = self.renders.0.lock();
+            match renders.iter().find(|(k, _)| *k == key) {
+                Some((_, cell)) => cell.clone(),
+                None => {
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    renders.push((key, cell.clone()));
+                    cell
+                }
+            }
+        };
+        cell.get_or_init(render).await.clone()
     }
 
     /// The stored form of the event.
