@@ -105,6 +105,16 @@ const BATCH: &str = "mutation($s: ID!, $c: [CommandInput!]!) { executeBatch(sess
 const UPDATE: &str = "mutation($s: ID!, $n: ID!, $v: JSON) { updateProperty(sessionId: $s, nodeId: $n, propertyId: \"start_date\", value: $v) { commandId } }";
 const STATE: &str = "query($s: ID!) { session(id: $s) { lastSeq version canUndo canRedo graph { nodes { id parentId name properties children { id parentId } } } } }";
 
+/// A new restomod project: (session id, root node id).
+async fn create_project(http: &reqwest::Client, url: &str, name: &str) -> (String, String) {
+    let created = data(
+        &gql(http, url, CREATE, json!({"t": "restomod", "n": name})).await,
+        "createProject",
+    );
+    let id = |v: &Value| v.as_str().expect("an id").to_string();
+    (id(&created["id"]), id(&created["graph"]["roots"][0]["id"]))
+}
+
 /// Reads every event of a session with `since` over graphql-transport-ws until `until_seq`.
 async fn replay(url: &str, session: &str, since: u64, until_seq: u64) -> Vec<Value> {
     let ws_url = url.replace("http://", "ws://") + "/graphql";
@@ -222,21 +232,7 @@ async fn sigkill_under_load_loses_no_acknowledged_write_and_half_applies_nothing
     let mut rng = Rng(seed);
     let http = reqwest::Client::new();
     let mut server = spawn(dir.path());
-    let created = data(
-        &gql(
-            &http,
-            &server.url,
-            CREATE,
-            json!({"t": "restomod", "n": "Crash test"}),
-        )
-        .await,
-        "createProject",
-    );
-    let session = created["id"].as_str().unwrap().to_string();
-    let root = created["graph"]["roots"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (session, root) = create_project(&http, &server.url, "Crash test").await;
     let acked = Arc::new(Mutex::new(Acked::default()));
 
     for round in 0..3 {
@@ -398,21 +394,7 @@ async fn sigterm_exits_cleanly_and_a_restart_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let server = spawn(dir.path());
-    let created = data(
-        &gql(
-            &http,
-            &server.url,
-            CREATE,
-            json!({"t": "restomod", "n": "Clean stop"}),
-        )
-        .await,
-        "createProject",
-    );
-    let session = created["id"].as_str().unwrap().to_string();
-    let root = created["graph"]["roots"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (session, root) = create_project(&http, &server.url, "Clean stop").await;
     for i in 0..5 {
         let commands = json!([{"createNode": {"parentId": root, "typeId": "phase", "name": format!("Phase {i}")}}]);
         data(
@@ -477,21 +459,7 @@ async fn a_subscriber_resuming_with_since_after_a_restart_gets_exactly_the_misse
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let server = spawn(dir.path());
-    let created = data(
-        &gql(
-            &http,
-            &server.url,
-            CREATE,
-            json!({"t": "restomod", "n": "Resume"}),
-        )
-        .await,
-        "createProject",
-    );
-    let session = created["id"].as_str().unwrap().to_string();
-    let root = created["graph"]["roots"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (session, root) = create_project(&http, &server.url, "Resume").await;
     let add = |n: usize| json!([{"createNode": {"parentId": root, "typeId": "phase", "name": format!("Phase {n}")}}]);
     for i in 0..3 {
         data(
