@@ -115,6 +115,33 @@ async fn create_project(http: &reqwest::Client, url: &str, name: &str) -> (Strin
     (id(&created["id"]), id(&created["graph"]["roots"][0]["id"]))
 }
 
+/// Adds phases named "Phase i" under the root, one batch each.
+async fn add_phases(
+    http: &reqwest::Client,
+    url: &str,
+    session: &str,
+    root: &str,
+    range: std::ops::Range<usize>,
+) {
+    for i in range {
+        let commands = json!([{"createNode": {"parentId": root, "typeId": "phase", "name": format!("Phase {i}")}}]);
+        data(
+            &gql(http, url, BATCH, json!({"s": session, "c": commands})).await,
+            "executeBatch",
+        );
+    }
+}
+
+/// The session's newest seq.
+async fn last_seq(http: &reqwest::Client, url: &str, session: &str) -> u64 {
+    data(
+        &gql(http, url, STATE, json!({"s": session})).await,
+        "session",
+    )["lastSeq"]
+        .as_u64()
+        .expect("lastSeq")
+}
+
 /// Reads every event of a session with `since` over graphql-transport-ws until `until_seq`.
 async fn replay(url: &str, session: &str, since: u64, until_seq: u64) -> Vec<Value> {
     let ws_url = url.replace("http://", "ws://") + "/graphql";
@@ -460,60 +487,16 @@ async fn a_subscriber_resuming_with_since_after_a_restart_gets_exactly_the_misse
     let http = reqwest::Client::new();
     let server = spawn(dir.path());
     let (session, root) = create_project(&http, &server.url, "Resume").await;
-    let add = |n: usize| json!([{"createNode": {"parentId": root, "typeId": "phase", "name": format!("Phase {n}")}}]);
-    for i in 0..3 {
-        data(
-            &gql(
-                &http,
-                &server.url,
-                BATCH,
-                json!({"s": session, "c": add(i)}),
-            )
-            .await,
-            "executeBatch",
-        );
-    }
-    let seen_up_to = data(
-        &gql(&http, &server.url, STATE, json!({"s": session})).await,
-        "session",
-    )["lastSeq"]
-        .as_u64()
-        .unwrap();
+    add_phases(&http, &server.url, &session, &root, 0..3).await;
+    let seen_up_to = last_seq(&http, &server.url, &session).await;
     let first = replay(&server.url, &session, 0, seen_up_to).await;
     assert_consecutive(&first, 0);
     // Events the client misses: some before the crash, some after the restart.
-    for i in 3..6 {
-        data(
-            &gql(
-                &http,
-                &server.url,
-                BATCH,
-                json!({"s": session, "c": add(i)}),
-            )
-            .await,
-            "executeBatch",
-        );
-    }
+    add_phases(&http, &server.url, &session, &root, 3..6).await;
     server.kill();
     let server = spawn(dir.path());
-    for i in 6..8 {
-        data(
-            &gql(
-                &http,
-                &server.url,
-                BATCH,
-                json!({"s": session, "c": add(i)}),
-            )
-            .await,
-            "executeBatch",
-        );
-    }
-    let last = data(
-        &gql(&http, &server.url, STATE, json!({"s": session})).await,
-        "session",
-    )["lastSeq"]
-        .as_u64()
-        .unwrap();
+    add_phases(&http, &server.url, &session, &root, 6..8).await;
+    let last = last_seq(&http, &server.url, &session).await;
     let missed = replay(&server.url, &session, seen_up_to, last).await;
     assert_consecutive(&missed, seen_up_to);
     assert_eq!(missed.last().unwrap()["seq"].as_u64(), Some(last));

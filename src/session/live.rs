@@ -49,6 +49,14 @@ impl OpenProject {
     }
 }
 
+/// NO_PROJECT, for anything that needs the session's open project.
+fn no_project() -> DomainError {
+    err(
+        ErrorCode::NoProject,
+        "this session has no project open; use openProject or createProject",
+    )
+}
+
 /// What readers see of a session.
 pub struct State {
     pub project: Option<OpenProject>,
@@ -69,12 +77,7 @@ impl State {
 
     /// The open project, or NO_PROJECT.
     pub fn project(&self) -> Result<&OpenProject, DomainError> {
-        self.project.as_ref().ok_or_else(|| {
-            err(
-                ErrorCode::NoProject,
-                "this session has no project open; use openProject or createProject",
-            )
-        })
+        self.project.as_ref().ok_or_else(no_project)
     }
 }
 
@@ -556,10 +559,7 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, job: Job) {
             let command_id = Uuid::new_v4();
             let command_type = command.type_name().to_string();
             let Some(project) = state.project.as_mut() else {
-                let e = err(
-                    ErrorCode::NoProject,
-                    "this session has no project open; use openProject or createProject",
-                );
+                let e = no_project();
                 group.pending.push(Pending::Outcome(reply, Err(e)));
                 return;
             };
@@ -603,48 +603,12 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, job: Job) {
             };
             group.pending.push(Pending::Outcome(reply, outcome));
         }
-        Job::Undo { client_id, reply } | Job::Redo { client_id, reply }
-            if state.project.is_none() =>
-        {
-            let _ = client_id;
-            let e = err(
-                ErrorCode::NoProject,
-                "this session has no project open; use openProject or createProject",
-            );
-            group.pending.push(Pending::Outcome(reply, Err(e)));
-        }
         Job::Undo { client_id, reply } => {
-            let project = state.project.as_mut().expect("checked above");
-            let outcome = match project.dispatcher.undo() {
-                Ok(applied) => finish_applied(
-                    project,
-                    group,
-                    applied,
-                    &client_id,
-                    |command_type, version| EventKind::CommandUndone {
-                        command_type,
-                        version,
-                    },
-                ),
-                Err(e) => Err(e),
-            };
+            let outcome = history_step(state, group, &client_id, false);
             group.pending.push(Pending::Outcome(reply, outcome));
         }
         Job::Redo { client_id, reply } => {
-            let project = state.project.as_mut().expect("checked above");
-            let outcome = match project.dispatcher.redo() {
-                Ok(applied) => finish_applied(
-                    project,
-                    group,
-                    applied,
-                    &client_id,
-                    |command_type, version| EventKind::CommandRedone {
-                        command_type,
-                        version,
-                    },
-                ),
-                Err(e) => Err(e),
-            };
+            let outcome = history_step(state, group, &client_id, true);
             group.pending.push(Pending::Outcome(reply, outcome));
         }
         Job::Join { client, reply } => {
@@ -687,6 +651,40 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, job: Job) {
         }
         Job::Flush { reply } => group.pending.push(Pending::Unit(reply, Ok(()))),
     }
+}
+
+/// Undoes (or redoes) the newest step of the session's project.
+fn history_step(
+    state: &mut State,
+    group: &mut Group<'_>,
+    client_id: &Option<String>,
+    redo: bool,
+) -> Result<Outcome, DomainError> {
+    let project = state.project.as_mut().ok_or_else(no_project)?;
+    let applied = if redo {
+        project.dispatcher.redo()?
+    } else {
+        project.dispatcher.undo()?
+    };
+    finish_applied(
+        project,
+        group,
+        applied,
+        client_id,
+        |command_type, version| {
+            if redo {
+                EventKind::CommandRedone {
+                    command_type,
+                    version,
+                }
+            } else {
+                EventKind::CommandUndone {
+                    command_type,
+                    version,
+                }
+            }
+        },
+    )
 }
 
 /// Turns an applied dispatcher step into its events and logged op.
