@@ -25,6 +25,10 @@ use serde_json::json;
 use talus_tally::domain::{Command, Ctx, Delta, Dispatcher, Graph, NodeData, NodeId, Template};
 use uuid::Uuid;
 
+// The server's allocator, so the figures are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn restomod() -> Template {
     Template::from_yaml(
         "restomod",

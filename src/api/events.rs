@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::scalars::Timestamp;
 use super::types::{ClientView, NodeView};
-use crate::domain::{Delta, Template};
+use crate::domain::{Delta, Key, Template};
 use crate::session::{EventKind, SessionEvent};
 
 /// A recorded event plus the template its nodes belong to.
@@ -158,7 +158,7 @@ event_type!(PropertyChanged {
         field!(self, EventKind::Delta(Delta::PropertyChanged { node_id, .. }) => id(node_id), ID::default())
     }
     async fn property_id(&self) -> ID {
-        field!(self, EventKind::Delta(Delta::PropertyChanged { property_id, .. }) => ID(property_id.clone()), ID::default())
+        field!(self, EventKind::Delta(Delta::PropertyChanged { property_id, .. }) => ID(property_id.to_string()), ID::default())
     }
     async fn old_value(&self) -> Option<Json<Value>> {
         field!(self, EventKind::Delta(Delta::PropertyChanged { old_value, .. }) => old_value.clone().map(Json), None)
@@ -284,7 +284,7 @@ fn unknown_client() -> crate::session::ClientInfo {
 fn unreachable_node() -> NodeView {
     NodeView {
         id: uuid::Uuid::nil(),
-        type_id: String::new(),
+        type_id: Key::default(),
         name: String::new(),
         properties: Default::default(),
         parent: None,

@@ -1,6 +1,5 @@
 //! View types: what queries return, resolved from templates, sessions and projects.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_graphql::{Context, Enum, Json, Object, SimpleObject, ID};
@@ -12,7 +11,7 @@ use super::error::{uuid, OrGql, Result};
 use super::events::SessionEventView;
 use super::scalars::Timestamp;
 use crate::domain::template::{NodeType, PropertyDef, PropertyType};
-use crate::domain::{Node, Template};
+use crate::domain::{Key, Node, Properties, Template};
 use crate::session::{ClientInfo, Hub, Outcome, Session};
 use crate::store::ProjectRecord;
 
@@ -370,9 +369,9 @@ impl GraphView {
 /// A node: from the live graph (links resolve against it) or as recorded in an event.
 pub struct NodeView {
     pub id: Uuid,
-    pub type_id: String,
+    pub type_id: Key,
     pub name: String,
-    pub properties: BTreeMap<String, Value>,
+    pub properties: Properties,
     pub parent: Option<Uuid>,
     pub children: Vec<Uuid>,
     pub created_at: DateTime<Utc>,
@@ -418,7 +417,7 @@ impl NodeView {
         ID(self.id.to_string())
     }
     async fn type_id(&self) -> ID {
-        ID(self.type_id.clone())
+        ID(self.type_id.to_string())
     }
     #[graphql(name = "type")]
     async fn node_type(&self) -> Option<NodeTypeView> {
@@ -432,7 +431,7 @@ impl NodeView {
         &self.name
     }
     /// Property id -> value.
-    async fn properties(&self) -> Json<&BTreeMap<String, Value>> {
+    async fn properties(&self) -> Json<&Properties> {
         Json(&self.properties)
     }
     async fn property(&self, id: ID) -> Option<Json<Value>> {

@@ -4,25 +4,32 @@
 //! against the graph's structure first and then applied whole, and applying it
 //! returns the exact inverse, so undo and rollback are just more deltas.
 
-use std::collections::{BTreeMap, HashMap};
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use smol_str::SmolStr;
 use uuid::Uuid;
 
 use super::error::{err, DomainError, ErrorCode};
+use super::node_table::NodeTable;
+pub use super::properties::Properties;
 
 pub type NodeId = Uuid;
+
+/// A node type id or property id. Ids are short, so they are kept inline
+/// (up to 23 bytes) rather than behind a pointer: reading a node's type and
+/// looking up one of its properties touches no memory beyond the node and
+/// its property map, which keeps a command's cost flat as the graph grows
+/// past what fits in cache.
+pub type Key = SmolStr;
 
 /// A node in the graph, with its links.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     pub id: NodeId,
-    pub type_id: String,
+    pub type_id: Key,
     pub name: String,
-    /// Property id -> normalised value.
-    pub properties: BTreeMap<String, Value>,
+    pub properties: Properties,
     pub children: Vec<NodeId>,
     pub parent: Option<NodeId>,
     pub created_at: DateTime<Utc>,
@@ -32,9 +39,9 @@ pub struct Node {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeData {
     pub id: NodeId,
-    pub type_id: String,
+    pub type_id: Key,
     pub name: String,
-    pub properties: BTreeMap<String, Value>,
+    pub properties: Properties,
     pub created_at: DateTime<Utc>,
 }
 
@@ -94,7 +101,7 @@ pub enum Delta {
     },
     PropertyChanged {
         node_id: NodeId,
-        property_id: String,
+        property_id: Key,
         old_value: Option<Value>,
         new_value: Option<Value>,
     },
@@ -105,7 +112,7 @@ pub enum Delta {
 /// node is its own ancestor, and no id dangles.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Graph {
-    nodes: HashMap<NodeId, Node>,
+    nodes: NodeTable,
     roots: Vec<NodeId>,
 }
 
@@ -261,18 +268,15 @@ impl Graph {
                 self.parent_exists(parent_id.as_ref())?;
                 check_index(*index, self.siblings(parent_id.as_ref()).len())?;
                 self.siblings_mut(*parent_id).insert(*index, node.id);
-                self.nodes.insert(
-                    node.id,
-                    Node {
-                        id: node.id,
-                        type_id: node.type_id.clone(),
-                        name: node.name.clone(),
-                        properties: node.properties.clone(),
-                        children: Vec::new(),
-                        parent: *parent_id,
-                        created_at: node.created_at,
-                    },
-                );
+                self.nodes.insert(Node {
+                    id: node.id,
+                    type_id: node.type_id.clone(),
+                    name: node.name.clone(),
+                    properties: node.properties.clone(),
+                    children: Vec::new(),
+                    parent: *parent_id,
+                    created_at: node.created_at,
+                });
                 Ok(vec![Delta::NodeDeleted {
                     node_id: node.id,
                     parent_id: *parent_id,

@@ -6,12 +6,14 @@ pub mod command;
 pub mod error;
 pub mod graph;
 pub mod history;
+mod node_table;
 pub mod project_file;
+pub mod properties;
 pub mod template;
 pub mod value;
 
 pub use command::{Command, Ctx};
 pub use error::{DomainError, ErrorCode};
-pub use graph::{Delta, Graph, Node, NodeData, NodeId};
+pub use graph::{Delta, Graph, Key, Node, NodeData, NodeId, Properties};
 pub use history::{Applied, Dispatcher, Op};
 pub use template::Template;

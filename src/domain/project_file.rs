@@ -11,14 +11,14 @@
 //! `Imported::orphaned`; values of defined properties that do not parse are
 //! kept as they were and listed in `Imported::warnings`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::error::{err, DomainError, ErrorCode};
-use super::graph::{Delta, Graph, NodeData, NodeId};
+use super::graph::{Delta, Graph, NodeData, NodeId, Properties};
 use super::template::Template;
 
 /// The version string of the format `export` writes.
@@ -93,7 +93,7 @@ pub fn export_named(graph: &Graph, template_id: &str, name: Option<&str>) -> Val
         let properties: Map<String, Value> = node
             .properties
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
         nodes.insert(
             node.id.to_string(),
@@ -460,7 +460,7 @@ fn node_data(
         )
     })?;
 
-    let mut properties = BTreeMap::new();
+    let mut properties = Properties::new();
     match node.obj.get("properties") {
         None | Some(Value::Null) => {}
         Some(Value::Object(given)) => {
@@ -471,7 +471,7 @@ fn node_data(
                         key: key.clone(),
                         value: raw.clone(),
                     });
-                    properties.insert(key.clone(), raw.clone());
+                    properties.insert(key.as_str().into(), raw.clone());
                     continue;
                 };
                 let value = match def.parse_value(raw) {
@@ -489,7 +489,7 @@ fn node_data(
                         raw.clone()
                     }
                 };
-                if properties.insert(def.id.clone(), value).is_some() {
+                if properties.insert(def.id.as_str().into(), value).is_some() {
                     warnings.push(Warning {
                         node_id: Some(id),
                         message: format!(
@@ -544,7 +544,7 @@ fn node_data(
 
     Ok(NodeData {
         id,
-        type_id: ty.id.clone(),
+        type_id: ty.id.as_str().into(),
         name,
         properties,
         created_at,

@@ -5,7 +5,7 @@
 //! versions) are ignored and odd shapes get a message naming the place,
 //! instead of a serde error about a struct.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 
 use serde_json::Value;
@@ -14,6 +14,7 @@ use sha1::{Digest, Sha1};
 use uuid::Uuid;
 
 use super::error::{err, DomainError, ErrorCode};
+use super::graph::{Key, Properties};
 use super::value;
 
 /// A loaded, validated template. Once you hold one, every cross-reference in it resolves.
@@ -181,7 +182,7 @@ impl NodeType {
     }
 
     /// The initial properties of a new node: every default; a select without one gets its first option.
-    pub fn initial_properties(&self) -> BTreeMap<String, Value> {
+    pub fn initial_properties(&self) -> Properties {
         self.properties
             .iter()
             .filter_map(|p| {
@@ -192,7 +193,7 @@ impl NodeType {
                     }
                     (None, _) => None,
                 };
-                initial.map(|v| (p.id.clone(), v))
+                initial.map(|v| (Key::from(p.id.as_str()), v))
             })
             .collect()
     }
@@ -200,11 +201,11 @@ impl NodeType {
     /// Ids of the required properties with no value, in definition order.
     ///
     /// Absent, `null` and blank text (empty or only whitespace) all count as no value.
-    pub fn missing_required(&self, props: &BTreeMap<String, Value>) -> Vec<String> {
+    pub fn missing_required(&self, props: &Properties) -> Vec<String> {
         self.properties
             .iter()
             .filter(|p| p.required)
-            .filter(|p| match props.get(&p.id) {
+            .filter(|p| match props.get(p.id.as_str()) {
                 None | Some(Value::Null) => true,
                 Some(Value::String(s)) => s.trim().is_empty(),
                 Some(_) => false,
@@ -777,7 +778,7 @@ mod tests {
         let template = budget();
         let project: Value =
             serde_json::from_str(&shared_file("projects/budget_smoke_test_project.json")).unwrap();
-        let mut seen = BTreeMap::new();
+        let mut seen = std::collections::BTreeMap::new();
         for node in project["graph"]["nodes"].as_array().unwrap() {
             let type_uuid: Uuid = node["type"].as_str().unwrap().parse().unwrap();
             let node_type = template.node_type_by_uuid(&type_uuid).expect("type maps");
@@ -1363,7 +1364,7 @@ node_types:
         assert_eq!(item.property("level").unwrap().default, Some(json!(medium)));
         assert_eq!(item.property("empty").unwrap().default, None);
         let initial = item.initial_properties();
-        let expected: BTreeMap<String, Value> = [
+        let expected: Properties = [
             ("level", json!(medium)),
             ("fee", json!("0.10")),
             ("count", json!(3)),
@@ -1371,7 +1372,7 @@ node_types:
             ("on", json!(false)),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
+        .map(|(k, v)| (Key::from(k), v))
         .collect();
         assert_eq!(initial, expected);
     }
@@ -1385,10 +1386,10 @@ node_types:
         ));
         let template = Template::from_yaml("t", "t", &text).unwrap();
         let item = &template.node_types[0];
-        let props = |pairs: &[(&str, Value)]| -> BTreeMap<String, Value> {
+        let props = |pairs: &[(&str, Value)]| -> Properties {
             pairs
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
+                .map(|(k, v)| (Key::from(*k), v.clone()))
                 .collect()
         };
         assert_eq!(item.missing_required(&props(&[])), ["b", "a"]);

@@ -280,7 +280,7 @@ impl Hub {
         graph.apply(&Delta::NodeCreated {
             node: NodeData {
                 id: Uuid::new_v4(),
-                type_id: root.id.clone(),
+                type_id: root.id.as_str().into(),
                 name: name.clone(),
                 properties: root.initial_properties(),
                 created_at: Utc::now(),

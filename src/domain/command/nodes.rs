@@ -77,15 +77,15 @@ pub(super) fn create(
         for (key, raw) in given {
             let def = ty.property(key).ok_or_else(|| unknown_property(ty, key))?;
             match def.parse_value(raw)? {
-                Some(v) => properties.insert(def.id.clone(), v),
-                None => properties.remove(&def.id),
+                Some(v) => properties.insert(def.id.as_str().into(), v),
+                None => properties.remove(def.id.as_str()),
             };
         }
     }
     tx.apply(Delta::NodeCreated {
         node: NodeData {
             id,
-            type_id: ty.id.clone(),
+            type_id: ty.id.as_str().into(),
             name,
             properties,
             created_at: ctx.now,

@@ -35,8 +35,8 @@ pub(super) fn update(
     let new_value = def.parse_value(value)?;
     let delta = Delta::PropertyChanged {
         node_id,
-        property_id: def.id.clone(),
-        old_value: node.properties.get(&def.id).cloned(),
+        property_id: def.id.as_str().into(),
+        old_value: node.properties.get(def.id.as_str()).cloned(),
         new_value,
     };
     tx.apply(delta)
@@ -60,7 +60,7 @@ pub(super) fn delete(
     }
     let delta = Delta::PropertyChanged {
         node_id,
-        property_id: property_id.to_string(),
+        property_id: property_id.into(),
         old_value,
         new_value: None,
     };
