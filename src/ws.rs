@@ -156,7 +156,8 @@ struct Link {
     schema: AppSchema,
     client: ClientInfo,
     open: Arc<AtomicUsize>,
-    out: mpsc::UnboundedSender<String>,
+    /// Frames for the connection to write, each batch with one flush.
+    out: mpsc::UnboundedSender<Vec<String>>,
     engine: mpsc::UnboundedSender<Vec<u8>>,
     legacy: bool,
 }
@@ -204,21 +205,42 @@ async fn run(link: Link, id: String, raw: Vec<u8>, plan: Plan) {
         }
     };
     let next = if link.legacy { "data" } else { "next" };
-    let mut events = std::pin::pin!(events);
-    while let Some(event) = events.next().await {
-        let schema = &link.schema;
-        let plan = &plan;
+    let schema = &link.schema;
+    let plan = &plan;
+    let id = id.as_str();
+    let to_frame = |event: Arc<SessionEvent>| async move {
         let rendered = event
             .rendered(plan.key, || async {
                 let response = render(schema, plan, event.clone(), None).await;
                 Arc::from(serde_json::to_string(&response).unwrap_or_else(|_| "{}".into()))
             })
             .await;
-        if link.out.send(frame(&id, next, Some(&rendered))).is_err() {
+        frame(id, next, Some(&rendered))
+    };
+    let mut events = std::pin::pin!(events);
+    let mut ended = false;
+    while let Some(event) = events.next().await {
+        // The session broadcasts a committed group at once: take every event
+        // already here, so the connection writes them with one flush.
+        let mut frames = vec![to_frame(event).await];
+        while frames.len() < MAX_BURST {
+            match events.next().now_or_never() {
+                Some(Some(event)) => frames.push(to_frame(event).await),
+                Some(None) => {
+                    ended = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        if link.out.send(frames).is_err() {
             return;
         }
+        if ended {
+            break;
+        }
     }
-    let _ = link.out.send(frame(&id, "complete", None));
+    let _ = link.out.send(vec![frame(id, "complete", None)]);
     drop(slot);
 }
 
@@ -252,7 +274,7 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
     let legacy = matches!(protocol, WebSocketProtocols::SubscriptionsTransportWS);
     let (mut sink, mut stream) = socket.split();
     let (engine_tx, engine_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<String>>();
     let pending_client: Arc<Mutex<Option<ConnClient>>> = Arc::default();
     let init_slot = pending_client.clone();
     let mut engine = async_graphql::http::WebSocket::new(
@@ -350,7 +372,7 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                             task.abort();
                         }
                         // As async-graphql's engine does for its own subscriptions.
-                        let _ = out_tx.send(frame(&id, "complete", None));
+                        let _ = out_tx.send(vec![frame(&id, "complete", None)]);
                     }
                     _ => {
                         let _ = engine_tx.send(raw);
@@ -367,7 +389,7 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                     None => break,
                 }
             }
-            Some(text) = out_rx.recv() => pending.push(Message::Text(text.into())),
+            Some(frames) = out_rx.recv() => pending.extend(frames.into_iter().map(|f| Message::Text(f.into()))),
             _ = ping.tick() => {
                 if last_seen.elapsed() > state.ws_timeout {
                     tracing::info!("dropping a websocket that stopped answering pings");
@@ -387,7 +409,7 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                             Some(WsMessage::Text(text)) => pending.push(Message::Text(text.into())),
                             _ => break,
                         },
-                        Some(text) = out_rx.recv() => pending.push(Message::Text(text.into())),
+                        Some(frames) = out_rx.recv() => pending.extend(frames.into_iter().map(|f| Message::Text(f.into()))),
                         _ = &mut deadline => break,
                     }
                 }
@@ -416,7 +438,7 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
 async fn write<S>(
     sink: &mut S,
     pending: &mut Vec<Message>,
-    out_rx: &mut mpsc::UnboundedReceiver<String>,
+    out_rx: &mut mpsc::UnboundedReceiver<Vec<String>>,
 ) -> Result<(), ()>
 where
     S: futures_util::Sink<Message> + Unpin,
@@ -428,11 +450,13 @@ where
     }
     while written < MAX_BURST {
         match out_rx.try_recv() {
-            Ok(text) => {
-                sink.feed(Message::Text(text.into()))
-                    .await
-                    .map_err(|_| ())?;
-                written += 1;
+            Ok(frames) => {
+                for text in frames {
+                    sink.feed(Message::Text(text.into()))
+                        .await
+                        .map_err(|_| ())?;
+                    written += 1;
+                }
             }
             Err(_) => break,
         }

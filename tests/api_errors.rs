@@ -197,6 +197,54 @@ async fn unknown_fields_parse_errors_wrong_variable_types_and_bodies_that_are_no
     assert_eq!(code_of(&first_error(&body)), "BAD_USER_INPUT");
 }
 
+/// The server validates a document once and reuses the result; a document that
+/// ran before must still refuse variables of the wrong type, changing nothing.
+#[tokio::test]
+async fn a_document_that_ran_before_still_refuses_variables_of_the_wrong_type() {
+    let app = App::start().await;
+    let t = restomod_tree(&app).await;
+    let move_node = "mutation($s: ID!, $n: ID!, $p: ID!, $i: Int) { moveNode(sessionId: $s, nodeId: $n, newParentId: $p, index: $i) { version } }";
+    for _ in 0..2 {
+        app.query(
+            move_node,
+            json!({ "s": t.session, "n": t.part, "p": t.task, "i": 0 }),
+        )
+        .await;
+        app.query(
+            UPDATE,
+            json!({ "s": t.session, "n": t.part, "p": "quantity", "v": 2 }),
+        )
+        .await;
+    }
+    let wrong = [
+        json!({ "s": t.session, "n": t.part, "p": t.task, "i": "first" }),
+        json!({ "s": t.session, "n": t.part, "p": t.task, "i": 1.5 }),
+        json!({ "s": t.session, "n": null, "p": t.task, "i": 0 }),
+        json!({ "s": t.session, "p": t.task, "i": 0 }),
+        json!({ "s": t.session, "n": "not-a-uuid", "p": t.task }),
+        json!({ "s": [t.session], "n": t.part, "p": t.task }),
+    ];
+    for variables in wrong {
+        refused(&app, &t.session, "BAD_USER_INPUT", move_node, variables).await;
+    }
+    refused(
+        &app,
+        &t.session,
+        "BAD_USER_INPUT",
+        UPDATE,
+        json!({ "s": t.session, "n": t.part, "p": { "id": "quantity" }, "v": 3 }),
+    )
+    .await;
+    // And the document still works with good variables.
+    app.query(
+        UPDATE,
+        json!({ "s": t.session, "n": t.part, "p": "quantity", "v": 4 }),
+    )
+    .await;
+    let graph = app.graph(&t.session).await;
+    assert!(graph.to_string().contains("\"quantity\":4"), "{graph}");
+}
+
 #[tokio::test]
 async fn an_unknown_session_is_session_not_found_and_session_returns_null_for_it() {
     let app = App::start().await;

@@ -27,19 +27,36 @@ impl ExtensionFactory for Codes {
         Arc::new(CodesExtension {
             parsed: self.parsed.clone(),
             subscription: AtomicBool::new(false),
+            document: Mutex::new(None),
         })
     }
 }
 
-/// Documents that parsed (and passed the parser's limits), by query text.
+/// Documents that parsed (and passed the parser's limits), by query text,
+/// with the result of validating them once they have passed validation.
 ///
 /// Clients send the same few operations over and over with different
 /// variables; parsing one with pest took about a fifth of the server's CPU for
 /// a small mutation, a clone of the parsed document a fraction of that
-/// (talus-bench, BENCHMARKS.md). Bounded: it is emptied when full.
+/// (talus-bench, BENCHMARKS.md). Validating it again took another seventh.
+///
+/// Validation is a property of the document and the schema: the GraphQL
+/// spec validates documents without their variables, and coerces variable
+/// values when it executes, which async-graphql also does (a variable of the
+/// wrong type fails the field with BAD_USER_INPUT before its resolver runs).
+/// async-graphql's validator additionally checks variable values against
+/// argument types, which is why a document is only remembered as valid when it
+/// has a single operation (no operation selection to depend on) and is reused
+/// for later requests whatever their variables. Bounded: emptied when full.
 #[derive(Default)]
 struct ParseCache {
-    docs: Mutex<HashMap<String, ExecutableDocument>>,
+    docs: Mutex<HashMap<String, Cached>>,
+}
+
+#[derive(Clone)]
+struct Cached {
+    doc: ExecutableDocument,
+    valid: Option<ValidationResult>,
 }
 
 /// Queries longer than this are parsed every time (big one-off documents).
@@ -48,7 +65,7 @@ const PARSE_CACHE_MAX_QUERY_BYTES: usize = 4 * 1024;
 const PARSE_CACHE_ENTRIES: usize = 256;
 
 impl ParseCache {
-    fn get(&self, query: &str) -> Option<ExecutableDocument> {
+    fn get(&self, query: &str) -> Option<Cached> {
         self.docs.lock().get(query).cloned()
     }
 
@@ -60,8 +77,35 @@ impl ParseCache {
         if docs.len() >= PARSE_CACHE_ENTRIES {
             docs.clear();
         }
-        docs.insert(query.to_string(), doc.clone());
+        docs.insert(
+            query.to_string(),
+            Cached {
+                doc: doc.clone(),
+                valid: None,
+            },
+        );
     }
+
+    /// Records that the cached document for `query` passed validation.
+    fn validated(&self, query: &str, result: ValidationResult) {
+        if let Some(cached) = self.docs.lock().get_mut(query) {
+            if single_operation(&cached.doc) {
+                cached.valid = Some(result);
+            }
+        }
+    }
+}
+
+fn single_operation(doc: &ExecutableDocument) -> bool {
+    doc.operations.iter().count() == 1
+}
+
+/// What this request's document is, as far as the caches are concerned.
+enum Document {
+    /// Known to have passed validation: skip validating it again.
+    Valid(ValidationResult),
+    /// Parsed (or found parsed) but not yet validated: remember if it passes.
+    Unvalidated(String),
 }
 
 /// One per request (or per subscription stream).
@@ -71,6 +115,7 @@ struct CodesExtension {
     /// hook once per delivered event, and a log line per event and subscriber
     /// cost about 40% of the server's CPU when fanning out (talus-bench).
     subscription: AtomicBool,
+    document: Mutex<Option<Document>>,
 }
 
 fn with_code(mut e: ServerError, code: &str) -> ServerError {
@@ -141,17 +186,22 @@ impl Extension for CodesExtension {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        let doc = match self.parsed.get(query) {
-            Some(doc) => doc,
+        let (doc, document) = match self.parsed.get(query) {
+            Some(Cached {
+                doc,
+                valid: Some(result),
+            }) => (doc, Document::Valid(result)),
+            Some(Cached { doc, valid: None }) => (doc, Document::Unvalidated(query.to_string())),
             None => {
                 let doc = next.run(ctx, query, variables).await.map_err(|e| {
                     let code = engine_code(&e);
                     with_code(e, code)
                 })?;
                 self.parsed.put(query, &doc);
-                doc
+                (doc, Document::Unvalidated(query.to_string()))
             }
         };
+        *self.document.lock() = Some(document);
         let subscription = doc
             .operations
             .iter()
@@ -168,15 +218,23 @@ impl Extension for CodesExtension {
         ctx: &ExtensionContext<'_>,
         next: NextValidation<'_>,
     ) -> Result<ValidationResult, Vec<ServerError>> {
-        next.run(ctx).await.map_err(|errors| {
+        let document = self.document.lock().take();
+        if let Some(Document::Valid(result)) = document {
+            return Ok(result);
+        }
+        let result = next.run(ctx).await.map_err(|errors| {
             errors
                 .into_iter()
                 .map(|e| {
                     let code = engine_code(&e);
                     with_code(e, code)
                 })
-                .collect()
-        })
+                .collect::<Vec<_>>()
+        })?;
+        if let Some(Document::Unvalidated(query)) = document {
+            self.parsed.validated(&query, result);
+        }
+        Ok(result)
     }
 
     async fn execute(

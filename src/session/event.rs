@@ -54,6 +54,9 @@ pub enum EventKind {
     },
 }
 
+/// The events of one committed group, in seq order, as the session broadcasts them.
+pub type Batch = Arc<[Arc<SessionEvent>]>;
+
 /// One event of a session's stream. Live or replayed, it reads the same.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionEvent {

@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::config::SessionConfig;
-use super::event::{ClientInfo, EventKind, SessionEvent};
+use super::event::{Batch, ClientInfo, EventKind, SessionEvent};
 use super::ProjectIndex;
 use crate::domain::error::err;
 use crate::domain::history::Revert;
@@ -130,7 +130,9 @@ pub struct Session {
     last_activity_ms: AtomicI64,
     jobs: mpsc::UnboundedSender<Job>,
     /// Created with the first subscriber, so an idle session costs little memory.
-    events: OnceLock<broadcast::Sender<Arc<SessionEvent>>>,
+    /// One message per committed group: every subscriber wakes once per
+    /// group and gets all its events together (they go out in one write).
+    events: OnceLock<broadcast::Sender<Batch>>,
     /// The newest committed events, for subscribers catching up.
     recent: Mutex<VecDeque<Arc<SessionEvent>>>,
     closed: watch::Sender<bool>,
@@ -217,7 +219,7 @@ impl Session {
         self.closed.subscribe()
     }
 
-    pub(super) fn sender(&self) -> broadcast::Sender<Arc<SessionEvent>> {
+    pub(super) fn sender(&self) -> broadcast::Sender<Batch> {
         self.events
             .get_or_init(|| broadcast::channel(self.config.broadcast_capacity.max(16)).0)
             .clone()
@@ -541,10 +543,8 @@ fn publish(session: &Session, events: &[Arc<SessionEvent>]) {
         }
     }
     if let Some(tx) = session.events.get() {
-        for e in events {
-            // No receivers is fine: nobody is listening.
-            let _ = tx.send(e.clone());
-        }
+        // No receivers is fine: nobody is listening.
+        let _ = tx.send(Batch::from(events));
     }
 }
 

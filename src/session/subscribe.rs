@@ -13,7 +13,7 @@ use futures_util::Stream;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
-use super::event::{EventKind, SessionEvent};
+use super::event::{Batch, EventKind, SessionEvent};
 use super::live::Session;
 
 /// Events fetched from the store per page while catching up.
@@ -89,7 +89,7 @@ pub(super) fn stream(
     session: Arc<Session>,
     since: Option<u64>,
     client_id: Option<String>,
-    mut rx: tokio::sync::broadcast::Receiver<Arc<SessionEvent>>,
+    mut rx: tokio::sync::broadcast::Receiver<Batch>,
     start: u64,
     mut stop: watch::Receiver<bool>,
 ) -> impl Stream<Item = Arc<SessionEvent>> {
@@ -137,13 +137,22 @@ pub(super) fn stream(
                 r = rx.recv() => r,
             };
             match received {
-                Ok(e) if e.seq <= last => {}
-                Ok(e) if e.seq == last + 1 => {
-                    last = e.seq;
-                    yield e;
+                Ok(batch) => {
+                    for e in batch.iter() {
+                        if e.seq <= last {
+                            continue;
+                        }
+                        if e.seq != last + 1 {
+                            // A gap (missed while catching up): read the log.
+                            behind = true;
+                            break;
+                        }
+                        last = e.seq;
+                        yield e.clone();
+                    }
                 }
-                // A gap (missed while catching up) or a lag: read the log.
-                Ok(_) | Err(RecvError::Lagged(_)) => behind = true,
+                // Lagged: read the log.
+                Err(RecvError::Lagged(_)) => behind = true,
                 Err(RecvError::Closed) => break,
             }
         }
