@@ -12,7 +12,8 @@ pub struct SessionConfig {
     pub snapshot_interval: u64,
     /// Keep only this many newest events per session; `None` keeps everything.
     pub event_retention: Option<u64>,
-    /// Events buffered per session for live subscribers before one counts as lagging.
+    /// Committed groups (each a batch of events) buffered per session for live
+    /// subscribers before one counts as lagging.
     pub broadcast_capacity: usize,
     /// Newest events kept in memory per session for fast catch-up.
     pub recent_events: usize,

@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::config::SessionConfig;
 use super::event::{Batch, ClientInfo, EventKind, SessionEvent};
+use super::subscribe::StorePages;
 use super::ProjectIndex;
 use crate::domain::error::err;
 use crate::domain::history::Revert;
@@ -135,6 +136,8 @@ pub struct Session {
     events: OnceLock<broadcast::Sender<Batch>>,
     /// The newest committed events, for subscribers catching up.
     recent: Mutex<VecDeque<Arc<SessionEvent>>>,
+    /// Older events read back from the store, shared by subscribers catching up.
+    pub(super) pages: StorePages,
     closed: watch::Sender<bool>,
     /// Set when the actor has finished its last group.
     stopped: watch::Sender<bool>,
@@ -165,6 +168,7 @@ impl Session {
             jobs,
             events: OnceLock::new(),
             recent: Mutex::new(VecDeque::new()),
+            pages: StorePages::default(),
             closed: watch::channel(false).0,
             stopped: watch::channel(false).0,
             config,
@@ -221,7 +225,7 @@ impl Session {
 
     pub(super) fn sender(&self) -> broadcast::Sender<Batch> {
         self.events
-            .get_or_init(|| broadcast::channel(self.config.broadcast_capacity.max(16)).0)
+            .get_or_init(|| broadcast::channel(self.config.broadcast_capacity.max(1)).0)
             .clone()
     }
 

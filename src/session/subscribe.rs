@@ -6,6 +6,7 @@
 //! asks for events older than what is retained gets `ResyncRequired` and
 //! continues with live events.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -38,9 +39,39 @@ enum CatchUp {
     Resync(String),
 }
 
+/// Pages of events read back from the store, newest last, shared by every
+/// subscriber of the session that is catching up.
+///
+/// Subscribers that fall behind together (a burst of writes) read the same
+/// range. Each reading and parsing it, and then rendering its own copies
+/// (renderings are memoised per event object), made catching up cost a full
+/// GraphQL execution per event and subscriber: enough, at 100 subscribers and
+/// 128 writers, to keep them behind for good (talus-bench throughput,
+/// BENCHMARKS.md). One reader at a time fills the cache; the others wait and
+/// find the page there.
+#[derive(Default)]
+pub(super) struct StorePages(tokio::sync::Mutex<VecDeque<Page>>);
+
+type Page = Arc<[Arc<SessionEvent>]>;
+
+/// Pages kept per session (of `PAGE` events each).
+const PAGES_KEPT: usize = 2;
+
+/// The events after `last` in a page that holds `last + 1`.
+fn from_pages(pages: &VecDeque<Page>, last: u64) -> Option<Vec<Arc<SessionEvent>>> {
+    pages.iter().find_map(|page| {
+        let start = page.binary_search_by_key(&(last + 1), |e| e.seq).ok()?;
+        Some(page[start..].to_vec())
+    })
+}
+
 /// Up to a page of committed events after `last`, from memory or the store.
 async fn catch_up(session: &Session, last: u64) -> CatchUp {
     if let Some(events) = session.recent_after(last) {
+        return CatchUp::Events(events);
+    }
+    let mut pages = session.pages.0.lock().await;
+    if let Some(events) = from_pages(&pages, last) {
         return CatchUp::Events(events);
     }
     match session.store.event_range(session.id).await {
@@ -65,6 +96,12 @@ async fn catch_up(session: &Session, last: u64) -> CatchUp {
                         ))
                     }
                 }
+            }
+            if !out.is_empty() {
+                if pages.len() >= PAGES_KEPT {
+                    pages.pop_front();
+                }
+                pages.push_back(Page::from(out.as_slice()));
             }
             CatchUp::Events(out)
         }
