@@ -142,12 +142,18 @@ async fn render(
         })
 }
 
-fn frame(id: &str, kind: &str, payload: Option<&str>) -> String {
-    let id = serde_json::to_string(id).unwrap_or_else(|_| "\"\"".into());
-    match payload {
-        Some(p) => format!(r#"{{"id":{id},"type":"{kind}","payload":{p}}}"#),
-        None => format!(r#"{{"id":{id},"type":"{kind}"}}"#),
-    }
+/// The frame that ends subscription `id`.
+fn complete_frame(id: &str) -> String {
+    format!(r#"{{"id":{},"type":"complete"}}"#, json_string(id))
+}
+
+/// A frame with a payload up to the payload itself: `{"id":..,"type":..,"payload":`.
+fn frame_head(id: &str, kind: &str) -> String {
+    format!(r#"{{"id":{},"type":"{kind}","payload":"#, json_string(id))
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
 /// What a subscription task needs from its connection.
@@ -208,6 +214,9 @@ async fn run(link: Link, id: String, raw: Vec<u8>, plan: Plan) {
     let schema = &link.schema;
     let plan = &plan;
     let id = id.as_str();
+    // Every frame of this subscription starts the same way: build that once.
+    let head = frame_head(id, next);
+    let head = head.as_str();
     let to_frame = |event: Arc<SessionEvent>| async move {
         let rendered = event
             .rendered(plan.key, || async {
@@ -215,7 +224,11 @@ async fn run(link: Link, id: String, raw: Vec<u8>, plan: Plan) {
                 Arc::from(serde_json::to_string(&response).unwrap_or_else(|_| "{}".into()))
             })
             .await;
-        frame(id, next, Some(&rendered))
+        let mut frame = String::with_capacity(head.len() + rendered.len() + 1);
+        frame.push_str(head);
+        frame.push_str(&rendered);
+        frame.push('}');
+        frame
     };
     let mut events = std::pin::pin!(events);
     let mut ended = false;
@@ -240,7 +253,7 @@ async fn run(link: Link, id: String, raw: Vec<u8>, plan: Plan) {
             break;
         }
     }
-    let _ = link.out.send(vec![frame(id, "complete", None)]);
+    let _ = link.out.send(vec![complete_frame(id)]);
     drop(slot);
 }
 
@@ -303,6 +316,9 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
     let mut ping = tokio::time::interval(state.ws_ping_interval);
     ping.tick().await;
     let mut shutdown = state.shutdown.clone();
+    // Made once: a fresh one per wake-up would register and drop a waiter every time.
+    let shutdown = stopped(&mut shutdown);
+    tokio::pin!(shutdown);
     let mut pending: Vec<Message> = Vec::new();
     loop {
         tokio::select! {
@@ -372,7 +388,7 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                             task.abort();
                         }
                         // As async-graphql's engine does for its own subscriptions.
-                        let _ = out_tx.send(vec![frame(&id, "complete", None)]);
+                        let _ = out_tx.send(vec![complete_frame(&id)]);
                     }
                     _ => {
                         let _ = engine_tx.send(raw);
@@ -398,7 +414,7 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                 }
                 pending.push(Message::Ping(Bytes::from_static(b"talus")));
             }
-            _ = stopped(&mut shutdown) => {
+            _ = &mut shutdown => {
                 // Subscriptions end on their own (the hub stops them); let their
                 // last messages go out before closing.
                 let deadline = tokio::time::sleep(Duration::from_millis(200));
