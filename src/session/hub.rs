@@ -192,7 +192,7 @@ impl Hub {
         last_seq: u64,
     ) -> Arc<Session> {
         let project_id = project.as_ref().map(|p| p.record.id);
-        let session = Session::start(
+        let session = Session::new(
             record,
             project,
             last_seq,

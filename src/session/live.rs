@@ -6,6 +6,11 @@
 //! the events and answers the callers. If the commit fails, every change of
 //! the group is reverted exactly (`Dispatcher::revert`), so memory never runs
 //! ahead of the disk.
+//!
+//! The actor runs only while there is work: the first job queued to an idle
+//! session spawns it, and it ends as soon as it finds the queue empty. An idle
+//! session therefore holds no task, no channel and no queue buffer, only its
+//! state and a few words of bookkeeping (`Inbox`, two `Notify`s).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -13,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, TimeZone, Utc};
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, oneshot, Notify};
 use uuid::Uuid;
 
 use super::config::SessionConfig;
@@ -60,7 +65,8 @@ fn no_project() -> DomainError {
 
 /// What readers see of a session.
 pub struct State {
-    pub project: Option<OpenProject>,
+    /// Boxed: an empty session then keeps one pointer here instead of a whole `OpenProject`.
+    pub project: Option<Box<OpenProject>>,
     /// Seq of the newest committed event.
     pub last_seq: u64,
     /// Active clients by id, with how many subscriptions each holds.
@@ -78,7 +84,7 @@ impl State {
 
     /// The open project, or NO_PROJECT.
     pub fn project(&self) -> Result<&OpenProject, DomainError> {
-        self.project.as_ref().ok_or_else(no_project)
+        self.project.as_deref().ok_or_else(no_project)
     }
 }
 
@@ -123,13 +129,28 @@ pub(super) enum Job {
     },
 }
 
+/// The jobs waiting for a session's actor, and the two flags that go with them.
+///
+/// One lock covers all three so that "queue a job" and "the actor found the
+/// queue empty and stops" cannot interleave: a job is either taken by the
+/// running actor or starts a new one, and there is never more than one actor.
+#[derive(Default)]
+struct Inbox {
+    /// FIFO; an idle session keeps no buffer here (the actor frees it when it stops).
+    jobs: VecDeque<Job>,
+    /// An actor task exists and will take every job queued.
+    running: bool,
+    /// `close` was called: no job is accepted any more.
+    closed: bool,
+}
+
 /// A live session.
 pub struct Session {
     pub id: Uuid,
     pub created_at: DateTime<Utc>,
     state: RwLock<State>,
     last_activity_ms: AtomicI64,
-    jobs: mpsc::UnboundedSender<Job>,
+    inbox: Mutex<Inbox>,
     /// Created with the first subscriber, so an idle session costs little memory.
     /// One message per committed group: every subscriber wakes once per
     /// group and gets all its events together (they go out in one write).
@@ -138,16 +159,18 @@ pub struct Session {
     recent: Mutex<VecDeque<Arc<SessionEvent>>>,
     /// Older events read back from the store, shared by subscribers catching up.
     pub(super) pages: StorePages,
-    closed: watch::Sender<bool>,
-    /// Set when the actor has finished its last group.
-    stopped: watch::Sender<bool>,
+    /// Woken once, by `close` (subscriptions end).
+    closed: Notify,
+    /// Woken whenever an actor stops (for `stopped`).
+    idle: Notify,
     pub(super) config: Arc<SessionConfig>,
     pub(super) store: Arc<dyn Store>,
+    index: Arc<ProjectIndex>,
 }
 
 impl Session {
-    /// Starts a session and its actor. The caller has already stored its record.
-    pub(super) fn start(
+    /// A session with no actor yet: the first job starts one. The caller has already stored its record.
+    pub(super) fn new(
         record: &SessionRecord,
         project: Option<OpenProject>,
         last_seq: u64,
@@ -155,27 +178,25 @@ impl Session {
         store: Arc<dyn Store>,
         index: Arc<ProjectIndex>,
     ) -> Arc<Session> {
-        let (jobs, rx) = mpsc::unbounded_channel();
-        let session = Arc::new(Session {
+        Arc::new(Session {
             id: record.id,
             created_at: record.created_at,
             state: RwLock::new(State {
-                project,
+                project: project.map(Box::new),
                 last_seq,
                 clients: BTreeMap::new(),
             }),
             last_activity_ms: AtomicI64::new(record.last_activity.timestamp_millis()),
-            jobs,
+            inbox: Mutex::new(Inbox::default()),
             events: OnceLock::new(),
             recent: Mutex::new(VecDeque::new()),
             pages: StorePages::default(),
-            closed: watch::channel(false).0,
-            stopped: watch::channel(false).0,
+            closed: Notify::new(),
+            idle: Notify::new(),
             config,
             store,
-        });
-        tokio::spawn(actor(Arc::downgrade(&session), rx, index));
-        session
+            index,
+        })
     }
 
     /// Read access to the session's state; hold it briefly and never across an await.
@@ -205,22 +226,41 @@ impl Session {
     }
 
     pub fn is_closed(&self) -> bool {
-        *self.closed.borrow()
+        self.inbox.lock().closed
     }
 
-    /// Ends every subscription and stops the actor once its queue is done.
+    /// Ends every subscription and refuses new jobs; the actor still finishes what is queued.
     pub(super) fn close(&self) {
-        self.closed.send_replace(true);
+        self.inbox.lock().closed = true;
+        self.closed.notify_waiters();
     }
 
-    /// Waits until the actor has committed everything queued before `close`.
+    /// Resolves once the session is closed.
+    pub(super) async fn wait_closed(&self) {
+        // `enable` registers the waiter before the flag is read, so a `close`
+        // between the read and the await still wakes it.
+        let notified = self.closed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.is_closed() {
+            return;
+        }
+        // Only `close` wakes this `Notify`, and it sets the flag first.
+        notified.await;
+    }
+
+    /// Waits until no actor runs. After `close`, nothing can start one again,
+    /// so this is when everything queued before `close` is committed.
     pub(super) async fn stopped(&self) {
-        let mut rx = self.stopped.subscribe();
-        let _ = rx.wait_for(|s| *s).await;
-    }
-
-    pub(super) fn closed_signal(&self) -> watch::Receiver<bool> {
-        self.closed.subscribe()
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.inbox.lock().running {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub(super) fn sender(&self) -> broadcast::Sender<Batch> {
@@ -229,15 +269,40 @@ impl Session {
             .clone()
     }
 
-    async fn ask<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, DomainError> {
+    /// Queues a job, spawning the actor if none is running. False (and the job dropped) if the
+    /// session is closed.
+    fn enqueue(self: &Arc<Self>, job: Job) -> bool {
+        let mut inbox = self.inbox.lock();
+        if inbox.closed {
+            return false;
+        }
+        inbox.jobs.push_back(job);
+        if inbox.running {
+            return true;
+        }
+        // Outside a Tokio runtime (a subscription stream dropped on a thread
+        // that belongs to none) nothing can run the job now; it stays queued
+        // and runs with the next job queued from inside one.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            inbox.running = true;
+            drop(inbox);
+            runtime.spawn(actor(Running {
+                session: self.clone(),
+                released: false,
+            }));
+        }
+        true
+    }
+
+    async fn ask<T>(self: &Arc<Self>, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, DomainError> {
         self.touch();
         let (tx, rx) = oneshot::channel();
-        self.jobs.send(job(tx)).map_err(|_| {
-            err(
+        if !self.enqueue(job(tx)) {
+            return Err(err(
                 ErrorCode::SessionNotFound,
                 format!("session {} is closed", self.id),
-            )
-        })?;
+            ));
+        }
         rx.await.map_err(|_| {
             err(
                 ErrorCode::SessionNotFound,
@@ -247,7 +312,7 @@ impl Session {
     }
 
     pub async fn execute(
-        &self,
+        self: &Arc<Self>,
         command: Command,
         expected_version: Option<u64>,
         client_id: Option<String>,
@@ -261,24 +326,25 @@ impl Session {
         .await
     }
 
-    pub async fn undo(&self, client_id: Option<String>) -> Result<Outcome, DomainError> {
+    pub async fn undo(self: &Arc<Self>, client_id: Option<String>) -> Result<Outcome, DomainError> {
         self.ask(|reply| Job::Undo { client_id, reply }).await
     }
 
-    pub async fn redo(&self, client_id: Option<String>) -> Result<Outcome, DomainError> {
+    pub async fn redo(self: &Arc<Self>, client_id: Option<String>) -> Result<Outcome, DomainError> {
         self.ask(|reply| Job::Redo { client_id, reply }).await
     }
 
-    pub(super) async fn join(&self, client: ClientInfo) -> Result<(), DomainError> {
+    pub(super) async fn join(self: &Arc<Self>, client: ClientInfo) -> Result<(), DomainError> {
         self.ask(|reply| Job::Join { client, reply }).await
     }
 
-    pub(super) fn leave(&self, client_id: String) {
-        let _ = self.jobs.send(Job::Leave { client_id });
+    pub(super) fn leave(self: &Arc<Self>, client_id: String) {
+        // Refused only once the session is closed, when nobody is told of presence any more.
+        self.enqueue(Job::Leave { client_id });
     }
 
     /// Persists the session record now (e.g. before shutdown).
-    pub async fn flush(&self) -> Result<(), DomainError> {
+    pub async fn flush(self: &Arc<Self>) -> Result<(), DomainError> {
         self.ask(|reply| Job::Flush { reply }).await
     }
 
@@ -300,56 +366,49 @@ enum Pending {
     Unit(Reply<()>, Result<(), DomainError>),
 }
 
-/// The session's single writer: drains jobs in groups, commits each group once, then publishes.
-async fn actor(
-    session: std::sync::Weak<Session>,
-    mut rx: mpsc::UnboundedReceiver<Job>,
-    index: Arc<ProjectIndex>,
-) {
-    let (mut closed, stopped) = match session.upgrade() {
-        Some(s) => (s.closed_signal(), s.stopped.clone()),
-        None => return,
-    };
-    // However the loop ends, tell whoever waits for it.
-    struct Stopped(watch::Sender<bool>);
-    impl Drop for Stopped {
-        fn drop(&mut self) {
-            self.0.send_replace(true);
+/// The actor's hold on its session; dropped when the actor ends, however it ends.
+struct Running {
+    session: Arc<Session>,
+    /// Set when the actor cleared `Inbox::running` itself, on finding the queue empty.
+    released: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.released {
+            // Cancelled (the runtime is shutting down) or panicked: nobody will
+            // take the queued jobs, so drop them (their callers get an error,
+            // as from a dead actor) and let the next job start a fresh actor.
+            let stale = {
+                let mut inbox = self.session.inbox.lock();
+                inbox.running = false;
+                std::mem::take(&mut inbox.jobs)
+            };
+            drop(stale);
         }
+        self.session.idle.notify_waiters();
     }
-    let _stopped = Stopped(stopped);
-    let mut closing = false;
+}
+
+/// The session's single writer: takes the queued jobs in groups, commits each group once, then
+/// publishes; ends when the queue is empty.
+async fn actor(mut running: Running) {
+    let session = running.session.clone();
     loop {
-        if !closing && *closed.borrow() {
-            // Finish what is queued, then stop.
-            closing = true;
-            rx.close();
-        }
-        let first = if closing {
-            rx.recv().await
-        } else {
-            tokio::select! {
-                job = rx.recv() => job,
-                changed = closed.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    continue;
-                }
+        let jobs: Vec<Job> = {
+            let mut inbox = session.inbox.lock();
+            if inbox.jobs.is_empty() {
+                // Under the same lock as `enqueue` checks `running`: a job
+                // queued from now on starts a new actor.
+                inbox.running = false;
+                inbox.jobs = VecDeque::new();
+                running.released = true;
+                return;
             }
+            let n = inbox.jobs.len().min(session.config.max_group.max(1));
+            inbox.jobs.drain(..n).collect()
         };
-        let Some(first) = first else { return };
-        let Some(session) = session.upgrade() else {
-            return;
-        };
-        let mut jobs = vec![first];
-        while jobs.len() < session.config.max_group {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
-        run_group(&session, jobs, &index).await;
+        run_group(&session, jobs).await;
     }
 }
 
@@ -385,7 +444,7 @@ impl Group<'_> {
     }
 }
 
-async fn run_group(session: &Session, jobs: Vec<Job>, index: &ProjectIndex) {
+async fn run_group(session: &Session, jobs: Vec<Job>) {
     let mut group = {
         let last_seq = session.state.read().last_seq;
         Group {
@@ -475,7 +534,7 @@ async fn run_group(session: &Session, jobs: Vec<Job>, index: &ProjectIndex) {
                 }
             }
             if let Some(record) = project_after {
-                index.upsert(record);
+                session.index.upsert(record);
             }
             publish(session, &group.events);
             for p in group.pending {

@@ -134,9 +134,11 @@ pub(super) fn stream(
         session: session.clone(),
         client_id,
     };
-    let mut closed = session.closed_signal();
     async_stream::stream! {
         let _presence = presence;
+        // One waiter for the stream's whole life, rather than one per event.
+        let closed = session.wait_closed();
+        tokio::pin!(closed);
         // The newest seq this subscriber has (been told to skip to).
         let mut last = since.unwrap_or(start);
         // Catch up to what is committed before going live.
@@ -169,7 +171,7 @@ pub(super) fn stream(
             }
             let received = tokio::select! {
                 biased;
-                _ = closed.wait_for(|c| *c) => break,
+                _ = &mut closed => break,
                 _ = stop.wait_for(|c| *c) => break,
                 r = rx.recv() => r,
             };

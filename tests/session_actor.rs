@@ -1,0 +1,257 @@
+//! The session actor's lifecycle seen from outside: group commit, order, restart after idling, and a close that waits for the group in flight.
+//!
+//! The store here is a memory store that records every commit and can hold
+//! commits back, so a test can keep a group in flight while it queues more
+//! work or closes the session.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::{code_of, first_error, int_of, test_config, App, TIMEOUT};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use talus_tally::store::{
+    LoadedProject, MemoryStore, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write,
+};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// A memory store that logs each commit's writes and, while held, makes the commits of commands wait.
+struct GatedStore {
+    inner: MemoryStore,
+    log: Mutex<Vec<Vec<Write>>>,
+    held: watch::Sender<bool>,
+    /// Commits currently waiting at the gate.
+    waiting: AtomicUsize,
+}
+
+impl GatedStore {
+    fn new() -> Arc<GatedStore> {
+        Arc::new(GatedStore {
+            inner: MemoryStore::new(),
+            log: Mutex::new(Vec::new()),
+            held: watch::channel(false).0,
+            waiting: AtomicUsize::new(0),
+        })
+    }
+
+    fn hold(&self, held: bool) {
+        self.held.send_replace(held);
+    }
+
+    /// Waits until `n` commits are held at the gate.
+    async fn until_waiting(&self, n: usize) {
+        tokio::time::timeout(TIMEOUT, async {
+            while self.waiting.load(Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .expect("commits reach the gate");
+    }
+
+    /// The versions of the ops of each commit that appended any, in commit order.
+    fn op_groups(&self) -> Vec<Vec<u64>> {
+        self.log
+            .lock()
+            .iter()
+            .map(|writes| {
+                writes
+                    .iter()
+                    .filter_map(|w| match w {
+                        Write::AppendOp { version, .. } => Some(*version),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .filter(|ops| !ops.is_empty())
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Store for GatedStore {
+    async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        // Only the commits of commands wait: creating or closing a session does not.
+        if writes.iter().any(|w| matches!(w, Write::AppendOp { .. })) {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let _ = self.held.subscribe().wait_for(|held| !*held).await;
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.log.lock().push(writes.clone());
+        self.inner.commit(writes).await
+    }
+
+    async fn projects(&self) -> Result<Vec<ProjectRecord>, StoreError> {
+        self.inner.projects().await
+    }
+
+    async fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        self.inner.sessions().await
+    }
+
+    async fn load_project(&self, id: Uuid) -> Result<Option<LoadedProject>, StoreError> {
+        self.inner.load_project(id).await
+    }
+
+    async fn events(
+        &self,
+        session_id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.events(session_id, after, limit).await
+    }
+
+    async fn event_range(&self, session_id: Uuid) -> Result<Option<(u64, u64)>, StoreError> {
+        self.inner.event_range(session_id).await
+    }
+
+    fn is_durable(&self) -> bool {
+        false
+    }
+}
+
+async fn start(store: Arc<GatedStore>) -> App {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let config = test_config(dir.path());
+    App::start_on(dir, config, store).await
+}
+
+const SET_VIN: &str = "mutation($s: ID!, $n: ID!, $v: JSON) { updateProperty(sessionId: $s, nodeId: $n, propertyId: \"vin\", value: $v) { version } }";
+
+/// Sends `count` updateProperty at once, each from its own task; their answers in sending order.
+fn send_updates(
+    app: &App,
+    session: &str,
+    root: &str,
+    count: usize,
+) -> Vec<tokio::task::JoinHandle<Value>> {
+    (0..count)
+        .map(|i| {
+            let http = app.http.clone();
+            let variables = json!({ "s": session, "n": root, "v": format!("VIN-{i}") });
+            tokio::spawn(async move { http.request(SET_VIN, variables).await })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn commands_queued_behind_a_commit_are_committed_together_in_order() {
+    let store = GatedStore::new();
+    let app = start(store.clone()).await;
+    let (session, root) = app.create_project("restomod", "Grouped").await;
+
+    store.hold(true);
+    let first = send_updates(&app, &session, &root, 1);
+    store.until_waiting(1).await;
+    // These queue behind the held commit.
+    let rest = send_updates(&app, &session, &root, 20);
+    // Give the requests time to reach the session's queue (a slow machine
+    // only makes the second group smaller, not the test wrong).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    store.hold(false);
+
+    let mut versions = Vec::new();
+    for handle in first.into_iter().chain(rest) {
+        let answer = handle.await.expect("the request task");
+        assert!(answer.get("errors").is_none(), "{answer:#}");
+        versions.push(int_of(&answer["data"]["updateProperty"]["version"]));
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=21).collect::<Vec<i64>>());
+
+    let groups = store.op_groups();
+    let flat: Vec<u64> = groups.iter().flatten().copied().collect();
+    assert_eq!(
+        flat,
+        (1..=21).collect::<Vec<u64>>(),
+        "ops in order: {groups:?}"
+    );
+    assert!(
+        groups.len() < 21,
+        "queued commands share a commit: {groups:?}"
+    );
+
+    // The session went idle; the next command starts its writer again.
+    let answer = app
+        .query(SET_VIN, json!({ "s": session, "n": root, "v": "VIN-last" }))
+        .await;
+    assert_eq!(answer["updateProperty"]["version"], 22);
+}
+
+#[tokio::test]
+async fn closing_a_session_waits_for_its_commit_in_flight_and_nothing_is_written_after() {
+    let store = GatedStore::new();
+    let app = start(store.clone()).await;
+    let (session, root) = app.create_project("restomod", "Closing").await;
+    let session_id: Uuid = session.parse().expect("a uuid");
+
+    store.hold(true);
+    let updates = send_updates(&app, &session, &root, 5);
+    store.until_waiting(1).await;
+    let close = {
+        let http = app.http.clone();
+        let s = session.clone();
+        tokio::spawn(async move {
+            http.request(
+                "mutation($s: ID!) { closeSession(id: $s) }",
+                json!({ "s": s }),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !close.is_finished(),
+        "closeSession returned while a group of the session was not committed"
+    );
+    store.hold(false);
+
+    let closed = close.await.expect("the close task");
+    assert_eq!(closed["data"]["closeSession"], true, "{closed:#}");
+    let mut versions = Vec::new();
+    for handle in updates {
+        let answer = handle.await.expect("the request task");
+        if answer.get("errors").is_some() {
+            // Only a request that reached the session after the close may fail.
+            assert_eq!(code_of(&first_error(&answer)), "SESSION_NOT_FOUND");
+        } else {
+            versions.push(int_of(&answer["data"]["updateProperty"]["version"]));
+        }
+    }
+    versions.sort_unstable();
+    let applied = versions.len();
+    assert!(applied >= 1, "the update in flight was committed");
+    assert_eq!(versions, (1..=applied as i64).collect::<Vec<i64>>());
+
+    // The session's deletion is the last write that names it: no group of
+    // its actor was committed after it (that would bring the session back).
+    let log = store.log.lock().clone();
+    let deleted_at = log
+        .iter()
+        .position(|writes| writes.contains(&Write::DeleteSession(session_id)))
+        .expect("the session was deleted");
+    let names_session = |w: &Write| match w {
+        Write::UpsertSession(r) => r.id == session_id,
+        Write::AppendEvents { session_id: s, .. } => *s == session_id,
+        _ => false,
+    };
+    assert!(
+        log[deleted_at + 1..]
+            .iter()
+            .all(|writes| !writes.iter().any(names_session)),
+        "nothing written for the session after it was deleted"
+    );
+    assert!(store.sessions().await.unwrap().is_empty());
+    let project = store.projects().await.unwrap().remove(0);
+    assert_eq!(
+        project.version, applied as u64,
+        "every answered update is stored"
+    );
+    assert_eq!(app.session(&session).await, Value::Null);
+}
