@@ -237,30 +237,13 @@ impl Session {
 
     /// Resolves once the session is closed.
     pub(super) async fn wait_closed(&self) {
-        // `enable` registers the waiter before the flag is read, so a `close`
-        // between the read and the await still wakes it.
-        let notified = self.closed.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if self.is_closed() {
-            return;
-        }
-        // Only `close` wakes this `Notify`, and it sets the flag first.
-        notified.await;
+        wait_until(&self.closed, || self.is_closed()).await
     }
 
     /// Waits until no actor runs. After `close`, nothing can start one again,
     /// so this is when everything queued before `close` is committed.
     pub(super) async fn stopped(&self) {
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if !self.inbox.lock().running {
-                return;
-            }
-            notified.await;
-        }
+        wait_until(&self.idle, || !self.inbox.lock().running).await
     }
 
     pub(super) fn sender(&self) -> broadcast::Sender<Batch> {
@@ -357,6 +340,22 @@ impl Session {
         }
         let skip = (after.saturating_add(1) - first) as usize;
         Some(recent.iter().skip(skip).cloned().collect())
+    }
+}
+
+/// Resolves once `done()` holds, checking it whenever `notify` wakes its waiters.
+///
+/// The waiter is registered (`enable`) before `done` is read, so a wake-up
+/// between the check and the await is not lost.
+async fn wait_until(notify: &Notify, done: impl Fn() -> bool) {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if done() {
+            return;
+        }
+        notified.await;
     }
 }
 

@@ -74,16 +74,12 @@ async fn catch_up(session: &Session, last: u64) -> CatchUp {
     if let Some(events) = from_pages(&pages, last) {
         return CatchUp::Events(events);
     }
-    match session.store.event_range(session.id).await {
-        Ok(Some((first, _))) if first > last + 1 => {
-            return CatchUp::Resync(format!(
-                "events after seq {last} are no longer retained (the oldest kept is {first})"
-            ))
-        }
-        Ok(_) => {}
-        Err(e) => return CatchUp::Resync(format!("the event log could not be read: {}", e.0)),
-    }
     match session.store.events(session.id, last, PAGE).await {
+        // The log keeps a contiguous tail, so the page starts at the oldest event kept.
+        Ok(stored) if stored.first().is_some_and(|s| s.seq > last + 1) => CatchUp::Resync(format!(
+            "events after seq {last} are no longer retained (the oldest kept is {})",
+            stored[0].seq
+        )),
         Ok(stored) => {
             let mut out = Vec::with_capacity(stored.len());
             for s in stored {
@@ -136,9 +132,13 @@ pub(super) fn stream(
     };
     async_stream::stream! {
         let _presence = presence;
-        // One waiter for the stream's whole life, rather than one per event.
+        // One waiter each for the stream's whole life, rather than one per event.
         let closed = session.wait_closed();
         tokio::pin!(closed);
+        let stopped = async move {
+            let _ = stop.wait_for(|c| *c).await;
+        };
+        tokio::pin!(stopped);
         // The newest seq this subscriber has (been told to skip to).
         let mut last = since.unwrap_or(start);
         // Catch up to what is committed before going live.
@@ -172,7 +172,7 @@ pub(super) fn stream(
             let received = tokio::select! {
                 biased;
                 _ = &mut closed => break,
-                _ = stop.wait_for(|c| *c) => break,
+                _ = &mut stopped => break,
                 r = rx.recv() => r,
             };
             match received {
