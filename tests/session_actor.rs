@@ -1,7 +1,7 @@
 //! The session actor's lifecycle seen from outside: group commit, order, restart after idling, and a close that waits for the group in flight.
 //!
-//! The store here is a memory store that records every commit and can hold
-//! commits back, so a test can keep a group in flight while it queues more
+//! The store here is a memory store behind a commit hook that records every
+//! commit and can hold commits back, so a test can keep a group in flight while it queues more
 //! work or closes the session.
 
 mod common;
@@ -14,31 +14,28 @@ use async_trait::async_trait;
 use common::{code_of, first_error, int_of, test_config, App, TIMEOUT};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use talus_tally::store::{
-    LoadedProject, MemoryStore, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write,
-};
+use talus_tally::store::faulty::{CommitHook, HookedStore};
+use talus_tally::store::{MemoryStore, Store, StoreError, Write};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-/// A memory store that logs each commit's writes and, while held, makes the commits of commands wait.
-struct GatedStore {
-    inner: MemoryStore,
+/// Logs each commit's writes and, while held, makes the commits of commands wait.
+#[derive(Default)]
+struct Gate {
     log: Mutex<Vec<Vec<Write>>>,
     held: watch::Sender<bool>,
     /// Commits currently waiting at the gate.
     waiting: AtomicUsize,
 }
 
-impl GatedStore {
-    fn new() -> Arc<GatedStore> {
-        Arc::new(GatedStore {
-            inner: MemoryStore::new(),
-            log: Mutex::new(Vec::new()),
-            held: watch::channel(false).0,
-            waiting: AtomicUsize::new(0),
-        })
-    }
+/// A memory store behind the gate.
+type GatedStore = HookedStore<MemoryStore, Gate>;
 
+fn gated_store() -> Arc<GatedStore> {
+    Arc::new(HookedStore::with_hook(MemoryStore::new(), Gate::default()))
+}
+
+impl Gate {
     fn hold(&self, held: bool) {
         self.held.send_replace(held);
     }
@@ -74,45 +71,16 @@ impl GatedStore {
 }
 
 #[async_trait]
-impl Store for GatedStore {
-    async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+impl CommitHook for Gate {
+    async fn before_commit(&self, writes: &[Write]) -> Result<(), StoreError> {
         // Only the commits of commands wait: creating or closing a session does not.
         if writes.iter().any(|w| matches!(w, Write::AppendOp { .. })) {
             self.waiting.fetch_add(1, Ordering::SeqCst);
             let _ = self.held.subscribe().wait_for(|held| !*held).await;
             self.waiting.fetch_sub(1, Ordering::SeqCst);
         }
-        self.log.lock().push(writes.clone());
-        self.inner.commit(writes).await
-    }
-
-    async fn projects(&self) -> Result<Vec<ProjectRecord>, StoreError> {
-        self.inner.projects().await
-    }
-
-    async fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
-        self.inner.sessions().await
-    }
-
-    async fn load_project(&self, id: Uuid) -> Result<Option<LoadedProject>, StoreError> {
-        self.inner.load_project(id).await
-    }
-
-    async fn events(
-        &self,
-        session_id: Uuid,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        self.inner.events(session_id, after, limit).await
-    }
-
-    async fn event_range(&self, session_id: Uuid) -> Result<Option<(u64, u64)>, StoreError> {
-        self.inner.event_range(session_id).await
-    }
-
-    fn is_durable(&self) -> bool {
-        false
+        self.log.lock().push(writes.to_vec());
+        Ok(())
     }
 }
 
@@ -142,19 +110,19 @@ fn send_updates(
 
 #[tokio::test]
 async fn commands_queued_behind_a_commit_are_committed_together_in_order() {
-    let store = GatedStore::new();
+    let store = gated_store();
     let app = start(store.clone()).await;
     let (session, root) = app.create_project("restomod", "Grouped").await;
 
-    store.hold(true);
+    store.hook().hold(true);
     let first = send_updates(&app, &session, &root, 1);
-    store.until_waiting(1).await;
+    store.hook().until_waiting(1).await;
     // These queue behind the held commit.
     let rest = send_updates(&app, &session, &root, 20);
     // Give the requests time to reach the session's queue (a slow machine
     // only makes the second group smaller, not the test wrong).
     tokio::time::sleep(Duration::from_millis(200)).await;
-    store.hold(false);
+    store.hook().hold(false);
 
     let mut versions = Vec::new();
     for handle in first.into_iter().chain(rest) {
@@ -165,7 +133,7 @@ async fn commands_queued_behind_a_commit_are_committed_together_in_order() {
     versions.sort_unstable();
     assert_eq!(versions, (1..=21).collect::<Vec<i64>>());
 
-    let groups = store.op_groups();
+    let groups = store.hook().op_groups();
     let flat: Vec<u64> = groups.iter().flatten().copied().collect();
     assert_eq!(
         flat,
@@ -186,14 +154,14 @@ async fn commands_queued_behind_a_commit_are_committed_together_in_order() {
 
 #[tokio::test]
 async fn closing_a_session_waits_for_its_commit_in_flight_and_nothing_is_written_after() {
-    let store = GatedStore::new();
+    let store = gated_store();
     let app = start(store.clone()).await;
     let (session, root) = app.create_project("restomod", "Closing").await;
     let session_id: Uuid = session.parse().expect("a uuid");
 
-    store.hold(true);
+    store.hook().hold(true);
     let updates = send_updates(&app, &session, &root, 5);
-    store.until_waiting(1).await;
+    store.hook().until_waiting(1).await;
     let close = {
         let http = app.http.clone();
         let s = session.clone();
@@ -210,7 +178,7 @@ async fn closing_a_session_waits_for_its_commit_in_flight_and_nothing_is_written
         !close.is_finished(),
         "closeSession returned while a group of the session was not committed"
     );
-    store.hold(false);
+    store.hook().hold(false);
 
     let closed = close.await.expect("the close task");
     assert_eq!(closed["data"]["closeSession"], true, "{closed:#}");
@@ -231,7 +199,7 @@ async fn closing_a_session_waits_for_its_commit_in_flight_and_nothing_is_written
 
     // The session's deletion is the last write that names it: no group of
     // its actor was committed after it (that would bring the session back).
-    let log = store.log.lock().clone();
+    let log = store.hook().log.lock().clone();
     let deleted_at = log
         .iter()
         .position(|writes| writes.contains(&Write::DeleteSession(session_id)))

@@ -1,4 +1,4 @@
-//! Fault injection for tests: a store wrapper whose commits fail on demand, as on a full disk.
+//! Fault injection for tests: a store wrapper that runs a hook before every commit; `FaultyStore` fails commits on demand, as on a full disk.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,53 +8,38 @@ use uuid::Uuid;
 
 use super::{LoadedProject, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write};
 
-/// The switch of a `FaultyStore`; clones share it, so a test keeps one
-/// after handing the store to the server.
-#[derive(Debug, Clone, Default)]
-pub struct FaultSwitch(Arc<AtomicBool>);
-
-impl FaultSwitch {
-    /// While `true`, every commit fails and the inner store is not touched.
-    pub fn fail_writes(&self, fail: bool) {
-        self.0.store(fail, Ordering::SeqCst);
-    }
-
-    pub fn failing(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
+/// What a `HookedStore` does before each commit.
+#[async_trait]
+pub trait CommitHook: Send + Sync + 'static {
+    /// Runs before the inner store sees `writes` (and may wait); an error fails
+    /// the commit without touching the inner store.
+    async fn before_commit(&self, writes: &[Write]) -> Result<(), StoreError>;
 }
 
-/// Wraps any store; commits fail with "injected: disk full" while the switch
-/// is on, reads always pass through.
-pub struct FaultyStore<S> {
+/// Wraps any store: commits go through the hook first, reads always pass through.
+pub struct HookedStore<S, H> {
     inner: S,
-    switch: FaultSwitch,
+    hook: H,
 }
 
-impl<S: Store> FaultyStore<S> {
-    /// The wrapper and the switch that controls it (initially off).
-    pub fn new(inner: S) -> (Self, FaultSwitch) {
-        let switch = FaultSwitch::default();
-        (
-            Self {
-                inner,
-                switch: switch.clone(),
-            },
-            switch,
-        )
+impl<S: Store, H: CommitHook> HookedStore<S, H> {
+    pub fn with_hook(inner: S, hook: H) -> Self {
+        HookedStore { inner, hook }
     }
 
     pub fn inner(&self) -> &S {
         &self.inner
     }
+
+    pub fn hook(&self) -> &H {
+        &self.hook
+    }
 }
 
 #[async_trait]
-impl<S: Store> Store for FaultyStore<S> {
+impl<S: Store, H: CommitHook> Store for HookedStore<S, H> {
     async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        if self.switch.failing() {
-            return Err(StoreError("injected: disk full".into()));
-        }
+        self.hook.before_commit(&writes).await?;
         self.inner.commit(writes).await
     }
 
@@ -89,6 +74,43 @@ impl<S: Store> Store for FaultyStore<S> {
 
     async fn close(&self) {
         self.inner.close().await
+    }
+}
+
+/// The switch of a `FaultyStore`; clones share it, so a test keeps one
+/// after handing the store to the server.
+#[derive(Debug, Clone, Default)]
+pub struct FaultSwitch(Arc<AtomicBool>);
+
+impl FaultSwitch {
+    /// While `true`, every commit fails and the inner store is not touched.
+    pub fn fail_writes(&self, fail: bool) {
+        self.0.store(fail, Ordering::SeqCst);
+    }
+
+    pub fn failing(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl CommitHook for FaultSwitch {
+    async fn before_commit(&self, _: &[Write]) -> Result<(), StoreError> {
+        if self.failing() {
+            return Err(StoreError("injected: disk full".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Commits fail with "injected: disk full" while the switch is on.
+pub type FaultyStore<S> = HookedStore<S, FaultSwitch>;
+
+impl<S: Store> HookedStore<S, FaultSwitch> {
+    /// The wrapper and the switch that controls it (initially off).
+    pub fn new(inner: S) -> (Self, FaultSwitch) {
+        let switch = FaultSwitch::default();
+        (Self::with_hook(inner, switch.clone()), switch)
     }
 }
 
