@@ -121,6 +121,62 @@ pub async fn create_batch(
     Ok(ids)
 }
 
+/// A project's graph of about `nodes` nodes, built with executeBatch.
+pub struct Built {
+    pub project: Project,
+    pub workstreams: Vec<String>,
+    pub tasks: Vec<String>,
+}
+
+/// Creates a project of `nodes` nodes: the root, one workstream per 1,000
+/// nodes and tasks spread evenly over the workstreams, `batch` per request.
+pub async fn build_graph(
+    http: &mut Http,
+    name: &str,
+    nodes: usize,
+    batch: usize,
+) -> anyhow::Result<Built> {
+    let project = create_project(http, name).await?;
+    // Root and the first workstream exist; the rest: more workstreams, then tasks.
+    let want_ws = nodes.div_ceil(1000).max(1);
+    let mut workstreams = vec![project.workstream.clone()];
+    if want_ws > 1 {
+        workstreams.extend(
+            create_batch(
+                http,
+                &project.session,
+                std::slice::from_ref(&project.root),
+                WORKSTREAM,
+                want_ws - 1,
+                None,
+            )
+            .await?,
+        );
+    }
+    let mut tasks: Vec<String> = Vec::new();
+    let mut remaining = nodes.saturating_sub(1 + workstreams.len());
+    while remaining > 0 {
+        let count = remaining.min(batch.max(1));
+        // Rotate the parents so tasks spread evenly over the workstreams.
+        let offset = tasks.len() % workstreams.len();
+        let parents: Vec<String> = workstreams[offset..]
+            .iter()
+            .chain(&workstreams[..offset])
+            .cloned()
+            .collect();
+        tasks.extend(create_batch(http, &project.session, &parents, TASK, count, None).await?);
+        remaining -= count;
+    }
+    if tasks.is_empty() {
+        tasks.push(create_node(http, &project.session, &project.workstream, TASK).await?);
+    }
+    Ok(Built {
+        project,
+        workstreams,
+        tasks,
+    })
+}
+
 /// The session's newest event seq.
 pub async fn last_seq(http: &mut Http, session: &str) -> anyhow::Result<u64> {
     let v = http

@@ -153,42 +153,11 @@ async fn once(ctx: &Ctx, o: &Opts, n: usize, seed: u64) -> anyhow::Result<Run> {
         .await?;
     let mut http = Http::connect(server.addr).await?;
     let t = Instant::now();
-    let p = api::create_project(&mut http, "graph-size").await?;
-    // Root and the first workstream exist; the rest: more workstreams, then tasks.
-    let want_ws = n.div_ceil(1000).max(1);
-    let mut workstreams = vec![p.workstream.clone()];
-    if want_ws > 1 {
-        workstreams.extend(
-            api::create_batch(
-                &mut http,
-                &p.session,
-                std::slice::from_ref(&p.root),
-                api::WORKSTREAM,
-                want_ws - 1,
-                None,
-            )
-            .await?,
-        );
-    }
-    let mut tasks: Vec<String> = Vec::new();
-    let mut remaining = n.saturating_sub(1 + workstreams.len());
-    while remaining > 0 {
-        let count = remaining.min(o.batch.max(1));
-        // Rotate the parents so tasks spread evenly over the workstreams.
-        let offset = tasks.len() % workstreams.len();
-        let parents: Vec<String> = workstreams[offset..]
-            .iter()
-            .chain(&workstreams[..offset])
-            .cloned()
-            .collect();
-        tasks.extend(
-            api::create_batch(&mut http, &p.session, &parents, api::TASK, count, None).await?,
-        );
-        remaining -= count;
-    }
-    if tasks.is_empty() {
-        tasks.push(api::create_node(&mut http, &p.session, &p.workstream, api::TASK).await?);
-    }
+    let api::Built {
+        project: p,
+        workstreams,
+        tasks,
+    } = api::build_graph(&mut http, "graph-size", n, o.batch).await?;
     let build = t.elapsed();
     let nodes = api::node_count(&mut http, &p.session).await?;
     let mut run = Run::default();

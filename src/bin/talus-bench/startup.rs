@@ -155,34 +155,9 @@ async fn build(ctx: &Ctx, o: &Opts, dir: &std::path::Path) -> anyhow::Result<Val
         })
         .await?;
     let mut http = Http::connect(server.addr).await?;
-    let p = api::create_project(&mut http, "startup").await?;
-    let want_ws = o.nodes.div_ceil(1000).max(1);
-    let mut workstreams = vec![p.workstream.clone()];
-    if want_ws > 1 {
-        workstreams.extend(
-            api::create_batch(
-                &mut http,
-                &p.session,
-                std::slice::from_ref(&p.root),
-                api::WORKSTREAM,
-                want_ws - 1,
-                None,
-            )
-            .await?,
-        );
-    }
-    let mut tasks: Vec<String> = Vec::new();
-    let mut remaining = o.nodes.saturating_sub(1 + workstreams.len());
-    while remaining > 0 {
-        let count = remaining.min(1000);
-        tasks.extend(
-            api::create_batch(&mut http, &p.session, &workstreams, api::TASK, count, None).await?,
-        );
-        remaining -= count;
-    }
-    if tasks.is_empty() {
-        tasks.push(api::create_node(&mut http, &p.session, &p.workstream, api::TASK).await?);
-    }
+    let api::Built {
+        project: p, tasks, ..
+    } = api::build_graph(&mut http, "startup", o.nodes, 1000).await?;
     // Updates, 1000 per batch, two clients at a time, until the log is long enough.
     let mut events = api::last_seq(&mut http, &p.session).await?;
     let mut round = 0u64;
