@@ -7,6 +7,7 @@
 //! embedded store; `memory` keeps everything in the process (`--in-memory`);
 //! `faulty` wraps either to make commits fail on demand in tests.
 
+#[cfg(any(test, feature = "test-support"))]
 pub mod faulty;
 pub mod memory;
 pub mod sqlite;

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
+use bytes::Bytes;
 use serde_json::json;
 
 use crate::api;

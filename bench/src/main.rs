@@ -6,37 +6,24 @@
 //! with min-max) and writes JSON to `target/bench/<scenario>.json`.
 //! BENCHMARKS.md says how to run each scenario and what was measured.
 //!
-//! Layout (files in `src/bin/talus-bench/`):
+//! Layout (files in `bench/src/`):
 //! - `server.rs`: start/stop the server under test, its RSS, fd limits.
 //! - `http.rs`, `ws.rs`: the HTTP GraphQL client and the websocket subscriber.
 //! - `fleet.rs`: many subscribers at once.
 //! - `api.rs`: typed helpers for the mutations the scenarios use.
 //! - `stats.rs`: percentiles, runs, the table, targets and the JSON report.
 //! - one file per scenario: `fanout`, `throughput`, `mixed`, `connections`, `graph_size`, `startup`.
-
-#[path = "talus-bench/api.rs"]
 mod api;
-#[path = "talus-bench/connections.rs"]
 mod connections;
-#[path = "talus-bench/fanout.rs"]
 mod fanout;
-#[path = "talus-bench/fleet.rs"]
 mod fleet;
-#[path = "talus-bench/graph_size.rs"]
 mod graph_size;
-#[path = "talus-bench/http.rs"]
 mod http;
-#[path = "talus-bench/mixed.rs"]
 mod mixed;
-#[path = "talus-bench/server.rs"]
 mod server;
-#[path = "talus-bench/startup.rs"]
 mod startup;
-#[path = "talus-bench/stats.rs"]
 mod stats;
-#[path = "talus-bench/throughput.rs"]
 mod throughput;
-#[path = "talus-bench/ws.rs"]
 mod ws;
 
 use std::path::PathBuf;

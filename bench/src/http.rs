@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use anyhow::{anyhow, bail, Context};
-use axum::body::Bytes;
+use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{CONTENT_TYPE, HOST};

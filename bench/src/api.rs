@@ -1,7 +1,7 @@
 //! Typed helpers over the Talus Tally GraphQL API (built-in `project` template: project > workstream > task).
 
 use anyhow::Context;
-use axum::body::Bytes;
+use bytes::Bytes;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
