@@ -15,6 +15,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::api::{AppSchema, HttpClient};
+use crate::origin::{origin_allowed, OriginPolicy};
 
 /// Read buffer of a websocket; larger client messages are read in several steps.
 const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
@@ -27,6 +28,12 @@ pub struct AppState {
     /// How often the server pings a websocket; a connection silent for `ws_timeout` is dropped.
     pub ws_ping_interval: Duration,
     pub ws_timeout: Duration,
+    /// How long a websocket may take to send `connection_init`.
+    pub ws_init_timeout: Duration,
+    /// Frames queued per websocket connection before its operations wait.
+    pub ws_queue: usize,
+    /// Which browser origins may call the API and open websockets.
+    pub origins: OriginPolicy,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -103,6 +110,15 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if is_upgrade {
+        if !origin_allowed(&state.origins, &parts.headers) {
+            // A page on another site must not read (or write) a user's sessions.
+            return error_response(
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                "websocket connections from this Origin are not allowed (see --cors-origins)"
+                    .to_string(),
+            );
+        }
         let protocol = parts
             .headers
             .get(header::SEC_WEBSOCKET_PROTOCOL)
@@ -133,6 +149,10 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
             // every read attempt: the default 128 KiB cost a 128 KiB memset per
             // poll and 128 KiB of RSS per connection (talus-bench, BENCHMARKS.md).
             .read_buffer_size(WS_READ_BUFFER_BYTES)
+            // A message, whole or in fragments, is a request body: the same
+            // limit, closed with 1009 (see `ws::serve`).
+            .max_message_size(state.max_body_bytes)
+            .max_frame_size(state.max_body_bytes)
             .on_upgrade(move |socket| crate::ws::serve(socket, state, protocol))
             .into_response();
     }

@@ -61,9 +61,22 @@ struct ServeArgs {
     /// How often the idle-session reaper runs, in seconds.
     #[arg(long, env = "TALUS_REAPER_SECS", default_value_t = 600)]
     reaper_secs: u64,
-    /// Drop websockets silent (no pong) for this many seconds.
-    #[arg(long, env = "TALUS_WS_TIMEOUT_SECS", default_value_t = 30)]
+    /// Drop websockets that do not answer pings or drain their writes within this many seconds.
+    #[arg(long, env = "TALUS_WS_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(2..=3600))]
     ws_timeout_secs: u64,
+    /// Close websockets that send no connection_init within this many seconds (4408).
+    #[arg(long, env = "TALUS_WS_INIT_TIMEOUT_SECS", default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    ws_init_timeout_secs: u64,
+    /// Frames queued per websocket connection; a subscription that finds it full catches up from the log later.
+    #[arg(long, env = "TALUS_WS_QUEUE", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=65536))]
+    ws_queue: u64,
+    /// Browser origins allowed besides the server's own, comma-separated (e.g. https://app.example.com).
+    #[arg(long, env = "TALUS_CORS_ORIGINS", value_delimiter = ',',
+          value_parser = talus_tally::origin::parse_origin)]
+    cors_origins: Vec<String>,
     /// Largest request body in bytes.
     #[arg(long, env = "TALUS_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     max_body_bytes: usize,
@@ -96,8 +109,11 @@ impl ServeArgs {
         c.session.event_retention = self.event_retention;
         c.session.idle_limit = Duration::from_secs_f64(self.idle_hours * 3600.0);
         c.session.reaper_interval = Duration::from_secs(self.reaper_secs.max(1));
-        c.ws_timeout = Duration::from_secs(self.ws_timeout_secs.max(2));
+        c.ws_timeout = Duration::from_secs(self.ws_timeout_secs);
         c.ws_ping_interval = c.ws_timeout / 3;
+        c.ws_init_timeout = Duration::from_secs(self.ws_init_timeout_secs);
+        c.ws_queue = self.ws_queue as usize;
+        c.cors_origins = self.cors_origins.clone();
         c.limits.max_depth = self.max_depth;
         c.limits.max_complexity = self.max_complexity;
         c.limits.max_subscriptions_per_connection = self.max_subscriptions;

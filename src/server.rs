@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{self, ApiLimits, AppSchema};
 use crate::http::{self, AppState};
+use crate::origin::OriginPolicy;
 use crate::session::{Hub, SessionConfig};
 use crate::store::{sqlite::SqliteOptions, MemoryStore, SqliteStore, Store};
 use crate::templates::TemplateCatalog;
@@ -28,6 +30,13 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub ws_ping_interval: Duration,
     pub ws_timeout: Duration,
+    /// Websockets that send no `connection_init` within this are closed (4408).
+    pub ws_init_timeout: Duration,
+    /// Frames queued per websocket connection; a subscription that finds the
+    /// queue full waits and then catches up from the event log.
+    pub ws_queue: usize,
+    /// Browser origins allowed besides the server's own (`--cors-origins`).
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -42,6 +51,9 @@ impl Default for Config {
             max_body_bytes: 32 * 1024 * 1024,
             ws_ping_interval: Duration::from_secs(10),
             ws_timeout: Duration::from_secs(30),
+            ws_init_timeout: Duration::from_secs(3),
+            ws_queue: 256,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -101,6 +113,9 @@ pub async fn start(
     listener: TcpListener,
     store: Arc<dyn Store>,
 ) -> anyhow::Result<Running> {
+    let addr = listener.local_addr()?;
+    let origins = OriginPolicy::new(&config.cors_origins, addr.ip().is_loopback())
+        .map_err(|e| anyhow::anyhow!("--cors-origins: {e}"))?;
     let templates = Arc::new(load_templates(&config));
     let hub = Hub::start(config.session.clone(), store, templates).await?;
     let schema = api::build(hub.clone(), &config.limits);
@@ -110,10 +125,19 @@ pub async fn start(
         max_body_bytes: config.max_body_bytes,
         ws_ping_interval: config.ws_ping_interval,
         ws_timeout: config.ws_timeout,
+        ws_init_timeout: config.ws_init_timeout,
+        ws_queue: config.ws_queue,
+        origins,
         shutdown: stop_rx.clone(),
     };
     let app = http::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
-    let addr = listener.local_addr()?;
+    // Small answers and websocket frames go out at once instead of waiting
+    // for Nagle's algorithm to collect more (up to 40 ms with delayed ACKs).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("could not set TCP_NODELAY: {e}");
+        }
+    });
     let task_hub = hub.clone();
     let mut signal = stop_rx.clone();
     let task = tokio::spawn(async move {

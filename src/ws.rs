@@ -1,76 +1,209 @@
-//! The websocket transport of `/graphql`: graphql-transport-ws and the legacy graphql-ws, server pings, and
+//! The websocket transport of `/graphql`: graphql-transport-ws (and the legacy graphql-ws) as their
+//! specifications state them, a bounded outbound queue per connection, timed writes, and
 //! session-event subscriptions rendered once per event and selection, shared by every subscriber.
 //!
-//! async-graphql's protocol engine serves everything (connection_init, queries,
-//! mutations, other subscriptions, errors), except one case this module takes
-//! over because it dominates fan-out: a `sessionEvents` subscription that
-//! passes validation. For those, each event is executed against the
-//! subscription's selection once (through the same resolver, see
-//! `api::RenderOne`) and the JSON is memoised on the event, so a thousand
-//! subscribers with the same selection cost one execution and a thousand
-//! socket writes.
+//! The protocol state machine is this module's own: async-graphql's engine
+//! closes with codes clients treat as fatal (1002, 1011), sends no `error`
+//! message, keeps two streams under one id, has no `connection_init` timeout,
+//! and buffers without bound. Operations still execute through the schema
+//! (`Schema::execute_stream`); this module only frames them.
+//!
+//! Each operation runs in its own task and hands its frames to the
+//! connection through one bounded queue (`--ws-queue` frames). A subscription
+//! that finds the queue full waits, so it stops reading its session stream,
+//! which then lags behind the session's broadcast and catches up from the
+//! event log when it reads again (or gets `ResyncRequired` when the log no
+//! longer has the events): a slow reader costs the queue and the socket
+//! buffers, never memory that grows with the events it missed. Every socket
+//! write has a timeout (`--ws-timeout-secs`); a peer that does not drain is
+//! dropped, which ends its subscriptions and so its presence in the session.
+//!
+//! A `sessionEvents` subscription that passes validation takes a fast path:
+//! each event is executed against the subscription's selection once (through
+//! the same resolver, see `api::RenderOne`) and the JSON is memoised on the
+//! event under the full selection, so a thousand subscribers with the same
+//! selection cost one execution and a thousand socket writes.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_graphql::http::{WebSocketProtocols, WsMessage};
+use async_graphql::http::WebSocketProtocols;
 use async_graphql::parser::types::{OperationType, Selection};
-use async_graphql::{Data, Request, Response, Variables};
+use async_graphql::{Request, Response, Variables};
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use chrono::Utc;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio::time::Instant;
 
+use crate::api::extension::Validated;
 use crate::api::{ApiLimits, AppSchema, ConnClient, Probe, RenderOne};
 use crate::http::AppState;
-use crate::session::{ClientInfo, EventKind, SessionEvent};
+use crate::session::{ClientInfo, EventKind, RenderKey, SessionEvent};
 
 /// Most frames written before one flush.
 const MAX_BURST: usize = 64;
 
+/// Longest a closing connection waits to hand over its close frame and for the peer's answer.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Longest text of an identifying field of `connection_init` (`clientId`, `name`).
+const MAX_IDENTITY_BYTES: usize = 200;
+
 /// Identity of a websocket client from its `connection_init` payload (`clientId`, `name`), else generated.
-pub fn connection_client(payload: &Value) -> ConnClient {
-    let text = |key: &str| {
-        payload
-            .get(key)
-            .and_then(|v| v.as_str())
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty() && s.len() <= 200)
+///
+/// A payload whose `clientId` or `name` is not a short string is refused
+/// rather than ignored: the client would otherwise act under an identity it
+/// did not ask for.
+pub fn connection_client(payload: Option<&Map<String, Value>>) -> Result<ConnClient, String> {
+    let text = |key: &str| -> Result<Option<String>, String> {
+        match payload.and_then(|p| p.get(key)) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.trim().len() <= MAX_IDENTITY_BYTES => {
+                Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty()))
+            }
+            Some(_) => Err(format!(
+                "{key} must be a string of at most {MAX_IDENTITY_BYTES} bytes"
+            )),
+        }
     };
-    ConnClient {
-        id: text("clientId").unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-        name: text("name"),
+    let id = text("clientId")?;
+    let name = text("name")?;
+    Ok(ConnClient {
+        id: id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        name,
         connected_at: Utc::now(),
         subscriptions: Arc::new(AtomicUsize::new(0)),
+    })
+}
+
+/// The `payload` of a subscribe (`start`) message.
+struct Payload {
+    query: String,
+    operation_name: Option<String>,
+    variables: Option<Map<String, Value>>,
+}
+
+impl Payload {
+    fn request(&self) -> Request {
+        let mut request = Request::new(self.query.clone());
+        if let Some(name) = &self.operation_name {
+            request = request.operation_name(name.clone());
+        }
+        if let Some(vars) = &self.variables {
+            request = request.variables(Variables::from_json(Value::Object(vars.clone())));
+        }
+        request
+    }
+}
+
+/// A client message, checked against the protocol's message shapes.
+enum Incoming {
+    Init(Option<Map<String, Value>>),
+    Ping(Option<Map<String, Value>>),
+    Pong,
+    Subscribe { id: String, payload: Payload },
+    Complete { id: String },
+    /// Legacy `connection_terminate`.
+    Terminate,
+}
+
+/// An optional field that must be an object (or null) when present.
+fn optional_object(
+    message: &mut Map<String, Value>,
+    field: &str,
+    of: &str,
+) -> Result<Option<Map<String, Value>>, String> {
+    match message.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(_) => Err(format!("Invalid message received: the {field} of {of} must be an object")),
+    }
+}
+
+fn operation_id(message: &Map<String, Value>, of: &str) -> Result<String, String> {
+    match message.get("id") {
+        Some(Value::String(id)) if !id.is_empty() => Ok(id.clone()),
+        _ => Err(format!("Invalid message received: {of} needs a non-empty string id")),
+    }
+}
+
+fn subscribe_payload(message: &mut Map<String, Value>, of: &str) -> Result<Payload, String> {
+    let bad = |what: &str| format!("Invalid message received: the payload of {of} {what}");
+    let Some(Value::Object(mut p)) = message.remove("payload") else {
+        return Err(bad("must be an object"));
+    };
+    let Some(Value::String(query)) = p.remove("query") else {
+        return Err(bad("needs a query string"));
+    };
+    let operation_name = match p.remove("operationName") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(name)) => Some(name),
+        Some(_) => return Err(bad("has an operationName that is not a string")),
+    };
+    let variables = optional_object(&mut p, "variables", of)?;
+    optional_object(&mut p, "extensions", of)?;
+    Ok(Payload {
+        query,
+        operation_name,
+        variables,
+    })
+}
+
+/// Parses one client message; the error is the reason for closing with 4400.
+fn parse(text: &str, legacy: bool) -> Result<Incoming, String> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| format!("Invalid message received: {e}"))?;
+    let Value::Object(mut message) = value else {
+        return Err("Invalid message received: not a JSON object".into());
+    };
+    let kind = match message.get("type") {
+        Some(Value::String(kind)) => kind.clone(),
+        _ => return Err("Invalid message received: it has no type".into()),
+    };
+    match (kind.as_str(), legacy) {
+        ("connection_init", _) => Ok(Incoming::Init(optional_object(
+            &mut message,
+            "payload",
+            "connection_init",
+        )?)),
+        ("ping", false) => Ok(Incoming::Ping(optional_object(&mut message, "payload", "ping")?)),
+        ("pong", false) => {
+            optional_object(&mut message, "payload", "pong")?;
+            Ok(Incoming::Pong)
+        }
+        ("subscribe", false) | ("start", true) => {
+            let id = operation_id(&message, &kind)?;
+            let payload = subscribe_payload(&mut message, &kind)?;
+            Ok(Incoming::Subscribe { id, payload })
+        }
+        ("complete", false) | ("stop", true) => Ok(Incoming::Complete {
+            id: operation_id(&message, &kind)?,
+        }),
+        ("connection_terminate", true) => Ok(Incoming::Terminate),
+        (other, _) => Err(format!("Unexpected message of type {other} received")),
     }
 }
 
 /// A `sessionEvents` subscription request, ready to render events.
 struct Plan {
-    query: String,
-    operation_name: Option<String>,
-    variables: Variables,
-    /// Identifies the selection: the query, operation and variables other than the field's own arguments.
-    key: u64,
+    request: Payload,
+    /// The full selection: the query, operation and variables other than the
+    /// field's own arguments. Renderings are shared under it, so it is the
+    /// text itself, not a hash that two selections could share.
+    key: RenderKey,
 }
 
 /// Recognises a subscription whose only root field is `sessionEvents`.
-fn plan(payload: &Value) -> Option<Plan> {
-    let query = payload.get("query")?.as_str()?;
-    let operation_name = payload
-        .get("operationName")
-        .and_then(|n| n.as_str())
-        .map(str::to_string);
-    let doc = async_graphql::parser::parse_query(query).ok()?;
+fn plan(payload: &Payload) -> Option<Plan> {
+    let doc = async_graphql::parser::parse_query(&payload.query).ok()?;
     let mut ops = doc.operations.iter();
-    let op = match &operation_name {
+    let op = match &payload.operation_name {
         Some(name) => {
             ops.find(|(n, _)| n.map(|n| n.as_str()) == Some(name.as_str()))?
                 .1
@@ -95,29 +228,23 @@ fn plan(payload: &Value) -> Option<Plan> {
     if field.node.name.node != "sessionEvents" || !field.node.directives.is_empty() {
         return None;
     }
-    let variables = match payload.get("variables") {
-        Some(v) if !v.is_null() => Variables::from_json(v.clone()),
-        _ => Variables::default(),
-    };
     // The arguments choose the session and where to start, not what an event renders as.
-    let mut shape = variables.clone();
+    let mut shape = payload.variables.clone().unwrap_or_default();
     for (_, value) in &field.node.arguments {
         // A variable argument prints as `$name`.
         if let Some(name) = value.node.to_string().strip_prefix('$') {
-            shape.remove(&async_graphql::Name::new(name));
+            shape.remove(name);
         }
     }
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    query.hash(&mut hasher);
-    operation_name.hash(&mut hasher);
-    serde_json::to_string(&shape)
-        .unwrap_or_default()
-        .hash(&mut hasher);
+    // serde_json's map is ordered, so equal variables print equally.
+    let key = serde_json::to_string(&(&payload.query, &payload.operation_name, &shape)).ok()?;
     Some(Plan {
-        query: query.to_string(),
-        operation_name,
-        variables,
-        key: hasher.finish(),
+        request: Payload {
+            query: payload.query.clone(),
+            operation_name: payload.operation_name.clone(),
+            variables: payload.variables.clone(),
+        },
+        key: RenderKey::from(key),
     })
 }
 
@@ -128,11 +255,7 @@ async fn render(
     event: Arc<SessionEvent>,
     probe: Option<Probe>,
 ) -> Response {
-    let mut request = Request::new(plan.query.clone()).variables(plan.variables.clone());
-    if let Some(name) = &plan.operation_name {
-        request = request.operation_name(name.clone());
-    }
-    let request = request.data(RenderOne { event, probe });
+    let request = plan.request.request().data(RenderOne { event, probe });
     schema
         .execute_stream(request)
         .next()
@@ -142,7 +265,11 @@ async fn render(
         })
 }
 
-/// The frame that ends subscription `id`.
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// The frame that ends operation `id`.
 fn complete_frame(id: &str) -> String {
     format!(r#"{{"id":{},"type":"complete"}}"#, json_string(id))
 }
@@ -152,267 +279,392 @@ fn frame_head(id: &str, kind: &str) -> String {
     format!(r#"{{"id":{},"type":"{kind}","payload":"#, json_string(id))
 }
 
-fn json_string(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+/// A frame for the connection to write, from operation `op`.
+struct Out {
+    op: u64,
+    text: String,
+    /// The operation's last frame (`complete` or `error`): once written, its id is free again.
+    last: bool,
 }
 
-/// What a subscription task needs from its connection.
-#[derive(Clone)]
-struct Link {
-    schema: AppSchema,
-    client: ClientInfo,
+/// A subscription slot of the connection (`--max-subscriptions`), released once.
+struct Slot {
     open: Arc<AtomicUsize>,
-    /// Frames for the connection to write, each batch with one flush.
-    out: mpsc::UnboundedSender<Vec<String>>,
-    engine: mpsc::UnboundedSender<Vec<u8>>,
-    legacy: bool,
+    held: AtomicBool,
 }
 
-/// Frees a subscription slot of the connection when the task ends.
-struct Slot(Arc<AtomicUsize>);
+impl Slot {
+    /// Takes a slot if fewer than `limit` are taken.
+    fn take(open: &Arc<AtomicUsize>, limit: usize) -> Option<Arc<Slot>> {
+        if open.fetch_add(1, Ordering::Relaxed) < limit {
+            Some(Arc::new(Slot {
+                open: open.clone(),
+                held: AtomicBool::new(true),
+            }))
+        } else {
+            open.fetch_sub(1, Ordering::Relaxed);
+            None
+        }
+    }
+
+    fn release(&self) {
+        if self.held.swap(false, Ordering::Relaxed) {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.release();
     }
 }
 
-/// Runs one `sessionEvents` subscription; anything unusual goes back to the engine, which reports it.
-async fn run(link: Link, id: String, raw: Vec<u8>, plan: Plan) {
-    let slot = Slot(link.open.clone());
-    let probe = Arc::new(Mutex::new(None));
-    let synthetic = Arc::new(SessionEvent::new(
-        0,
-        uuid::Uuid::nil(),
-        Utc::now(),
-        None,
-        None,
-        EventKind::ResyncRequired {
-            reason: String::new(),
-        },
-    ));
-    let checked = render(&link.schema, &plan, synthetic, Some(probe.clone())).await;
-    let args = *probe.lock();
-    let hub = link.schema.data_unchecked_hub();
-    let (Some((session_id, since)), true) = (args, checked.errors.is_empty()) else {
-        drop(slot);
-        let _ = link.engine.send(raw);
-        return;
-    };
-    let events = match hub
-        .subscribe(session_id, since, Some(link.client.clone()))
-        .await
-    {
-        Ok(events) => events,
-        Err(_) => {
-            drop(slot);
-            let _ = link.engine.send(raw);
-            return;
+/// One operation of a connection, as the connection sees it.
+struct Running {
+    serial: u64,
+    task: tokio::task::JoinHandle<()>,
+    /// Released by the connection as soon as the operation ends for the client,
+    /// so a client that saw `complete` may subscribe again at once.
+    _slot: Option<Arc<Slot>>,
+}
+
+/// The connection's active operations, by id and by serial (frames carry the serial).
+#[derive(Default)]
+struct Ops {
+    by_id: HashMap<String, Running>,
+    ids: HashMap<u64, String>,
+    next: u64,
+}
+
+impl Ops {
+    fn serial(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    fn insert(&mut self, id: String, running: Running) {
+        self.ids.insert(running.serial, id.clone());
+        self.by_id.insert(id, running);
+    }
+
+    fn is_live(&self, serial: u64) -> bool {
+        self.ids.contains_key(&serial)
+    }
+
+    /// Forgets operation `serial` (its last frame was written).
+    fn finished(&mut self, serial: u64) {
+        if let Some(id) = self.ids.remove(&serial) {
+            self.by_id.remove(&id);
         }
-    };
-    let next = if link.legacy { "data" } else { "next" };
-    let schema = &link.schema;
-    let plan = &plan;
-    let id = id.as_str();
-    // Every frame of this subscription starts the same way: build that once.
-    let head = frame_head(id, next);
-    let head = head.as_str();
-    let to_frame = |event: Arc<SessionEvent>| async move {
-        let rendered = event
-            .rendered(plan.key, || async {
-                let response = render(schema, plan, event.clone(), None).await;
-                Arc::from(serde_json::to_string(&response).unwrap_or_else(|_| "{}".into()))
-            })
-            .await;
-        let mut frame = String::with_capacity(head.len() + rendered.len() + 1);
-        frame.push_str(head);
-        frame.push_str(&rendered);
-        frame.push('}');
-        frame
-    };
-    let mut events = std::pin::pin!(events);
-    let mut ended = false;
-    while let Some(event) = events.next().await {
-        // The session broadcasts a committed group at once: take every event
-        // already here, so the connection writes them with one flush.
-        let mut frames = vec![to_frame(event).await];
-        while frames.len() < MAX_BURST {
-            match events.next().now_or_never() {
-                Some(Some(event)) => frames.push(to_frame(event).await),
-                Some(None) => {
-                    ended = true;
-                    break;
-                }
-                None => break,
+    }
+
+    /// Stops operation `id` on the client's request; whether it was active.
+    fn stop(&mut self, id: &str) -> bool {
+        match self.by_id.remove(id) {
+            Some(running) => {
+                self.ids.remove(&running.serial);
+                running.task.abort();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Ops {
+    fn drop(&mut self) {
+        for (_, running) in self.by_id.drain() {
+            running.task.abort();
+        }
+    }
+}
+
+/// What one operation task needs from its connection.
+struct Op {
+    schema: AppSchema,
+    client: ConnClient,
+    out: mpsc::Sender<Out>,
+    serial: u64,
+    id: String,
+    legacy: bool,
+}
+
+impl Op {
+    /// Queues a frame, waiting while the connection's queue is full; false once the connection is gone.
+    async fn send(&self, text: String, last: bool) -> bool {
+        let out = Out {
+            op: self.serial,
+            text,
+            last,
+        };
+        self.out.send(out).await.is_ok()
+    }
+
+    fn next_type(&self) -> &'static str {
+        if self.legacy {
+            "data"
+        } else {
+            "next"
+        }
+    }
+
+    async fn run(self, payload: Payload, fast: Option<(Plan, Arc<Slot>)>) {
+        if let Some((plan, slot)) = fast {
+            if self.session_events(&plan).await {
+                return;
+            }
+            // The engine reports whatever made the fast path decline, and counts its own slot.
+            slot.release();
+        }
+        self.execute(payload).await;
+    }
+
+    /// Any operation, executed by the schema: results as `next`, request errors as `error`.
+    async fn execute(&self, payload: Payload) {
+        let validated = Arc::new(AtomicBool::new(false));
+        let request = payload
+            .request()
+            .data(self.client.clone())
+            .data(Validated(validated.clone()));
+        let mut results = self.schema.execute_stream(request);
+        let head = frame_head(&self.id, self.next_type());
+        let mut first = true;
+        while let Some(response) = results.next().await {
+            if first && response.is_err() && !validated.load(Ordering::Relaxed) {
+                // Parse, validation and limit errors happen before execution:
+                // the protocols answer them with `error` and no `complete`.
+                let errors = serde_json::to_string(&response.errors).unwrap_or_else(|_| "[]".into());
+                let frame = format!("{}{errors}}}", frame_head(&self.id, "error"));
+                self.send(frame, true).await;
+                return;
+            }
+            first = false;
+            let body = serde_json::to_string(&response).unwrap_or_else(|_| "{}".into());
+            if !self.send(format!("{head}{body}}}"), false).await {
+                return;
             }
         }
-        if link.out.send(frames).is_err() {
-            return;
-        }
-        if ended {
-            break;
-        }
+        self.send(complete_frame(&self.id), true).await;
     }
-    let _ = link.out.send(vec![complete_frame(id)]);
-    drop(slot);
-}
 
-/// Extension to reach the hub from the schema.
-trait SchemaHub {
-    fn data_unchecked_hub(&self) -> Arc<crate::session::Hub>;
-}
-
-impl SchemaHub for AppSchema {
-    fn data_unchecked_hub(&self) -> Arc<crate::session::Hub> {
-        self.data::<Arc<crate::session::Hub>>()
-            .expect("the schema carries the hub")
-            .clone()
-    }
-}
-
-/// Our own subscriptions on one connection; aborted when the connection ends.
-#[derive(Default)]
-struct Tasks(HashMap<String, tokio::task::JoinHandle<()>>);
-
-impl Drop for Tasks {
-    fn drop(&mut self) {
-        for (_, task) in self.0.drain() {
-            task.abort();
+    /// A `sessionEvents` subscription on the fast path; false when it declines
+    /// (a validation error, an unknown session), leaving the report to `execute`.
+    async fn session_events(&self, plan: &Plan) -> bool {
+        let probe = Arc::new(Mutex::new(None));
+        let synthetic = Arc::new(SessionEvent::new(
+            0,
+            uuid::Uuid::nil(),
+            Utc::now(),
+            None,
+            None,
+            EventKind::ResyncRequired {
+                reason: String::new(),
+            },
+        ));
+        let checked = render(&self.schema, plan, synthetic, Some(probe.clone())).await;
+        let args = *probe.lock();
+        let (Some((session_id, since)), true) = (args, checked.errors.is_empty()) else {
+            return false;
+        };
+        let Some(hub) = self.schema.data::<Arc<crate::session::Hub>>() else {
+            return false;
+        };
+        let client = ClientInfo {
+            id: self.client.id.clone(),
+            name: self.client.name.clone(),
+            connected_at: self.client.connected_at,
+        };
+        let Ok(events) = hub.subscribe(session_id, since, Some(client)).await else {
+            return false;
+        };
+        // Every frame of this subscription starts the same way: build that once.
+        let head = frame_head(&self.id, self.next_type());
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            let rendered = event
+                .rendered(&plan.key, || async {
+                    let response = render(&self.schema, plan, event.clone(), None).await;
+                    Arc::from(serde_json::to_string(&response).unwrap_or_else(|_| "{}".into()))
+                })
+                .await;
+            let mut frame = String::with_capacity(head.len() + rendered.len() + 1);
+            frame.push_str(&head);
+            frame.push_str(&rendered);
+            frame.push('}');
+            // Waits while the connection's queue is full: the stream meanwhile
+            // lags and later catches up from the log.
+            if !self.send(frame, false).await {
+                return true;
+            }
         }
+        self.send(complete_frame(&self.id), true).await;
+        true
     }
 }
 
-/// Serves one websocket connection until it closes, stops answering pings, or the server shuts down.
+/// How a connection ends.
+enum End {
+    /// The peer closed or the socket failed: nothing more to say.
+    Gone,
+    /// A write did not finish within the timeout: the peer does not read.
+    Stalled,
+    /// Close with this code and reason.
+    Close(u16, String),
+}
+
+/// Whether a read error is a message over the configured size.
+fn too_big(error: axum::Error) -> bool {
+    error
+        .into_inner()
+        .downcast_ref::<tungstenite::Error>()
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+}
+
+/// A close reason fits a control frame (123 bytes).
+fn close_reason(reason: &str) -> String {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}
+
+/// Serves one websocket connection until it closes, stops reading or answering pings, or the server shuts down.
 pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtocols) {
     let legacy = matches!(protocol, WebSocketProtocols::SubscriptionsTransportWS);
     let (mut sink, mut stream) = socket.split();
-    let (engine_tx, engine_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<String>>();
-    let pending_client: Arc<Mutex<Option<ConnClient>>> = Arc::default();
-    let init_slot = pending_client.clone();
-    let mut engine = async_graphql::http::WebSocket::new(
-        state.schema.clone(),
-        UnboundedReceiverStream::new(engine_rx),
-        protocol,
-    )
-    .on_connection_init(move |payload| {
-        let client = init_slot
-            .lock()
-            .take()
-            .unwrap_or_else(|| connection_client(&payload));
-        async move {
-            let mut data = Data::default();
-            data.insert(client);
-            Ok(data)
-        }
-    });
+    let (out_tx, mut out_rx) = mpsc::channel::<Out>(state.ws_queue.max(1));
     let limit = state
         .schema
         .data::<ApiLimits>()
         .map_or(usize::MAX, |l| l.max_subscriptions_per_connection);
-    let mut link: Option<Link> = None;
-    let mut tasks = Tasks::default();
+    let timeout = state.ws_timeout;
+    let mut ops = Ops::default();
+    let mut client: Option<ConnClient> = None;
     let mut last_seen = Instant::now();
-    let mut ping = tokio::time::interval(state.ws_ping_interval);
-    ping.tick().await;
+    let mut ping = tokio::time::interval_at(
+        Instant::now() + state.ws_ping_interval,
+        state.ws_ping_interval,
+    );
+    let init_deadline = tokio::time::sleep(state.ws_init_timeout);
+    tokio::pin!(init_deadline);
     let mut shutdown = state.shutdown.clone();
     // Made once: a fresh one per wake-up would register and drop a waiter every time.
     let shutdown = stopped(&mut shutdown);
     tokio::pin!(shutdown);
-    let mut pending: Vec<Message> = Vec::new();
-    loop {
+    let mut batch: Vec<Out> = Vec::with_capacity(MAX_BURST);
+    let end = loop {
         tokio::select! {
             incoming = stream.next() => {
                 let text = match incoming {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Binary(b))) => {
-                        last_seen = Instant::now();
-                        let _ = engine_tx.send(b.to_vec());
-                        continue;
-                    }
+                    Some(Ok(Message::Text(t))) => t.as_str().to_owned(),
+                    Some(Ok(Message::Binary(b))) => match String::from_utf8(b.to_vec()) {
+                        Ok(t) => t,
+                        Err(_) => break End::Close(4400, "Invalid message received: binary data that is not UTF-8".into()),
+                    },
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
                         last_seen = Instant::now();
                         continue;
                     }
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(Message::Close(_))) | None => break End::Gone,
+                    Some(Err(e)) => break if too_big(e) {
+                        End::Close(1009, format!("a message is larger than the limit of {} bytes", state.max_body_bytes))
+                    } else {
+                        End::Gone
+                    },
                 };
                 last_seen = Instant::now();
-                let raw = text.as_str().as_bytes().to_vec();
-                let Ok(message) = serde_json::from_slice::<Value>(&raw) else {
-                    let _ = engine_tx.send(raw);
-                    continue;
-                };
-                let kind = message.get("type").and_then(|t| t.as_str()).unwrap_or("");
-                let id = message.get("id").and_then(|i| i.as_str()).map(str::to_string);
-                match (kind, id) {
-                    ("connection_init", _) if link.is_none() => {
-                        let client = connection_client(message.get("payload").unwrap_or(&Value::Null));
-                        link = Some(Link {
-                            schema: state.schema.clone(),
-                            client: ClientInfo {
-                                id: client.id.clone(),
-                                name: client.name.clone(),
-                                connected_at: client.connected_at,
-                            },
-                            open: client.subscriptions.clone(),
-                            out: out_tx.clone(),
-                            engine: engine_tx.clone(),
-                            legacy,
-                        });
-                        *pending_client.lock() = Some(client);
-                        let _ = engine_tx.send(raw);
+                let reply = match parse(&text, legacy) {
+                    Err(reason) => break End::Close(4400, reason),
+                    Ok(Incoming::Init(payload)) => {
+                        if client.is_some() {
+                            break End::Close(4429, "Too many initialisation requests".into());
+                        }
+                        match connection_client(payload.as_ref()) {
+                            Ok(c) => client = Some(c),
+                            Err(reason) => break End::Close(4403, format!("Forbidden: {reason}")),
+                        }
+                        let mut frames = vec![r#"{"type":"connection_ack"}"#.to_string()];
+                        if legacy {
+                            // The legacy protocol's keep-alive starts right after the ack.
+                            frames.push(r#"{"type":"ka"}"#.to_string());
+                        }
+                        frames
                     }
-                    ("subscribe" | "start", Some(id)) => {
-                        let taken = tasks.0.get(&id).is_some_and(|t| !t.is_finished());
-                        let planned = match (&link, taken) {
-                            (Some(link), false) => message.get("payload").and_then(plan).map(|p| (link.clone(), p)),
-                            _ => None,
+                    Ok(Incoming::Ping(payload)) => vec![match payload {
+                        Some(p) => serde_json::json!({ "type": "pong", "payload": p }).to_string(),
+                        None => r#"{"type":"pong"}"#.to_string(),
+                    }],
+                    Ok(Incoming::Pong) => Vec::new(),
+                    Ok(Incoming::Subscribe { id, payload }) => {
+                        let Some(c) = &client else {
+                            break End::Close(4401, "Unauthorized".into());
                         };
-                        match planned {
-                            Some((link, plan)) if link.open.fetch_add(1, Ordering::Relaxed) < limit => {
-                                tasks.0.retain(|_, t| !t.is_finished());
-                                tasks.0.insert(id.clone(), tokio::spawn(run(link, id, raw, plan)));
-                            }
-                            Some((link, _)) => {
-                                // Over the limit: the engine reports LIMIT_EXCEEDED.
-                                link.open.fetch_sub(1, Ordering::Relaxed);
-                                let _ = engine_tx.send(raw);
-                            }
-                            None => {
-                                let _ = engine_tx.send(raw);
-                            }
+                        if ops.by_id.contains_key(&id) {
+                            break End::Close(4409, close_reason(&format!("Subscriber for {id} already exists")));
+                        }
+                        // The slot is taken here, in message order, so of two
+                        // subscriptions the later one is the one refused.
+                        let fast = plan(&payload).and_then(|p| Some((p, Slot::take(&c.subscriptions, limit)?)));
+                        let slot = fast.as_ref().map(|(_, s)| s.clone());
+                        let serial = ops.serial();
+                        let op = Op {
+                            schema: state.schema.clone(),
+                            client: c.clone(),
+                            out: out_tx.clone(),
+                            serial,
+                            id: id.clone(),
+                            legacy,
+                        };
+                        let task = tokio::spawn(op.run(payload, fast));
+                        ops.insert(id, Running { serial, task, _slot: slot });
+                        Vec::new()
+                    }
+                    Ok(Incoming::Complete { id }) => {
+                        if ops.stop(&id) {
+                            // An acknowledgement that the operation ended and
+                            // its slot is free (async-graphql did the same);
+                            // frames it had queued are dropped, not written.
+                            vec![complete_frame(&id)]
+                        } else {
+                            Vec::new()
                         }
                     }
-                    ("complete" | "stop", Some(id)) if tasks.0.contains_key(&id) => {
-                        if let Some(task) = tasks.0.remove(&id) {
-                            task.abort();
-                        }
-                        // As async-graphql's engine does for its own subscriptions.
-                        let _ = out_tx.send(vec![complete_frame(&id)]);
-                    }
-                    _ => {
-                        let _ = engine_tx.send(raw);
+                    Ok(Incoming::Terminate) => break End::Close(1000, "connection_terminate".into()),
+                };
+                if !reply.is_empty() {
+                    let frames = reply.into_iter().map(|t| Message::Text(t.into()));
+                    match tokio::time::timeout(timeout, write_all(&mut sink, frames)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(())) => break End::Gone,
+                        Err(_) => break End::Stalled,
                     }
                 }
             }
-            msg = engine.next() => {
-                match msg {
-                    Some(WsMessage::Text(text)) => pending.push(Message::Text(text.into())),
-                    Some(WsMessage::Close(code, reason)) => {
-                        let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-                        break;
-                    }
-                    None => break,
+            _ = out_rx.recv_many(&mut batch, MAX_BURST) => {
+                match tokio::time::timeout(timeout, write_batch(&mut sink, &mut batch, &mut ops)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(())) => break End::Gone,
+                    Err(_) => break End::Stalled,
                 }
             }
-            Some(frames) = out_rx.recv() => pending.extend(frames.into_iter().map(|f| Message::Text(f.into()))),
             _ = ping.tick() => {
-                if last_seen.elapsed() > state.ws_timeout {
-                    tracing::info!("dropping a websocket that stopped answering pings");
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: "ping timeout".into() }))).await;
-                    break;
+                if last_seen.elapsed() > timeout {
+                    break End::Close(1001, "ping timeout".into());
                 }
-                pending.push(Message::Ping(Bytes::from_static(b"talus")));
+                let mut frames = vec![Message::Ping(Bytes::from_static(b"talus"))];
+                if legacy && client.is_some() {
+                    frames.push(Message::Text(r#"{"type":"ka"}"#.into()));
+                }
+                match tokio::time::timeout(timeout, write_all(&mut sink, frames.into_iter())).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(())) => break End::Gone,
+                    Err(_) => break End::Stalled,
+                }
+            }
+            _ = &mut init_deadline, if client.is_none() => {
+                break End::Close(4408, "Connection initialisation timeout".into());
             }
             _ = &mut shutdown => {
                 // Subscriptions end on their own (the hub stops them); let their
@@ -421,61 +673,95 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                 tokio::pin!(deadline);
                 loop {
                     tokio::select! {
-                        msg = engine.next() => match msg {
-                            Some(WsMessage::Text(text)) => pending.push(Message::Text(text.into())),
-                            _ => break,
-                        },
-                        Some(frames) = out_rx.recv() => pending.extend(frames.into_iter().map(|f| Message::Text(f.into()))),
+                        _ = out_rx.recv_many(&mut batch, MAX_BURST) => {
+                            let written = tokio::time::timeout(timeout, write_batch(&mut sink, &mut batch, &mut ops)).await;
+                            if !matches!(written, Ok(Ok(()))) {
+                                break;
+                            }
+                        }
                         _ = &mut deadline => break,
                     }
+                    if ops.by_id.is_empty() {
+                        break;
+                    }
                 }
-                pending.push(Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() })));
-                let _ = write(&mut sink, &mut pending, &mut out_rx).await;
-                break;
+                break End::Close(1001, "server shutting down".into());
             }
         }
-        if !pending.is_empty() && write(&mut sink, &mut pending, &mut out_rx).await.is_err() {
-            break;
+    };
+    // Ends every operation: their streams drop, and with them the client's presence.
+    drop(ops);
+    drop(out_rx);
+    match end {
+        End::Gone => {}
+        End::Stalled => {
+            tracing::info!(
+                timeout_s = timeout.as_secs_f64(),
+                "dropping a websocket that stopped reading"
+            );
         }
-        // Engine messages that are already waiting go out in the same burst.
-        while pending.len() < MAX_BURST {
-            match engine.next().now_or_never() {
-                Some(Some(WsMessage::Text(text))) => pending.push(Message::Text(text.into())),
-                _ => break,
+        End::Close(code, reason) => {
+            if code == 1001 && reason == "ping timeout" {
+                tracing::info!("dropping a websocket that stopped answering pings");
             }
-        }
-        if !pending.is_empty() && write(&mut sink, &mut pending, &mut out_rx).await.is_err() {
-            break;
+            close(&mut sink, &mut stream, code, reason, timeout).await;
         }
     }
 }
 
-/// Writes the pending frames and whatever else our subscriptions queued, with one flush.
-async fn write<S>(
-    sink: &mut S,
-    pending: &mut Vec<Message>,
-    out_rx: &mut mpsc::UnboundedReceiver<Vec<String>>,
-) -> Result<(), ()>
+/// Sends the close frame and waits briefly for the peer's, so the frame is
+/// read before the TCP connection goes (closing a socket with unread input
+/// resets it, and the peer may then never see the close code).
+async fn close<S, R>(sink: &mut S, stream: &mut R, code: u16, reason: String, timeout: Duration)
+where
+    S: futures_util::Sink<Message> + Unpin,
+    R: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let linger = timeout.min(CLOSE_LINGER);
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: close_reason(&reason).into(),
+    }));
+    if !matches!(tokio::time::timeout(linger, sink.send(frame)).await, Ok(Ok(()))) {
+        return;
+    }
+    let _ = tokio::time::timeout(linger, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Writes `frames` with one flush.
+async fn write_all<S>(sink: &mut S, frames: impl Iterator<Item = Message>) -> Result<(), ()>
 where
     S: futures_util::Sink<Message> + Unpin,
 {
-    let mut written = 0;
-    for message in pending.drain(..) {
-        sink.feed(message).await.map_err(|_| ())?;
-        written += 1;
+    for frame in frames {
+        sink.feed(frame).await.map_err(|_| ())?;
     }
-    while written < MAX_BURST {
-        match out_rx.try_recv() {
-            Ok(frames) => {
-                for text in frames {
-                    sink.feed(Message::Text(text.into()))
-                        .await
-                        .map_err(|_| ())?;
-                    written += 1;
-                }
-            }
-            Err(_) => break,
+    sink.flush().await.map_err(|_| ())
+}
+
+/// Writes the queued frames of operations that are still active, with one flush.
+async fn write_batch<S>(sink: &mut S, batch: &mut Vec<Out>, ops: &mut Ops) -> Result<(), ()>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    for out in batch.drain(..) {
+        if !ops.is_live(out.op) {
+            // The client completed it: nothing more of it is sent.
+            continue;
         }
+        if out.last {
+            ops.finished(out.op);
+        }
+        sink.feed(Message::Text(out.text.into()))
+            .await
+            .map_err(|_| ())?;
     }
     sink.flush().await.map_err(|_| ())
 }

@@ -15,6 +15,11 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 
+/// Request data that learns whether the request's document passed validation:
+/// the websocket transport answers errors from before execution (parse,
+/// validation, limits) with an `error` message instead of a result.
+pub struct Validated(pub Arc<AtomicBool>);
+
 /// Adds codes to errors that carry none, logs one line per operation and
 /// remembers parsed documents.
 #[derive(Default)]
@@ -208,7 +213,11 @@ impl Extension for CodesExtension {
             .all(|(_, op)| op.node.ty == OperationType::Subscription);
         if subscription {
             self.subscription.store(true, Ordering::Relaxed);
-            tracing::info!("graphql subscription started");
+            // The websocket transport executes a subscription's selection once
+            // per event to render it (`RenderOne`): that is not a subscription starting.
+            if ctx.data_opt::<super::RenderOne>().is_none() {
+                tracing::info!("graphql subscription started");
+            }
         }
         Ok(doc)
     }
@@ -219,7 +228,13 @@ impl Extension for CodesExtension {
         next: NextValidation<'_>,
     ) -> Result<ValidationResult, Vec<ServerError>> {
         let document = self.document.lock().take();
+        let passed = || {
+            if let Some(flag) = ctx.data_opt::<Validated>() {
+                flag.0.store(true, Ordering::Relaxed);
+            }
+        };
         if let Some(Document::Valid(result)) = document {
+            passed();
             return Ok(result);
         }
         let result = next.run(ctx).await.map_err(|errors| {
@@ -234,6 +249,7 @@ impl Extension for CodesExtension {
         if let Some(Document::Unvalidated(query)) = document {
             self.parsed.validated(&query, result);
         }
+        passed();
         Ok(result)
     }
 

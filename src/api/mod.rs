@@ -22,7 +22,8 @@ use std::sync::atomic::AtomicUsize;
 pub struct HttpClient(pub String);
 
 /// The client behind a websocket connection, from its `connection_init` payload or generated.
-#[derive(Debug)]
+/// Each operation of the connection carries a clone (sharing the subscription count).
+#[derive(Debug, Clone)]
 pub struct ConnClient {
     pub id: String,
     pub name: Option<String>,

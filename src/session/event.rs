@@ -69,15 +69,22 @@ pub struct SessionEvent {
     /// Serialised form, computed once and shared by the store and every subscriber.
     #[serde(skip)]
     json: OnceLock<String>,
-    /// Renderings of this event for transports, by an opaque key (e.g. a
-    /// GraphQL selection), so one rendering serves every subscriber.
+    /// Renderings of this event for transports, by the full text of what was
+    /// rendered (e.g. a GraphQL selection), so one rendering serves every
+    /// subscriber that asked for exactly the same thing.
     #[serde(skip)]
     renders: Renders,
 }
 
+/// What a rendering is keyed by: the whole description of the rendering (for
+/// the websocket transport, the query text, operation name and variables), so
+/// two different selections can never share one (as they could a hash).
+pub type RenderKey = Arc<str>;
+
 /// A small memo of renderings of one event; each is computed at most once.
+/// Bounded by the distinct selections of the session's subscribers.
 #[derive(Default)]
-pub struct Renders(parking_lot::Mutex<Vec<(u64, Rendering)>>);
+pub struct Renders(parking_lot::Mutex<Vec<(RenderKey, Rendering)>>);
 
 /// One rendering, filled once by whoever needs it first.
 type Rendering = Arc<tokio::sync::OnceCell<Arc<str>>>;
@@ -124,18 +131,22 @@ impl SessionEvent {
     }
 
     /// The rendering of this event under `key`, computed by `render` only by the first caller.
-    pub async fn rendered<F, Fut>(&self, key: u64, render: F) -> Arc<str>
+    pub async fn rendered<F, Fut>(&self, key: &RenderKey, render: F) -> Arc<str>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Arc<str>>,
     {
         let cell = {
             let mut renders = self.renders.0.lock();
-            match renders.iter().find(|(k, _)| *k == key) {
+            // Comparing the text costs a memcmp of the selection per subscriber and event.
+            match renders
+                .iter()
+                .find(|(k, _)| Arc::ptr_eq(k, key) || **k == **key)
+            {
                 Some((_, cell)) => cell.clone(),
                 None => {
                     let cell = Arc::new(tokio::sync::OnceCell::new());
-                    renders.push((key, cell.clone()));
+                    renders.push((key.clone(), cell.clone()));
                     cell
                 }
             }

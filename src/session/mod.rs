@@ -19,7 +19,7 @@ use parking_lot::RwLock;
 use uuid::Uuid;
 
 pub use config::SessionConfig;
-pub use event::{ClientInfo, EventKind, SessionEvent};
+pub use event::{ClientInfo, EventKind, RenderKey, SessionEvent};
 pub use hub::{CleanupResult, Hub};
 pub use live::{OpenProject, Outcome, Session, State};
 
