@@ -704,6 +704,12 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
             if code == 1001 && reason == "ping timeout" {
                 tracing::info!("dropping a websocket that stopped answering pings");
             }
+            if legacy && code >= 4000 {
+                // The legacy protocol has no close codes of its own: say why first.
+                let error = serde_json::json!({ "type": "connection_error", "payload": { "message": reason } });
+                let frame = std::iter::once(Message::Text(error.to_string().into()));
+                let _ = tokio::time::timeout(timeout.min(CLOSE_LINGER), write_all(&mut sink, frame)).await;
+            }
             close(&mut sink, &mut stream, code, reason, timeout).await;
         }
     }

@@ -760,3 +760,48 @@ pub fn assert_consecutive(events: &[Value], first: i64) {
     let want: Vec<i64> = (first..first + got.len() as i64).collect();
     assert_eq!(got, want, "seqs must be consecutive from {first}");
 }
+
+/// Receive buffer of a `slow_reader` socket: the kernel then holds only a few KiB for it.
+pub const SLOW_READER_BUFFER_BYTES: u32 = 4 * 1024;
+
+impl App {
+    /// A graphql-transport-ws connection (acknowledged, as `client_id`) whose
+    /// socket has a tiny receive buffer: once the test stops reading it, the
+    /// server's writes to it back up after a few KiB, as with a stalled peer.
+    pub async fn slow_reader(&self, client_id: &str) -> Ws {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .set_recv_buffer_size(SLOW_READER_BUFFER_BYTES)
+            .expect("SO_RCVBUF");
+        let tcp = socket.connect(self.addr).await.expect("connects");
+        let mut request = self.ws_url().into_client_request().unwrap();
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static("graphql-transport-ws"),
+        );
+        let (socket, response) = tokio::time::timeout(
+            TIMEOUT,
+            tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)),
+        )
+        .await
+        .expect("the websocket handshake timed out")
+        .expect("the websocket handshake succeeds");
+        let negotiated = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut ws = Ws {
+            socket,
+            protocol: Protocol::TransportWs,
+            negotiated,
+            client_id: Some(client_id.to_string()),
+            buffered: VecDeque::new(),
+            joined: None,
+            next_op: 0,
+        };
+        ws.init(json!({ "clientId": client_id, "name": client_id }))
+            .await;
+        ws
+    }
+}
