@@ -44,12 +44,17 @@ impl OriginPolicy {
 /// Parses one configured origin into its normalised form (lower case, no trailing slash).
 pub fn parse_origin(origin: &str) -> Result<String, String> {
     let normalised = origin.trim().trim_end_matches('/').to_ascii_lowercase();
-    let bad = || format!("'{origin}' is not an origin like https://app.example.com or http://localhost:5173");
+    let bad = || {
+        format!("'{origin}' is not an origin like https://app.example.com or http://localhost:5173")
+    };
     let rest = normalised
         .strip_prefix("http://")
         .or_else(|| normalised.strip_prefix("https://"))
         .ok_or_else(bad)?;
-    if rest.is_empty() || rest.contains(['/', '?', '#', '@', '*']) || rest.contains(char::is_whitespace) {
+    if rest.is_empty()
+        || rest.contains(['/', '?', '#', '@', '*'])
+        || rest.contains(char::is_whitespace)
+    {
         return Err(bad());
     }
     if let Some((_, port)) = split_port(rest) {
@@ -136,18 +141,68 @@ mod tests {
         let local = OriginPolicy::new(&[], true).unwrap();
         let cases = [
             (&public, None, "api.example.com", true),
-            (&public, Some("https://api.example.com"), "api.example.com", true),
-            (&public, Some("https://app.example.com"), "api.example.com", true),
-            (&public, Some("https://evil.example"), "api.example.com", false),
-            (&public, Some("http://localhost:5173"), "api.example.com", false),
+            (
+                &public,
+                Some("https://api.example.com"),
+                "api.example.com",
+                true,
+            ),
+            (
+                &public,
+                Some("https://app.example.com"),
+                "api.example.com",
+                true,
+            ),
+            (
+                &public,
+                Some("https://evil.example"),
+                "api.example.com",
+                false,
+            ),
+            (
+                &public,
+                Some("http://localhost:5173"),
+                "api.example.com",
+                false,
+            ),
             (&public, Some("null"), "api.example.com", false),
-            (&local, Some("http://localhost:5173"), "127.0.0.1:8000", true),
-            (&local, Some("http://127.0.0.1:3000"), "127.0.0.1:8000", true),
-            (&local, Some("http://127.0.0.1:8000"), "127.0.0.1:8000", true),
-            (&local, Some("https://evil.example"), "127.0.0.1:8000", false),
-            (&local, Some("http://localhost.evil.example:80"), "127.0.0.1:8000", false),
+            (
+                &local,
+                Some("http://localhost:5173"),
+                "127.0.0.1:8000",
+                true,
+            ),
+            (
+                &local,
+                Some("http://127.0.0.1:3000"),
+                "127.0.0.1:8000",
+                true,
+            ),
+            (
+                &local,
+                Some("http://127.0.0.1:8000"),
+                "127.0.0.1:8000",
+                true,
+            ),
+            (
+                &local,
+                Some("https://evil.example"),
+                "127.0.0.1:8000",
+                false,
+            ),
+            (
+                &local,
+                Some("http://localhost.evil.example:80"),
+                "127.0.0.1:8000",
+                false,
+            ),
             // DNS rebinding: a foreign name that resolves to loopback is not same-origin.
-            (&local, Some("http://rebind.example:8000"), "rebind.example:8000", false),
+            (
+                &local,
+                Some("http://rebind.example:8000"),
+                "rebind.example:8000",
+                false,
+            ),
         ];
         for (policy, origin, host, allowed) in cases {
             assert_eq!(
@@ -160,9 +215,19 @@ mod tests {
 
     #[test]
     fn configured_origins_must_be_origins() {
-        for bad in ["example.com", "ftp://x", "https://x/path", "https://*.x", "http://x:99999", "https://"] {
+        for bad in [
+            "example.com",
+            "ftp://x",
+            "https://x/path",
+            "https://*.x",
+            "http://x:99999",
+            "https://",
+        ] {
             assert!(parse_origin(bad).is_err(), "{bad}");
         }
-        assert_eq!(parse_origin("HTTP://Localhost:5173/").unwrap(), "http://localhost:5173");
+        assert_eq!(
+            parse_origin("HTTP://Localhost:5173/").unwrap(),
+            "http://localhost:5173"
+        );
     }
 }

@@ -52,6 +52,10 @@ const MAX_BURST: usize = 64;
 /// Longest a closing connection waits to hand over its close frame and for the peer's answer.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
+/// Operations a connection may have in flight beyond its subscription limit
+/// (queries and mutations waiting for their turn or for the queue).
+const MAX_EXTRA_OPERATIONS: usize = 64;
+
 /// Longest text of an identifying field of `connection_init` (`clientId`, `name`).
 const MAX_IDENTITY_BYTES: usize = 200;
 
@@ -107,8 +111,13 @@ enum Incoming {
     Init(Option<Map<String, Value>>),
     Ping(Option<Map<String, Value>>),
     Pong,
-    Subscribe { id: String, payload: Payload },
-    Complete { id: String },
+    Subscribe {
+        id: String,
+        payload: Payload,
+    },
+    Complete {
+        id: String,
+    },
     /// Legacy `connection_terminate`.
     Terminate,
 }
@@ -122,14 +131,18 @@ fn optional_object(
     match message.remove(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(m)) => Ok(Some(m)),
-        Some(_) => Err(format!("Invalid message received: the {field} of {of} must be an object")),
+        Some(_) => Err(format!(
+            "Invalid message received: the {field} of {of} must be an object"
+        )),
     }
 }
 
 fn operation_id(message: &Map<String, Value>, of: &str) -> Result<String, String> {
     match message.get("id") {
         Some(Value::String(id)) if !id.is_empty() => Ok(id.clone()),
-        _ => Err(format!("Invalid message received: {of} needs a non-empty string id")),
+        _ => Err(format!(
+            "Invalid message received: {of} needs a non-empty string id"
+        )),
     }
 }
 
@@ -172,7 +185,11 @@ fn parse(text: &str, legacy: bool) -> Result<Incoming, String> {
             "payload",
             "connection_init",
         )?)),
-        ("ping", false) => Ok(Incoming::Ping(optional_object(&mut message, "payload", "ping")?)),
+        ("ping", false) => Ok(Incoming::Ping(optional_object(
+            &mut message,
+            "payload",
+            "ping",
+        )?)),
         ("pong", false) => {
             optional_object(&mut message, "payload", "pong")?;
             Ok(Incoming::Pong)
@@ -434,7 +451,8 @@ impl Op {
             if first && response.is_err() && !validated.load(Ordering::Relaxed) {
                 // Parse, validation and limit errors happen before execution:
                 // the protocols answer them with `error` and no `complete`.
-                let errors = serde_json::to_string(&response.errors).unwrap_or_else(|_| "[]".into());
+                let errors =
+                    serde_json::to_string(&response.errors).unwrap_or_else(|_| "[]".into());
                 let frame = format!("{}{errors}}}", frame_head(&self.id, "error"));
                 self.send(frame, true).await;
                 return;
@@ -604,6 +622,16 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                         if ops.by_id.contains_key(&id) {
                             break End::Close(4409, close_reason(&format!("Subscriber for {id} already exists")));
                         }
+                        if ops.by_id.len() >= limit.saturating_add(MAX_EXTRA_OPERATIONS) {
+                            let error = serde_json::json!([{
+                                "message": format!(
+                                    "this connection already has {} operations in flight (the limit is {} subscriptions plus {MAX_EXTRA_OPERATIONS})",
+                                    ops.by_id.len(), limit
+                                ),
+                                "extensions": { "code": "LIMIT_EXCEEDED" },
+                            }]);
+                            vec![format!("{}{error}}}", frame_head(&id, "error"))]
+                        } else {
                         // The slot is taken here, in message order, so of two
                         // subscriptions the later one is the one refused.
                         let fast = plan(&payload).and_then(|p| Some((p, Slot::take(&c.subscriptions, limit)?)));
@@ -620,6 +648,7 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                         let task = tokio::spawn(op.run(payload, fast));
                         ops.insert(id, Running { serial, task, _slot: slot });
                         Vec::new()
+                        }
                     }
                     Ok(Incoming::Complete { id }) => {
                         if ops.stop(&id) {
@@ -708,7 +737,9 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                 // The legacy protocol has no close codes of its own: say why first.
                 let error = serde_json::json!({ "type": "connection_error", "payload": { "message": reason } });
                 let frame = std::iter::once(Message::Text(error.to_string().into()));
-                let _ = tokio::time::timeout(timeout.min(CLOSE_LINGER), write_all(&mut sink, frame)).await;
+                let _ =
+                    tokio::time::timeout(timeout.min(CLOSE_LINGER), write_all(&mut sink, frame))
+                        .await;
             }
             close(&mut sink, &mut stream, code, reason, timeout).await;
         }
@@ -728,7 +759,10 @@ where
         code,
         reason: close_reason(&reason).into(),
     }));
-    if !matches!(tokio::time::timeout(linger, sink.send(frame)).await, Ok(Ok(()))) {
+    if !matches!(
+        tokio::time::timeout(linger, sink.send(frame)).await,
+        Ok(Ok(()))
+    ) {
         return;
     }
     let _ = tokio::time::timeout(linger, async {

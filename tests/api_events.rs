@@ -359,7 +359,9 @@ async fn subscribers_that_never_read_catch_up_in_order_and_do_not_hold_up_the_wr
     // Three of them, so they catch up from the store together (sharing what it reads).
     let mut lazy = Vec::new();
     for i in 0..3 {
-        let mut ws = app.slow_reader(&common::fresh_client_id(&format!("lazy{i}"))).await;
+        let mut ws = app
+            .slow_reader(&common::fresh_client_id(&format!("lazy{i}")))
+            .await;
         ws.subscribe_events(common::EVENTS, &session, None).await;
         ws.wait_joined(common::EVENTS).await;
         lazy.push(ws);

@@ -9,14 +9,22 @@ use common::{assert_consecutive, int_of, App, EVENTS};
 use serde_json::{json, Value};
 
 /// Writes `batches` executeBatch requests of `per_batch` property changes with values of `bytes`.
-async fn write(app: &App, session: &str, node: &str, batches: usize, per_batch: usize, bytes: usize) {
+async fn write(
+    app: &App,
+    session: &str,
+    node: &str,
+    batches: usize,
+    per_batch: usize,
+    bytes: usize,
+) {
     let filler = "x".repeat(bytes);
     let batch = "mutation($s: ID!, $c: [CommandInput!]!) { executeBatch(sessionId: $s, commands: $c) { version } }";
     for b in 0..batches {
         let commands: Vec<Value> = (0..per_batch)
             .map(|i| json!({ "updateProperty": { "nodeId": node, "propertyId": "vin", "value": format!("{b}-{i}-{filler}") } }))
             .collect();
-        app.query(batch, json!({ "s": session, "c": commands })).await;
+        app.query(batch, json!({ "s": session, "c": commands }))
+            .await;
     }
 }
 
@@ -56,7 +64,10 @@ async fn a_subscriber_that_stops_reading_past_the_retained_log_gets_resync_requi
         before.push(event);
     };
     assert!(
-        resync["reason"].as_str().unwrap().contains("no longer retained"),
+        resync["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no longer retained"),
         "{resync}"
     );
     assert_consecutive(&before, from);
@@ -68,7 +79,8 @@ async fn a_subscriber_that_stops_reading_past_the_retained_log_gets_resync_requi
         "only the queue and the socket buffers held events for it, not {} events",
         before.len()
     );
-    app.update_property(&session, &root, "vin", json!("after")).await;
+    app.update_property(&session, &root, "vin", json!("after"))
+        .await;
     let mut after = slow.event().await;
     // Events committed between the resync and now may come first.
     while after["__typename"] != "CommandExecuting" || int_of(&after["seq"]) <= last {
@@ -78,8 +90,8 @@ async fn a_subscriber_that_stops_reading_past_the_retained_log_gets_resync_requi
 }
 
 #[tokio::test]
-async fn a_subscriber_that_stops_reading_is_dropped_after_the_write_timeout_and_leaves_the_session(
-) {
+async fn a_subscriber_that_stops_reading_is_dropped_after_the_write_timeout_and_leaves_the_session()
+{
     let app = App::start_with(|c| {
         c.in_memory = true;
         // Pings alone would not find it within the test: only the write timeout can.

@@ -309,7 +309,11 @@ async fn every_rule_of_graphql_transport_ws_is_kept() {
         let open = expected.close.is_none().then_some(expected.types.len());
         let (mut got, messages) = run(&app, ws, steps, open).await;
         if open.is_some() {
-            assert_eq!(got.types.pop().as_deref(), Some("pong"), "{name}: the marker's pong ends it");
+            assert_eq!(
+                got.types.pop().as_deref(),
+                Some("pong"),
+                "{name}: the marker's pong ends it"
+            );
         }
         // Events of an accepted subscription may come before the close.
         if name.contains("4409") {
@@ -319,7 +323,10 @@ async fn every_rule_of_graphql_transport_ws_is_kept() {
         if name.contains("validation") || name.contains("parse") {
             let error = messages.iter().find(|m| m["type"] == "error").unwrap();
             let first = &error["payload"][0];
-            assert!(first["message"].is_string(), "{name}: the payload is a list of GraphQL errors: {error}");
+            assert!(
+                first["message"].is_string(),
+                "{name}: the payload is a list of GraphQL errors: {error}"
+            );
             assert_eq!(first["extensions"]["code"], "BAD_USER_INPUT", "{name}");
         }
         if name.starts_with("a ping is answered") {
@@ -335,9 +342,15 @@ async fn the_id_of_an_operation_is_free_again_once_its_complete_was_sent() {
     let app = server().await;
     let mut socket = open(&app, "graphql-transport-ws").await;
     let init = json!({ "type": "connection_init" });
-    socket.send(Message::Text(init.to_string().into())).await.unwrap();
+    socket
+        .send(Message::Text(init.to_string().into()))
+        .await
+        .unwrap();
     let query = json!({ "id": "q", "type": "subscribe", "payload": { "query": "{ __typename }" } });
-    socket.send(Message::Text(query.to_string().into())).await.unwrap();
+    socket
+        .send(Message::Text(query.to_string().into()))
+        .await
+        .unwrap();
     let mut types = Vec::new();
     while types.len() < 5 {
         let frame = tokio::time::timeout(common::TIMEOUT, socket.next())
@@ -373,7 +386,9 @@ async fn the_legacy_subprotocol_sends_ka_after_the_ack_and_then_periodically() {
     let mut socket = open(&app, "graphql-ws").await;
     socket
         .send(Message::Text(
-            json!({ "type": "connection_init", "payload": {} }).to_string().into(),
+            json!({ "type": "connection_init", "payload": {} })
+                .to_string()
+                .into(),
         ))
         .await
         .unwrap();
@@ -424,14 +439,42 @@ async fn websocket_upgrades_from_foreign_origins_are_refused() {
     let ws = ("sec-websocket-protocol", "graphql-transport-ws");
     let cases = [
         ("no Origin (a program, not a page)", vec![ws], 101),
-        ("the server's own origin", vec![ws, ("origin", own.as_str())], 101),
-        ("an origin from --cors-origins", vec![ws, ("origin", "https://app.example.com")], 101),
-        ("a local dev server while listening on loopback", vec![ws, ("origin", "http://localhost:5173")], 101),
-        ("127.0.0.1 on another port while listening on loopback", vec![ws, ("origin", "http://127.0.0.1:3000")], 101),
-        ("a foreign page", vec![ws, ("origin", "https://evil.example")], 403),
+        (
+            "the server's own origin",
+            vec![ws, ("origin", own.as_str())],
+            101,
+        ),
+        (
+            "an origin from --cors-origins",
+            vec![ws, ("origin", "https://app.example.com")],
+            101,
+        ),
+        (
+            "a local dev server while listening on loopback",
+            vec![ws, ("origin", "http://localhost:5173")],
+            101,
+        ),
+        (
+            "127.0.0.1 on another port while listening on loopback",
+            vec![ws, ("origin", "http://127.0.0.1:3000")],
+            101,
+        ),
+        (
+            "a foreign page",
+            vec![ws, ("origin", "https://evil.example")],
+            403,
+        ),
         ("an opaque origin", vec![ws, ("origin", "null")], 403),
-        ("a subdomain of an allowed origin", vec![ws, ("origin", "https://x.app.example.com")], 403),
-        ("an unsupported subprotocol", vec![("sec-websocket-protocol", "chat")], 400),
+        (
+            "a subdomain of an allowed origin",
+            vec![ws, ("origin", "https://x.app.example.com")],
+            403,
+        ),
+        (
+            "an unsupported subprotocol",
+            vec![("sec-websocket-protocol", "chat")],
+            400,
+        ),
     ];
     for (name, headers, status) in cases {
         assert_eq!(handshake(&app, &headers).await, status, "{name}");

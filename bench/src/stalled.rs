@@ -160,7 +160,9 @@ async fn once(ctx: &Ctx, o: &Opts, stalled: bool) -> anyhow::Result<Run> {
         .await?;
     run.set(
         "active_clients",
-        state["session"]["activeClients"].as_f64().unwrap_or(f64::NAN),
+        state["session"]["activeClients"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
     );
     if let Some(ws) = sub.as_mut() {
         if state["session"]["activeClients"] != 1 {
