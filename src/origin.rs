@@ -101,7 +101,7 @@ pub fn origin_allowed(policy: &OriginPolicy, headers: &HeaderMap) -> bool {
         return false;
     };
     let origin = origin.trim().to_ascii_lowercase();
-    if policy.allowed.iter().any(|a| *a == origin) {
+    if policy.allowed.contains(&origin) {
         return true;
     }
     let Some(authority) = origin

@@ -133,6 +133,7 @@ async fn once(ctx: &Ctx, o: &Opts, stalled: bool) -> anyhow::Result<Run> {
     let mut run = Run::default();
     let mut http = Http::connect(server.addr).await?;
     let p = api::create_project(&mut http, "stalled").await?;
+    let task = api::create_node(&mut http, &p.session, &p.workstream, api::TASK).await?;
     run.set("rss_idle_mib", rss_mib(&server).await);
     let mut sub = match stalled {
         true => Some(stalled_subscriber(&server, &p.session).await?),
@@ -144,7 +145,7 @@ async fn once(ctx: &Ctx, o: &Opts, stalled: bool) -> anyhow::Result<Run> {
     while written < o.events {
         let n = o.batch.min(o.events - written);
         let commands: Vec<Value> = (0..n)
-            .map(|i| json!({"updateProperty": {"nodeId": p.workstream, "propertyId": api::TEXT_PROP, "value": format!("{}-{filler}", written + i)}}))
+            .map(|i| json!({"updateProperty": {"nodeId": task, "propertyId": api::TEXT_PROP, "value": format!("{}-{filler}", written + i)}}))
             .collect();
         http.gql(batch, json!({"s": p.session, "c": commands}))
             .await
