@@ -492,6 +492,7 @@ impl Op {
             id: self.client.id.clone(),
             name: self.client.name.clone(),
             connected_at: self.client.connected_at,
+            user_id: None,
         };
         let Ok(events) = hub.subscribe(session_id, since, Some(client)).await else {
             return false;

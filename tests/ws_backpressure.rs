@@ -105,7 +105,7 @@ async fn a_subscriber_that_stops_reading_is_dropped_after_the_write_timeout_and_
     let mut slow = app.slow_reader("stalled").await;
     slow.subscribe_events(EVENTS, &session, None).await;
     slow.wait_joined(EVENTS).await;
-    assert_eq!(watcher.event().await["client"]["id"], "stalled");
+    assert_eq!(watcher.event().await["client"]["clientId"], "stalled");
 
     // The watcher keeps reading while changes pile up on the stalled socket.
     let left = async {
@@ -125,7 +125,7 @@ async fn a_subscriber_that_stops_reading_is_dropped_after_the_write_timeout_and_
         left = left => left,
         _ = writes => unreachable!("the writer never ends"),
     };
-    assert_eq!(left["client"]["id"], "stalled");
+    assert_eq!(left["client"]["clientId"], "stalled");
     assert_eq!(left["activeClients"], 1);
     assert_eq!(app.session(&session).await["activeClients"], 1);
     drop(slow);
