@@ -63,6 +63,10 @@ struct ServeArgs {
     /// Keep only this many newest events per session (default: all).
     #[arg(long, env = "TALUS_EVENT_RETENTION")]
     event_retention: Option<u64>,
+    /// Committed groups buffered per session for live subscribers; one further behind catches up from the log.
+    #[arg(long, env = "TALUS_BROADCAST_CAPACITY", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=65536))]
+    broadcast_capacity: u64,
     /// Close sessions without clients idle longer than this many hours.
     #[arg(long, env = "TALUS_IDLE_HOURS", default_value_t = 24.0)]
     idle_hours: f64,
@@ -115,6 +119,7 @@ impl ServeArgs {
         c.session.history_limit = self.history_limit.max(1);
         c.session.snapshot_interval = self.snapshot_interval.max(1);
         c.session.event_retention = self.event_retention;
+        c.session.broadcast_capacity = self.broadcast_capacity as usize;
         c.session.idle_limit = Duration::from_secs_f64(self.idle_hours * 3600.0);
         c.session.reaper_interval = Duration::from_secs(self.reaper_secs.max(1));
         c.ws_timeout = Duration::from_secs(self.ws_timeout_secs);

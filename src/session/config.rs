@@ -13,7 +13,10 @@ pub struct SessionConfig {
     /// Keep only this many newest events per session; `None` keeps everything.
     pub event_retention: Option<u64>,
     /// Committed groups (each a batch of events) buffered per session for live
-    /// subscribers before one counts as lagging.
+    /// subscribers before one counts as lagging. A subscriber that stops
+    /// reading pins this many groups in memory until it reads again or they
+    /// are overwritten, so it is small: one further behind catches up from the
+    /// in-memory tail or the store (talus-bench `stalled`, BENCHMARKS.md).
     pub broadcast_capacity: usize,
     /// Newest events kept in memory per session for fast catch-up.
     pub recent_events: usize,
@@ -31,7 +34,7 @@ impl Default for SessionConfig {
             history_limit: DEFAULT_HISTORY_LIMIT,
             snapshot_interval: 1000,
             event_retention: None,
-            broadcast_capacity: 1024,
+            broadcast_capacity: 64,
             recent_events: 1024,
             max_group: 512,
             idle_limit: Duration::from_secs(24 * 3600),
