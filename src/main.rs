@@ -64,7 +64,7 @@ struct ServeArgs {
     #[arg(long, env = "TALUS_EVENT_RETENTION")]
     event_retention: Option<u64>,
     /// Committed groups buffered per session for live subscribers; one further behind catches up from the log.
-    #[arg(long, env = "TALUS_BROADCAST_CAPACITY", default_value_t = 64,
+    #[arg(long, env = "TALUS_BROADCAST_CAPACITY", default_value_t = 32,
           value_parser = clap::value_parser!(u64).range(1..=65536))]
     broadcast_capacity: u64,
     /// Close sessions without clients idle longer than this many hours.

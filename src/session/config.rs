@@ -34,7 +34,7 @@ impl Default for SessionConfig {
             history_limit: DEFAULT_HISTORY_LIMIT,
             snapshot_interval: 1000,
             event_retention: None,
-            broadcast_capacity: 64,
+            broadcast_capacity: 32,
             recent_events: 1024,
             max_group: 512,
             idle_limit: Duration::from_secs(24 * 3600),
