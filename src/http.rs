@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/graphql/stream", get(graphql_get).post(graphql_post))
         .route("/schema.graphql", get(sdl))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .merge(crate::playground::router())
         .with_state(state)
 }
@@ -199,6 +200,23 @@ fn has_mutation(query: &str) -> bool {
             .iter()
             .any(|(_, op)| op.node.ty == async_graphql::parser::types::OperationType::Mutation)
     })
+}
+
+/// Prometheus metrics (text exposition format); see src/metrics.rs for what is counted.
+async fn metrics(State(state): State<AppState>) -> Response {
+    if let Some(hub) = state.schema.data::<std::sync::Arc<crate::session::Hub>>() {
+        metrics::gauge!(crate::metrics::names::SESSIONS).set(hub.sessions().len() as f64);
+    }
+    let handle = crate::metrics::handle();
+    handle.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+        .into_response()
 }
 
 async fn sdl(State(state): State<AppState>) -> Response {

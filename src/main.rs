@@ -82,6 +82,10 @@ struct ServeArgs {
     /// Most subscriptions one websocket connection may hold.
     #[arg(long, env = "TALUS_MAX_SUBSCRIPTIONS", default_value_t = 100)]
     max_subscriptions: usize,
+    /// Distinct GraphQL operation names /metrics labels; further names count as `other`.
+    #[arg(long, env = "TALUS_METRICS_MAX_OPERATION_NAMES", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    metrics_max_operation_names: u32,
 }
 
 impl ServeArgs {
@@ -107,6 +111,7 @@ impl ServeArgs {
         c.limits.max_depth = self.max_depth;
         c.limits.max_complexity = self.max_complexity;
         c.limits.max_subscriptions_per_connection = self.max_subscriptions;
+        c.limits.max_metric_operation_names = self.metrics_max_operation_names as usize;
         Ok(c)
     }
 }

@@ -16,6 +16,9 @@ use crate::session::{Hub, SessionConfig};
 use crate::store::{sqlite::SqliteOptions, MemoryStore, SqliteStore, Store};
 use crate::templates::TemplateCatalog;
 
+/// How often histogram samples are folded into the metrics registry.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
 /// Everything the server can be told.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -113,6 +116,19 @@ pub async fn start(
         shutdown: stop_rx.clone(),
     };
     let app = http::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+    // Histogram samples wait in the recorder until upkeep folds them in; without
+    // a scrape they would pile up, so fold them in on a timer too.
+    let metrics = crate::metrics::handle().clone();
+    let mut upkeep_stop = stop_rx.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(METRICS_UPKEEP);
+        loop {
+            tokio::select! {
+                _ = every.tick() => metrics.run_upkeep(),
+                _ = upkeep_stop.wait_for(|s| *s) => return,
+            }
+        }
+    });
     let addr = listener.local_addr()?;
     let task_hub = hub.clone();
     let mut signal = stop_rx.clone();

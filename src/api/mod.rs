@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod extension;
 pub mod inputs;
+pub mod metrics;
 pub mod scalars;
 pub mod schema;
 pub mod types;

@@ -29,6 +29,8 @@ pub struct ApiLimits {
     pub max_depth: usize,
     pub max_complexity: usize,
     pub max_subscriptions_per_connection: usize,
+    /// Distinct operation names kept as metric labels (the rest count as `other`).
+    pub max_metric_operation_names: usize,
 }
 
 impl Default for ApiLimits {
@@ -37,6 +39,7 @@ impl Default for ApiLimits {
             max_depth: 32,
             max_complexity: 100_000,
             max_subscriptions_per_connection: 100,
+            max_metric_operation_names: 256,
         }
     }
 }
@@ -48,6 +51,9 @@ pub fn build(hub: Arc<Hub>, limits: &ApiLimits) -> AppSchema {
         .data(limits.clone())
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
+        .extension(super::metrics::OperationMetrics::new(
+            limits.max_metric_operation_names,
+        ))
         .extension(Codes::default())
         .finish()
 }
@@ -500,9 +506,12 @@ impl SubscriptionRoot {
         let template = s.read().project.as_ref().map(|p| p.template.clone());
         let events = hub.subscribe(id, since, client).await.gql()?;
         let probe = ctx.data_opt::<super::SeqProbe>().map(|p| p.0.clone());
+        let active = crate::metrics::GaugeGuard::new(crate::metrics::names::SUBSCRIPTIONS);
         Ok(events
             .map(move |e| {
                 let _slot = &slot;
+                let _active = &active;
+                metrics::counter!(crate::metrics::names::EVENTS_DELIVERED).increment(1);
                 if let Some(probe) = &probe {
                     probe.store(e.seq, Ordering::Release);
                 }
