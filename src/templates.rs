@@ -2,8 +2,10 @@
 //!
 //! Loading never fails as a whole: a file that cannot be read or does not
 //! validate becomes a `TemplateError` entry (served as `templateErrors`) and
-//! the other templates load as usual. A catalog is immutable once built;
-//! share it behind an `Arc`.
+//! the other templates load as usual. A template that loads with warnings (a
+//! property type this server does not know, kept as opaque JSON) is served,
+//! and its warnings are kept beside the errors (`warnings`) and logged. A
+//! catalog is immutable once built; share it behind an `Arc`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -29,11 +31,19 @@ const BUILTIN: [(&str, &str, &str); 2] = [
 /// A template file larger than this is refused unread; real templates are a few kilobytes.
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
-/// Templates by id, and the files that failed to load.
+/// Templates by id, the files that failed to load, and warnings about files that loaded.
 #[derive(Debug, Clone, Default)]
 pub struct TemplateCatalog {
     templates: BTreeMap<String, Arc<Template>>,
     errors: Vec<TemplateError>,
+    warnings: Vec<TemplateWarning>,
+}
+
+/// Something about a template that loaded which deserves a look: which file, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateWarning {
+    pub file: String,
+    pub message: String,
 }
 
 impl TemplateCatalog {
@@ -43,6 +53,7 @@ impl TemplateCatalog {
         for (id, file, text) in BUILTIN {
             match Template::from_yaml(id, file, text) {
                 Ok(template) => {
+                    catalog.keep_warnings(file, &template);
                     catalog.insert(template);
                 }
                 // A test keeps this from happening; a broken build should still start.
@@ -109,6 +120,7 @@ impl TemplateCatalog {
             {
                 Ok(template) => {
                     from_dir.insert(id.to_owned(), file.clone());
+                    catalog.keep_warnings(&file, &template);
                     catalog.insert(template);
                 }
                 Err(message) => catalog.errors.push(fail(message)),
@@ -135,6 +147,19 @@ impl TemplateCatalog {
     /// The files that failed to load, in the order they were read.
     pub fn errors(&self) -> &[TemplateError] {
         &self.errors
+    }
+
+    /// Warnings about templates that loaded, in the order the files were read.
+    pub fn warnings(&self) -> &[TemplateWarning] {
+        &self.warnings
+    }
+
+    fn keep_warnings(&mut self, file: &str, template: &Template) {
+        self.warnings
+            .extend(template.warnings.iter().map(|message| TemplateWarning {
+                file: file.to_owned(),
+                message: message.clone(),
+            }));
     }
 }
 

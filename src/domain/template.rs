@@ -3,12 +3,14 @@
 //! A template file is read into a generic YAML value first and walked by hand,
 //! so that unknown keys (icons, colours, view settings of later Talus Tally
 //! versions) are ignored and odd shapes get a message naming the place,
-//! instead of a serde error about a struct.
+//! instead of a serde error about a struct. A property type this server does
+//! not know (from a Talus Tally newer than it) is no reason to refuse the
+//! template: the property holds opaque JSON and the template carries a warning.
 
 use std::collections::HashMap;
 use std::fmt;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use serde_norway::{Mapping, Value as Yaml};
 use sha1::{Digest, Sha1};
 use uuid::Uuid;
@@ -31,6 +33,8 @@ pub struct Template {
     pub version: String,
     pub description: Option<String>,
     pub node_types: Vec<NodeType>,
+    /// What loaded but deserves a look (unknown property types), in file order.
+    pub warnings: Vec<String>,
     index: Index,
 }
 
@@ -46,6 +50,9 @@ pub struct NodeType {
     index: Index,
 }
 
+/// What a property's values are. Template files may also spell `text` as
+/// `string`; `checkbox` keeps its own kind (its values are booleans) so a
+/// client can render what the template asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PropertyType {
     Text,
@@ -56,6 +63,16 @@ pub enum PropertyType {
     Select,
     /// The id (UUID) of a node, usually one of a person type; from later Talus Tally versions.
     Person,
+    /// Rich text: a string kept exactly as given, markup and newlines included.
+    Editor,
+    /// A boolean shown as a checkbox.
+    Checkbox,
+    /// A list of ids of other nodes of the same project (of `target_type` when the property names one).
+    NodeReference,
+    /// Any JSON object (e.g. an allocation map); a node starts with `{}`.
+    Object,
+    /// A type this server does not know: any JSON value, kept as it is.
+    Opaque,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +85,10 @@ pub struct PropertyDef {
     /// The default value, already normalised (see `value.rs`).
     pub default: Option<Value>,
     pub options: Vec<SelectOption>,
+    /// The type name as the file spells it (`string`, `checkbox`, or an unknown one kept opaque).
+    pub type_name: String,
+    /// For a node reference: the node type (id, resolved from an id or uuid) every referenced node must have.
+    pub target_type: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -147,6 +168,15 @@ impl Template {
         })
     }
 
+    /// Whether any node type has a node reference property (deletes then clean references up).
+    pub fn has_node_references(&self) -> bool {
+        self.node_types.iter().any(|t| {
+            t.properties
+                .iter()
+                .any(|p| p.kind == PropertyType::NodeReference)
+        })
+    }
+
     /// The type with feature `is_root`, else the first.
     pub fn root_type(&self) -> &NodeType {
         self.node_types
@@ -191,6 +221,7 @@ impl NodeType {
                     (None, PropertyType::Select) => {
                         p.options.first().map(|o| Value::String(o.id.clone()))
                     }
+                    (None, PropertyType::Object) => Some(Value::Object(Default::default())),
                     (None, _) => None,
                 };
                 initial.map(|v| (Key::from(p.id.as_str()), v))
@@ -200,7 +231,8 @@ impl NodeType {
 
     /// Ids of the required properties with no value, in definition order.
     ///
-    /// Absent, `null` and blank text (empty or only whitespace) all count as no value.
+    /// Absent, `null`, blank text (empty or only whitespace), an empty list
+    /// (of node references) and an empty object all count as no value.
     pub fn missing_required(&self, props: &Properties) -> Vec<String> {
         self.properties
             .iter()
@@ -208,6 +240,8 @@ impl NodeType {
             .filter(|p| match props.get(p.id.as_str()) {
                 None | Some(Value::Null) => true,
                 Some(Value::String(s)) => s.trim().is_empty(),
+                Some(Value::Array(items)) => items.is_empty(),
+                Some(Value::Object(map)) => map.is_empty(),
                 Some(_) => false,
             })
             .map(|p| p.id.clone())
@@ -216,7 +250,8 @@ impl NodeType {
 }
 
 impl PropertyType {
-    pub const ALL: [PropertyType; 7] = [
+    /// Every kind a template can name (all but `Opaque`, which is what an unknown name becomes).
+    pub const ALL: [PropertyType; 11] = [
         PropertyType::Text,
         PropertyType::Number,
         PropertyType::Currency,
@@ -224,9 +259,13 @@ impl PropertyType {
         PropertyType::Date,
         PropertyType::Select,
         PropertyType::Person,
+        PropertyType::Editor,
+        PropertyType::Checkbox,
+        PropertyType::NodeReference,
+        PropertyType::Object,
     ];
 
-    /// The name used in template files (lower case).
+    /// The name used in template files (lower case); `opaque` for a type the server does not know.
     pub fn as_str(self) -> &'static str {
         match self {
             PropertyType::Text => "text",
@@ -236,14 +275,23 @@ impl PropertyType {
             PropertyType::Date => "date",
             PropertyType::Select => "select",
             PropertyType::Person => "person",
+            PropertyType::Editor => "editor",
+            PropertyType::Checkbox => "checkbox",
+            PropertyType::NodeReference => "node_reference",
+            PropertyType::Object => "object",
+            PropertyType::Opaque => "opaque",
         }
     }
 
-    /// A type name from a template file, case-insensitively.
+    /// A known type name from a template file, case-insensitively; `string` is `text`.
     pub fn parse(name: &str) -> Option<PropertyType> {
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("string") {
+            return Some(PropertyType::Text);
+        }
         PropertyType::ALL
             .into_iter()
-            .find(|t| t.as_str().eq_ignore_ascii_case(name.trim()))
+            .find(|t| t.as_str().eq_ignore_ascii_case(name))
     }
 }
 
@@ -277,6 +325,17 @@ impl PropertyDef {
                 .and_then(|s| self.option(s))
                 .map(|o| Value::String(o.id.clone())),
             PropertyType::Person => value::uuid(raw).map(value::uuid_to_json),
+            PropertyType::Editor => raw.is_string().then(|| raw.clone()),
+            PropertyType::Checkbox => raw.is_boolean().then(|| raw.clone()),
+            PropertyType::NodeReference => match value::node_references(raw) {
+                Ok(ids) => Some(value::node_references_to_json(&ids)),
+                Err(value::ReferenceProblem::Twice(id)) => {
+                    return Err(self.invalid(&format!("each node once; {id} is listed twice"), raw));
+                }
+                Err(value::ReferenceProblem::NotIds) => None,
+            },
+            PropertyType::Object => raw.is_object().then(|| raw.clone()),
+            PropertyType::Opaque => Some(raw.clone()),
         };
         parsed
             .map(Some)
@@ -307,6 +366,14 @@ impl PropertyDef {
                 format!("one of: {}", names.join(", "))
             }
             PropertyType::Person => "the id of a person node (a UUID)".to_owned(),
+            PropertyType::Editor => "rich text (a string)".to_owned(),
+            PropertyType::Checkbox => "true or false".to_owned(),
+            PropertyType::NodeReference => match &self.target_type {
+                Some(target) => format!("a list of ids of '{target}' nodes (UUIDs)"),
+                None => "a list of node ids (UUIDs)".to_owned(),
+            },
+            PropertyType::Object => "a JSON object".to_owned(),
+            PropertyType::Opaque => "any JSON value".to_owned(),
         }
     }
 
@@ -360,10 +427,11 @@ fn parse_template(id: &str, text: &str) -> Result<Template, String> {
         }
     };
 
+    let mut warnings = Vec::new();
     let mut node_types = Vec::with_capacity(raw_types.len());
     let mut raw_children = Vec::with_capacity(raw_types.len());
     for (position, raw) in raw_types.iter().enumerate() {
-        let (node_type, children) = parse_node_type(position, raw)?;
+        let (node_type, children) = parse_node_type(position, raw, &mut warnings)?;
         if node_types.iter().any(|t: &NodeType| t.id == node_type.id) {
             return Err(format!("duplicate node type id '{}'", node_type.id));
         }
@@ -401,6 +469,30 @@ fn parse_template(id: &str, text: &str) -> Result<Template, String> {
         node_types[position].allowed_children = resolved;
     }
 
+    // Node references name their target type by id or uuid; store the id, as for children.
+    for position in 0..node_types.len() {
+        for p in 0..node_types[position].properties.len() {
+            let Some(target) = node_types[position].properties[p].target_type.clone() else {
+                continue;
+            };
+            let found = index.by_id.get(&target).copied().or_else(|| {
+                let uuid = Uuid::parse_str(&target).ok()?;
+                index.by_uuid.get(&uuid).copied()
+            });
+            let Some(found) = found else {
+                let known: Vec<&str> = node_types.iter().map(|t| t.id.as_str()).collect();
+                return Err(format!(
+                    "node type '{}', property '{}': target_type names unknown node type '{target}' (known: {})",
+                    node_types[position].id,
+                    node_types[position].properties[p].id,
+                    known.join(", ")
+                ));
+            };
+            let target_id = node_types[found].id.clone();
+            node_types[position].properties[p].target_type = Some(target_id);
+        }
+    }
+
     Ok(Template {
         id: id.to_owned(),
         alias,
@@ -408,12 +500,17 @@ fn parse_template(id: &str, text: &str) -> Result<Template, String> {
         version,
         description,
         node_types,
+        warnings,
         index,
     })
 }
 
 /// A node type, with its `allowed_children` still unresolved (ids or uuids as written).
-fn parse_node_type(position: usize, raw: &Yaml) -> Result<(NodeType, Vec<String>), String> {
+fn parse_node_type(
+    position: usize,
+    raw: &Yaml,
+    warnings: &mut Vec<String>,
+) -> Result<(NodeType, Vec<String>), String> {
     let here = format!("node type #{}", position + 1);
     let map = mapping(raw, &here)?;
     let id = required_id(map, &here)?;
@@ -439,7 +536,7 @@ fn parse_node_type(position: usize, raw: &Yaml) -> Result<(NodeType, Vec<String>
     };
     let mut properties: Vec<PropertyDef> = Vec::with_capacity(raw_properties.len());
     for (position, raw) in raw_properties.iter().enumerate() {
-        let property = parse_property(&id, position, raw)?;
+        let property = parse_property(&id, position, raw, warnings)?;
         if properties.iter().any(|p| p.id == property.id) {
             return Err(format!("{here}: duplicate property id '{}'", property.id));
         }
@@ -465,7 +562,12 @@ fn parse_node_type(position: usize, raw: &Yaml) -> Result<(NodeType, Vec<String>
     Ok((node_type, children))
 }
 
-fn parse_property(type_id: &str, position: usize, raw: &Yaml) -> Result<PropertyDef, String> {
+fn parse_property(
+    type_id: &str,
+    position: usize,
+    raw: &Yaml,
+    warnings: &mut Vec<String>,
+) -> Result<PropertyDef, String> {
     let here = format!("node type '{type_id}', property #{}", position + 1);
     let map = mapping(raw, &here)?;
     let id = required_id(map, &here)?;
@@ -478,12 +580,13 @@ fn parse_property(type_id: &str, position: usize, raw: &Yaml) -> Result<Property
     let name = label(map, &here)?.unwrap_or_else(|| id.clone());
     let kind_name = scalar_field(map, "type", &here)?
         .ok_or_else(|| format!("{here} has no `type` (expected one of: {})", type_names()))?;
-    let kind = PropertyType::parse(&kind_name).ok_or_else(|| {
-        format!(
-            "{here} has unknown type '{kind_name}' (expected one of: {})",
+    let kind = PropertyType::parse(&kind_name).unwrap_or_else(|| {
+        warnings.push(format!(
+            "{here} has unknown type '{kind_name}' (known: {}); its values are kept as opaque JSON",
             type_names()
-        )
-    })?;
+        ));
+        PropertyType::Opaque
+    });
     let required = match field(map, "required") {
         None => false,
         Some(Yaml::Bool(b)) => *b,
@@ -501,6 +604,13 @@ fn parse_property(type_id: &str, position: usize, raw: &Yaml) -> Result<Property
         Vec::new()
     };
 
+    // The target type is checked once every node type is known (`parse_template`).
+    let target_type = if kind == PropertyType::NodeReference {
+        scalar_field(map, "target_type", &here)?.filter(|t| !t.trim().is_empty())
+    } else {
+        None
+    };
+
     let mut property = PropertyDef {
         id,
         uuid,
@@ -509,6 +619,8 @@ fn parse_property(type_id: &str, position: usize, raw: &Yaml) -> Result<Property
         required,
         default: None,
         options,
+        type_name: kind_name.trim().to_owned(),
+        target_type,
     };
     if let Some(raw_default) = field(map, "value") {
         let json = yaml_to_json(raw_default).ok_or_else(|| {
@@ -520,6 +632,14 @@ fn parse_property(type_id: &str, position: usize, raw: &Yaml) -> Result<Property
         property.default = property
             .parse_value(&json)
             .map_err(|e| format!("{here}: invalid default value: {}", e.message))?;
+        // A default would name nodes of no particular project; only "none" makes sense.
+        if kind == PropertyType::NodeReference
+            && property.default.as_ref().is_some_and(|d| d != &json!([]))
+        {
+            return Err(format!(
+                "{here}: a node reference cannot have a default other than []"
+            ));
+        }
     }
     Ok(property)
 }
