@@ -190,23 +190,114 @@ mod tests {
     fn builtin_catalog_holds_project_and_restomod_without_errors() {
         let catalog = TemplateCatalog::builtin();
         assert_eq!(catalog.errors(), &[]);
+        assert_eq!(catalog.warnings(), &[]);
         assert_eq!(ids(&catalog), ["project", "restomod"]);
         assert_eq!(catalog.get("restomod").unwrap().name, "Restomod Creator");
         assert!(catalog.get("nope").is_none());
     }
 
     #[test]
-    fn builtin_restomod_is_byte_identical_to_the_original() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/data/templates/restomod.yaml"
+    fn builtin_restomod_keeps_the_original_types_properties_and_options() {
+        let restomod = TemplateCatalog::builtin().get("restomod").unwrap();
+        assert_eq!(restomod.alias.as_deref(), Some("restomod_v1"));
+        assert_eq!(restomod.version, "1.0");
+        assert!(restomod.warnings.is_empty());
+        let shape: Vec<(&str, &str, Vec<&str>, Vec<(&str, &str)>)> = restomod
+            .node_types
+            .iter()
+            .map(|t| {
+                (
+                    t.id.as_str(),
+                    t.name.as_str(),
+                    t.allowed_children.iter().map(String::as_str).collect(),
+                    t.properties
+                        .iter()
+                        .map(|p| (p.id.as_str(), p.kind.as_str()))
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (
+                    "project_root",
+                    "Project",
+                    vec!["phase"],
+                    vec![("vehicle", "text"), ("vin", "text"), ("budget", "currency")]
+                ),
+                (
+                    "phase",
+                    "Phase",
+                    vec!["job"],
+                    vec![("status", "select"), ("start_date", "date")]
+                ),
+                (
+                    "job",
+                    "Job",
+                    vec!["task"],
+                    vec![("priority", "select"), ("description", "text")]
+                ),
+                (
+                    "task",
+                    "Task",
+                    vec!["part"],
+                    vec![
+                        ("status", "select"),
+                        ("cost", "currency"),
+                        ("impact", "number"),
+                        ("effort", "number"),
+                        ("estimated_hours", "number"),
+                        ("notes", "text")
+                    ]
+                ),
+                (
+                    "part",
+                    "Part",
+                    vec![],
+                    vec![
+                        ("sku", "text"),
+                        ("supplier", "text"),
+                        ("status", "select"),
+                        ("cost", "currency"),
+                        ("quantity", "number"),
+                        ("link", "text")
+                    ]
+                ),
+            ]
         );
-        let original = fs::read_to_string(path).expect("the shared restomod.yaml is readable");
-        assert_eq!(BUILTIN[1].2, original);
+        let options = |type_id: &str| -> Vec<String> {
+            let t = restomod.node_type(type_id).unwrap();
+            let status = t.property("status").or(t.property("priority")).unwrap();
+            status
+                .options
+                .iter()
+                .map(|o| format!("{} {}", o.bullet.as_deref().unwrap_or("-"), o.name))
+                .collect()
+        };
+        assert_eq!(options("phase"), ["◯ Planned", "◐ In Progress", "✓ Completed"]);
+        assert_eq!(options("job"), ["- Low", "- Medium", "- High", "- Critical"]);
+        assert_eq!(
+            options("task"),
+            ["◯ Not Started", "◐ In Progress", "● Blocked", "✓ Done"]
+        );
+        assert_eq!(
+            options("part"),
+            ["◯ Need to Order", "◐ Ordered", "◐ Shipped", "● Received", "✓ Installed"]
+        );
+        let required: Vec<&str> = restomod
+            .node_types
+            .iter()
+            .flat_map(|t| t.properties.iter().filter(|p| p.required))
+            .map(|p| p.id.as_str())
+            .collect();
+        assert_eq!(required, ["vehicle"]);
+        let quantity = restomod.node_type("part").unwrap().property("quantity");
+        assert_eq!(quantity.unwrap().default, Some(serde_json::json!(1)));
     }
 
     #[test]
-    fn builtin_project_template_uses_every_property_type_and_nests_workstreams() {
+    fn builtin_project_template_uses_every_original_property_type_and_nests_workstreams() {
         let project = TemplateCatalog::builtin().get("project").unwrap();
         assert_eq!(project.root_type().id, "project");
         assert!((4..=6).contains(&project.node_types.len()));
@@ -217,10 +308,9 @@ mod tests {
             .iter()
             .flat_map(|t| t.properties.iter().map(|p| p.kind))
             .collect();
-        for kind in PropertyType::ALL {
-            if kind != PropertyType::Person {
-                assert!(kinds.contains(&kind), "project.yaml has no {kind} property");
-            }
+        use PropertyType::*;
+        for kind in [Text, Number, Currency, Boolean, Date, Select] {
+            assert!(kinds.contains(&kind), "project.yaml has no {kind} property");
         }
         let task = project.node_type("task").unwrap();
         let initial = task.initial_properties();
@@ -272,6 +362,39 @@ mod tests {
                 "template id 'kanban' is already defined by kanban.yaml"
             )
         );
+    }
+
+    #[test]
+    fn load_dir_serves_a_template_with_an_unknown_property_type_and_keeps_the_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("future.yaml"),
+            "name: Future\nnode_types:\n  - id: item\n    properties:\n      - {id: spot, type: geo_point}\n      - {id: n, type: string}\n",
+        )
+        .unwrap();
+        for fixture in ["budget.yaml", "studio.yaml", "garage.yaml"] {
+            let text = fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fixtures/templates")
+                    .join(fixture),
+            )
+            .unwrap();
+            fs::write(dir.path().join(fixture), text).unwrap();
+        }
+        let catalog = TemplateCatalog::load_dir(dir.path());
+        assert_eq!(catalog.errors(), &[]);
+        assert_eq!(
+            ids(&catalog),
+            ["budget", "future", "garage", "project", "restomod", "studio"]
+        );
+        let future = catalog.get("future").unwrap();
+        let spot = future.node_types[0].property("spot").unwrap();
+        assert_eq!(spot.kind, PropertyType::Opaque);
+        assert_eq!(catalog.warnings().len(), 1, "{:?}", catalog.warnings());
+        assert_eq!(catalog.warnings()[0].file, "future.yaml");
+        assert!(catalog.warnings()[0]
+            .message
+            .contains("property 'spot' has unknown type 'geo_point'"));
     }
 
     #[test]

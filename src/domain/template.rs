@@ -834,19 +834,21 @@ mod tests {
 
     const RESTOMOD: &str = include_str!("../../templates/restomod.yaml");
 
-    fn shared_file(name: &str) -> String {
-        let path = format!("{}/../shared/data/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
-    }
+    /// The project's own fixtures in the later Talus Tally format (see tests/fixtures/README.md).
+    const BUDGET: &str = include_str!("../../tests/fixtures/templates/budget.yaml");
+    const BUDGET_PROJECT: &str = include_str!("../../tests/fixtures/projects/budget_project.json");
+    const STUDIO: &str = include_str!("../../tests/fixtures/templates/studio.yaml");
 
     fn restomod() -> Template {
         Template::from_yaml("restomod", "restomod.yaml", RESTOMOD).expect("restomod loads")
     }
 
     fn budget() -> Template {
-        let text = shared_file("templates/budget_smoke_test.yaml");
-        Template::from_yaml("budget_smoke_test", "budget_smoke_test.yaml", &text)
-            .expect("budget_smoke_test loads")
+        Template::from_yaml("budget", "budget.yaml", BUDGET).expect("budget loads")
+    }
+
+    fn studio() -> Template {
+        Template::from_yaml("studio", "studio.yaml", STUDIO).expect("studio loads")
     }
 
     /// Loads `text` expecting failure and returns the message.
@@ -897,7 +899,7 @@ mod tests {
     fn budget_project_node_types_map_to_the_template_by_stable_uuid() {
         let template = budget();
         let project: Value =
-            serde_json::from_str(&shared_file("projects/budget_smoke_test_project.json")).unwrap();
+            serde_json::from_str(BUDGET_PROJECT).unwrap();
         let mut seen = std::collections::BTreeMap::new();
         for node in project["graph"]["nodes"].as_array().unwrap() {
             let type_uuid: Uuid = node["type"].as_str().unwrap().parse().unwrap();
@@ -905,14 +907,14 @@ mod tests {
             seen.insert(node_type.id.clone(), ());
         }
         let seen: Vec<_> = seen.into_keys().collect();
-        assert_eq!(seen, ["department", "person", "project_root", "task"]);
+        assert_eq!(seen, ["person", "project_root", "task", "team"]);
     }
 
     #[test]
     fn every_budget_project_property_key_maps_to_a_stable_property_uuid_and_its_value_parses() {
         let template = budget();
         let project: Value =
-            serde_json::from_str(&shared_file("projects/budget_smoke_test_project.json")).unwrap();
+            serde_json::from_str(BUDGET_PROJECT).unwrap();
         let mut mapped = 0;
         for node in project["graph"]["nodes"].as_array().unwrap() {
             let node_type = template
@@ -938,7 +940,7 @@ mod tests {
         assert_eq!(mapped, 63);
     }
 
-    // --- the shared templates -------------------------------------------------
+    // --- the built-in and fixture templates ---------------------------------------
 
     #[test]
     fn restomod_loads_with_its_five_types_and_the_inner_id_as_alias() {
@@ -989,7 +991,8 @@ mod tests {
     #[test]
     fn budget_template_loads_with_a_person_property_and_an_explicit_root() {
         let template = budget();
-        assert_eq!(template.name, "Budget Smoke Test");
+        assert_eq!(template.name, "Event Budget");
+        assert!(template.warnings.is_empty(), "{:?}", template.warnings);
         assert_eq!(template.version, "1.0");
         assert_eq!(template.alias, None);
         assert_eq!(template.root_type().id, "project_root");
@@ -1000,15 +1003,15 @@ mod tests {
         let assigned = template
             .node_type("task")
             .unwrap()
-            .property("assigned_to")
+            .property("lead")
             .unwrap();
         assert_eq!(assigned.kind, PropertyType::Person);
         let status = template
             .node_type("task")
             .unwrap()
-            .property("status")
+            .property("state")
             .unwrap();
-        assert_eq!(status.options[2].id, "done");
+        assert_eq!(status.options[2].id, "closed");
     }
 
     #[test]
@@ -1177,12 +1180,188 @@ node_types:
     }
 
     #[test]
-    fn an_unknown_property_type_is_rejected() {
-        let message = load_error(&with_properties("      - {id: colour, type: rgb}\n"));
-        assert!(message.starts_with("node type 'item', property 'colour' has unknown type 'rgb'"));
-        assert!(message.contains("text, number, currency, boolean, date, select, person"));
+    fn an_unknown_property_type_loads_as_opaque_json_with_a_warning() {
+        let text = with_properties(
+            "      - {id: colour, type: rgb, value: {r: 1, g: 2, b: 3}}\n      - {id: n, type: text}\n",
+        );
+        let template = Template::from_yaml("t", "t.yaml", &text).expect("the template loads");
+        let colour = template.node_types[0].property("colour").unwrap();
+        assert_eq!(colour.kind, PropertyType::Opaque);
+        assert_eq!(colour.type_name, "rgb");
+        assert_eq!(colour.default, Some(json!({"r": 1, "g": 2, "b": 3})));
+        assert_eq!(template.warnings.len(), 1, "{:?}", template.warnings);
+        let warning = &template.warnings[0];
+        assert!(
+            warning.starts_with("node type 'item', property 'colour' has unknown type 'rgb'"),
+            "{warning}"
+        );
+        assert!(warning.contains("kept as opaque JSON"), "{warning}");
+        assert!(
+            warning.contains("editor, checkbox, node_reference, object"),
+            "{warning}"
+        );
+        for raw in [json!("#ff0000"), json!([1, 2]), json!(7), json!({"any": "thing"})] {
+            assert_eq!(colour.parse_value(&raw), Ok(Some(raw.clone())));
+        }
+        // A property without any type is still a broken template.
         let message = load_error(&with_properties("      - {id: colour}\n"));
         assert!(message.contains("property 'colour' has no `type`"));
+    }
+
+    #[test]
+    fn string_is_text_and_checkbox_is_a_boolean_of_its_own_kind() {
+        let text = with_properties(
+            "      - {id: s, type: String}\n      - {id: c, type: checkbox, value: true}\n",
+        );
+        let template = Template::from_yaml("t", "t.yaml", &text).unwrap();
+        let item = &template.node_types[0];
+        let s = item.property("s").unwrap();
+        assert_eq!((s.kind, s.type_name.as_str()), (PropertyType::Text, "String"));
+        let c = item.property("c").unwrap();
+        assert_eq!(c.kind, PropertyType::Checkbox);
+        assert_eq!(c.default, Some(json!(true)));
+        assert!(template.warnings.is_empty());
+        assert_eq!(
+            rejected("checkbox", json!("yes")),
+            "property 'p' expects true or false; got \"yes\""
+        );
+    }
+
+    #[test]
+    fn editor_text_keeps_its_markup_and_newlines_exactly() {
+        let rich = "<p>Line one &amp; <b>two</b></p>\n\n  - item\n";
+        assert_eq!(parsed("editor", json!(rich)), Ok(Some(json!(rich))));
+        assert_eq!(parsed("editor", json!("")), Ok(Some(json!(""))));
+        assert_eq!(
+            rejected("editor", json!({"ops": []})),
+            "property 'p' expects rich text (a string); got {\"ops\":[]}"
+        );
+    }
+
+    #[test]
+    fn node_references_are_lists_of_distinct_node_ids() {
+        let a = "4B7B7187-A20B-4468-A7FA-EF77F0B04770";
+        let b = "89ab5140-9a48-4176-a375-646745c20511";
+        assert_eq!(
+            parsed("node_reference", json!([a, b])),
+            Ok(Some(json!([a.to_lowercase(), b])))
+        );
+        assert_eq!(parsed("node_reference", json!(b)), Ok(Some(json!([b]))));
+        assert_eq!(parsed("node_reference", json!([])), Ok(Some(json!([]))));
+        let message = rejected("node_reference", json!([b, b]));
+        assert!(
+            message.starts_with(&format!(
+                "property 'p' expects each node once; {b} is listed twice; got [\"{b}\""
+            )),
+            "{message}"
+        );
+        assert_eq!(
+            rejected("node_reference", json!(["Alice"])),
+            "property 'p' expects a list of node ids (UUIDs); got [\"Alice\"]"
+        );
+        rejected("node_reference", json!({"id": b}));
+    }
+
+    #[test]
+    fn objects_are_json_objects_and_start_empty() {
+        let map = json!({"2026-06-08": {"0a191c5c-9d12-4d62-a8ed-4c95feee16fd": 8}});
+        assert_eq!(parsed("object", map.clone()), Ok(Some(map)));
+        assert_eq!(
+            rejected("object", json!([1])),
+            "property 'p' expects a JSON object; got [1]"
+        );
+        let template = Template::from_yaml(
+            "t",
+            "t.yaml",
+            &with_properties("      - {id: plan, type: object}\n      - {id: set, type: object, value: {a: 1}}\n"),
+        )
+        .unwrap();
+        let initial = template.node_types[0].initial_properties();
+        assert_eq!(initial.get("plan"), Some(&json!({})));
+        assert_eq!(initial.get("set"), Some(&json!({"a": 1})));
+    }
+
+    #[test]
+    fn target_types_resolve_by_id_or_uuid_and_must_name_a_node_type() {
+        let person_uuid = stable_uuid("node_type", "person");
+        let text = format!(
+            "node_types:\n  - id: task\n    properties:\n      - {{id: who, type: node_reference, target_type: person}}\n      - {{id: by, type: node_reference, target_type: {person_uuid}}}\n      - {{id: any, type: node_reference}}\n  - id: person\n"
+        );
+        let template = Template::from_yaml("t", "t.yaml", &text).unwrap();
+        let task = template.node_type("task").unwrap();
+        assert_eq!(task.property("who").unwrap().target_type.as_deref(), Some("person"));
+        assert_eq!(task.property("by").unwrap().target_type.as_deref(), Some("person"));
+        assert_eq!(task.property("any").unwrap().target_type, None);
+        assert!(template.has_node_references());
+        assert!(!restomod().has_node_references());
+        assert_eq!(
+            task.property("who").unwrap().expected(),
+            "a list of ids of 'person' nodes (UUIDs)"
+        );
+
+        let message = load_error(
+            "node_types:\n  - id: task\n    properties: [{id: who, type: node_reference, target_type: persn}]\n",
+        );
+        assert_eq!(
+            message,
+            "node type 'task', property 'who': target_type names unknown node type 'persn' (known: task)"
+        );
+        // A node reference's default could only name nodes of no particular project.
+        let message = load_error(&with_properties(
+            "      - {id: r, type: node_reference, value: [4b7b7187-a20b-4468-a7fa-ef77f0b04770]}\n",
+        ));
+        assert!(message.contains("cannot have a default other than []"), "{message}");
+    }
+
+    #[test]
+    fn the_current_format_template_loads_every_property_type_and_ignores_extra_keys() {
+        let template = studio();
+        assert!(template.warnings.is_empty(), "{:?}", template.warnings);
+        assert_eq!(template.name, "Animation Studio");
+        assert_eq!(template.version, "2.1");
+        let ids: Vec<&str> = template.node_types.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["project_root", "sequence", "shot", "person"]);
+        assert_eq!(template.root_type().id, "project_root");
+        let shot = template.node_type("shot").unwrap();
+        assert_eq!(shot.features, ["scheduling"]);
+        let kinds: Vec<(&str, PropertyType, &str)> = shot
+            .properties
+            .iter()
+            .map(|p| (p.id.as_str(), p.kind, p.type_name.as_str()))
+            .collect();
+        use PropertyType::*;
+        assert_eq!(
+            kinds,
+            [
+                ("name", Text, "text"),
+                ("code", Text, "string"),
+                ("frames", Number, "number"),
+                ("cost", Currency, "currency"),
+                ("status", Select, "select"),
+                ("approved", Checkbox, "checkbox"),
+                ("due", Date, "date"),
+                ("brief", Editor, "editor"),
+                ("supervisor", Person, "person"),
+                ("artists", NodeReference, "node_reference"),
+                ("after", NodeReference, "node_reference"),
+                ("allocation", Object, "object"),
+            ]
+        );
+        assert_eq!(shot.property("artists").unwrap().target_type.as_deref(), Some("person"));
+        assert_eq!(shot.property("after").unwrap().target_type, None);
+        let status = shot.property("status").unwrap();
+        assert_eq!(status.options[1].id, "wip");
+        assert_eq!(status.options[1].bullet.as_deref(), Some("◐"));
+        let mood = template.node_type("sequence").unwrap().property("mood").unwrap();
+        assert_eq!(mood.options[0].id, stable_uuid("sequence.mood", "Calm").to_string());
+        let every: std::collections::HashSet<PropertyType> = template
+            .node_types
+            .iter()
+            .flat_map(|t| t.properties.iter().map(|p| p.kind))
+            .collect();
+        for kind in PropertyType::ALL {
+            assert!(every.contains(&kind), "studio.yaml has no {kind} property");
+        }
     }
 
     #[test]
@@ -1439,6 +1618,12 @@ node_types:
             ("date", json!("2024-02-29")),
             ("select", json!("Planned")),
             ("person", json!("4B7B7187-A20B-4468-A7FA-EF77F0B04770")),
+            ("string", json!("x")),
+            ("editor", json!("<p>x</p>\n")),
+            ("checkbox", json!(false)),
+            ("node_reference", json!("4B7B7187-A20B-4468-A7FA-EF77F0B04770")),
+            ("object", json!({"a": {"b": [1]}})),
+            ("rgb", json!([0, 0, 255])),
         ];
         for (kind, raw) in cases {
             let stored = parsed(kind, raw).unwrap();
@@ -1523,6 +1708,28 @@ node_types:
         );
         assert!(item
             .missing_required(&props(&[("a", json!(1)), ("b", json!("x"))]))
+            .is_empty());
+    }
+
+    #[test]
+    fn an_empty_reference_list_or_object_counts_as_no_value_for_required() {
+        let text = with_properties(concat!(
+            "      - {id: who, type: node_reference, required: true}\n",
+            "      - {id: plan, type: object, required: true}\n",
+        ));
+        let template = Template::from_yaml("t", "t", &text).unwrap();
+        let item = &template.node_types[0];
+        let props = |who: Value, plan: Value| -> Properties {
+            [("who", who), ("plan", plan)]
+                .into_iter()
+                .map(|(k, v)| (Key::from(k), v))
+                .collect()
+        };
+        assert_eq!(item.missing_required(&item.initial_properties()), ["who", "plan"]);
+        assert_eq!(item.missing_required(&props(json!([]), json!({}))), ["who", "plan"]);
+        let id = "4b7b7187-a20b-4468-a7fa-ef77f0b04770";
+        assert!(item
+            .missing_required(&props(json!([id]), json!({"a": 1})))
             .is_empty());
     }
 }
