@@ -322,25 +322,23 @@ async fn closing_a_session_completes_its_subscriptions_on_both_protocols_and_kee
         .any(|p| p["id"] == project.as_str()));
 }
 
-/// A temp dir holding a copy of the reference budget template, and a copy of the reference project file.
-fn budget_fixture() -> (tempfile::TempDir, Value) {
-    let shared = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data");
+/// The project's own test fixtures (tests/fixtures/README.md).
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// A temp dir holding copies of the fixture templates (budget, studio, garage), and the named fixture project file.
+fn fixture(project: &str) -> (tempfile::TempDir, Value) {
     let dir = tempfile::tempdir().unwrap();
     let templates = dir.path().join("templates");
     std::fs::create_dir(&templates).unwrap();
-    std::fs::copy(
-        format!("{shared}/templates/budget_smoke_test.yaml"),
-        templates.join("budget_smoke_test.yaml"),
-    )
-    .unwrap();
-    let file = dir.path().join("budget_smoke_test_project.json");
-    std::fs::copy(
-        format!("{shared}/projects/budget_smoke_test_project.json"),
-        &file,
-    )
-    .unwrap();
-    let project = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-    (dir, project)
+    for name in ["budget.yaml", "studio.yaml", "garage.yaml"] {
+        std::fs::copy(format!("{FIXTURES}/templates/{name}"), templates.join(name)).unwrap();
+    }
+    let text = std::fs::read_to_string(format!("{FIXTURES}/projects/{project}")).unwrap();
+    (dir, serde_json::from_str(&text).unwrap())
+}
+
+fn budget_fixture() -> (tempfile::TempDir, Value) {
+    fixture("budget_project.json")
 }
 
 #[tokio::test]
@@ -360,7 +358,7 @@ async fn the_budget_project_imports_with_its_eleven_nodes_and_its_export_imports
     let first = &data["importProject"];
     assert_eq!(first["nodeCount"], 11);
     assert_eq!(first["project"]["nodeCount"], 11);
-    assert_eq!(first["project"]["templateId"], "budget_smoke_test");
+    assert_eq!(first["project"]["templateId"], "budget");
     let session = str_of(&first["id"]);
     let graph = app.graph(&session).await;
     assert_eq!(graph["nodeCount"], 11);
@@ -374,7 +372,7 @@ async fn the_budget_project_imports_with_its_eleven_nodes_and_its_export_imports
         .await["exportProject"]
         .clone();
     assert_eq!(export["version"], "1.0");
-    assert_eq!(export["templates"], json!(["budget_smoke_test"]));
+    assert_eq!(export["templates"], json!(["budget"]));
     assert_eq!(export["nodes"].as_object().unwrap().len(), 11);
 
     let data = app
