@@ -221,7 +221,6 @@ impl NodeType {
                     (None, PropertyType::Select) => {
                         p.options.first().map(|o| Value::String(o.id.clone()))
                     }
-                    (None, PropertyType::Object) => Some(Value::Object(Default::default())),
                     (None, _) => None,
                 };
                 initial.map(|v| (Key::from(p.id.as_str()), v))
@@ -640,6 +639,10 @@ fn parse_property(
                 "{here}: a node reference cannot have a default other than []"
             ));
         }
+    }
+    // An object property starts as an empty object unless the template says otherwise.
+    if kind == PropertyType::Object && property.default.is_none() {
+        property.default = Some(json!({}));
     }
     Ok(property)
 }
