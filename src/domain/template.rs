@@ -479,13 +479,16 @@ fn parse_template(id: &str, text: &str) -> Result<Template, String> {
                 index.by_uuid.get(&uuid).copied()
             });
             let Some(found) = found else {
+                // Kept as written, so no node matches: the property takes only [] until the
+                // template is fixed. Refusing the whole template would lose every other type.
                 let known: Vec<&str> = node_types.iter().map(|t| t.id.as_str()).collect();
-                return Err(format!(
-                    "node type '{}', property '{}': target_type names unknown node type '{target}' (known: {})",
+                warnings.push(format!(
+                    "node type '{}', property '{}': target_type names unknown node type '{target}' (known: {}); no node can be referenced",
                     node_types[position].id,
                     node_types[position].properties[p].id,
                     known.join(", ")
                 ));
+                continue;
             };
             let target_id = node_types[found].id.clone();
             node_types[position].properties[p].target_type = Some(target_id);
@@ -1285,7 +1288,7 @@ node_types:
     }
 
     #[test]
-    fn target_types_resolve_by_id_or_uuid_and_must_name_a_node_type() {
+    fn target_types_resolve_by_id_or_uuid_and_an_unknown_one_is_a_warning() {
         let person_uuid = stable_uuid("node_type", "person");
         let text = format!(
             "node_types:\n  - id: task\n    properties:\n      - {{id: who, type: node_reference, target_type: person}}\n      - {{id: by, type: node_reference, target_type: {person_uuid}}}\n      - {{id: any, type: node_reference}}\n  - id: person\n"
@@ -1302,13 +1305,18 @@ node_types:
             "a list of ids of 'person' nodes (UUIDs)"
         );
 
-        let message = load_error(
+        let typo = Template::from_yaml(
+            "t",
+            "t.yaml",
             "node_types:\n  - id: task\n    properties: [{id: who, type: node_reference, target_type: persn}]\n",
-        );
+        )
+        .expect("a template with a broken target type still loads");
         assert_eq!(
-            message,
-            "node type 'task', property 'who': target_type names unknown node type 'persn' (known: task)"
+            typo.warnings,
+            ["node type 'task', property 'who': target_type names unknown node type 'persn' (known: task); no node can be referenced"]
         );
+        let who = typo.node_types[0].property("who").unwrap();
+        assert_eq!(who.target_type.as_deref(), Some("persn"));
         // A node reference's default could only name nodes of no particular project.
         let message = load_error(&with_properties(
             "      - {id: r, type: node_reference, value: [4b7b7187-a20b-4468-a7fa-ef77f0b04770]}\n",
