@@ -202,7 +202,9 @@ mod tests {
         assert_eq!(restomod.alias.as_deref(), Some("restomod_v1"));
         assert_eq!(restomod.version, "1.0");
         assert!(restomod.warnings.is_empty());
-        let shape: Vec<(&str, &str, Vec<&str>, Vec<(&str, &str)>)> = restomod
+        /// (type id, name, allowed children, (property id, type)).
+        type Shape<'a> = (&'a str, &'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>);
+        let shape: Vec<Shape> = restomod
             .node_types
             .iter()
             .map(|t| {
@@ -275,15 +277,27 @@ mod tests {
                 .map(|o| format!("{} {}", o.bullet.as_deref().unwrap_or("-"), o.name))
                 .collect()
         };
-        assert_eq!(options("phase"), ["◯ Planned", "◐ In Progress", "✓ Completed"]);
-        assert_eq!(options("job"), ["- Low", "- Medium", "- High", "- Critical"]);
+        assert_eq!(
+            options("phase"),
+            ["◯ Planned", "◐ In Progress", "✓ Completed"]
+        );
+        assert_eq!(
+            options("job"),
+            ["- Low", "- Medium", "- High", "- Critical"]
+        );
         assert_eq!(
             options("task"),
             ["◯ Not Started", "◐ In Progress", "● Blocked", "✓ Done"]
         );
         assert_eq!(
             options("part"),
-            ["◯ Need to Order", "◐ Ordered", "◐ Shipped", "● Received", "✓ Installed"]
+            [
+                "◯ Need to Order",
+                "◐ Ordered",
+                "◐ Shipped",
+                "● Received",
+                "✓ Installed"
+            ]
         );
         let required: Vec<&str> = restomod
             .node_types

@@ -473,7 +473,8 @@ const MIRA: &str = "eebbe5b6-773e-4a98-99eb-fb4c0e8f969a";
 const JONAS: &str = "e8e0241a-583a-469a-858d-370b1012d33c";
 const LEA: &str = "4eb05d04-660a-4115-a3f1-052bbc608335";
 
-const IMPORT: &str = "mutation($f: JSON!, $t: ID, $n: String) { importProject(file: $f, templateId: $t, name: $n) {
+const IMPORT: &str =
+    "mutation($f: JSON!, $t: ID, $n: String) { importProject(file: $f, templateId: $t, name: $n) {
     id nodeCount project { name templateId nodeCount } } }";
 
 /// A server with the fixture templates and the studio project imported: (fixture dir, app, session id).
@@ -549,7 +550,13 @@ async fn a_current_format_project_imports_through_the_api_with_every_node_type_o
     assert_eq!(graph["roots"], json!([{ "id": FILM }]));
     assert_eq!(
         node_of(&graph, FILM)["childIds"],
-        json!([HARBOUR, "21e0d858-bb85-4778-a03b-d16c2c60e4e3", MIRA, JONAS, LEA])
+        json!([
+            HARBOUR,
+            "21e0d858-bb85-4778-a03b-d16c2c60e4e3",
+            MIRA,
+            JONAS,
+            LEA
+        ])
     );
     let rescue = node_of(&graph, RESCUE);
     assert_eq!(rescue["typeId"], "shot");
@@ -577,7 +584,10 @@ async fn a_current_format_project_imports_through_the_api_with_every_node_type_o
         let at = node_of(&graph, &node.id.to_string());
         assert_eq!(at["typeId"], node.type_id.as_str());
         assert_eq!(at["name"], node.name.as_str());
-        assert_eq!(at["properties"], serde_json::to_value(&node.properties).unwrap());
+        assert_eq!(
+            at["properties"],
+            serde_json::to_value(&node.properties).unwrap()
+        );
         let children: Vec<String> = node.children.iter().map(|c| c.to_string()).collect();
         assert_eq!(at["childIds"], json!(children));
     }
@@ -600,33 +610,62 @@ const DELETE: &str = "mutation($s: ID!, $n: ID!) { deleteNode(sessionId: $s, nod
     ... on PropertyChanged { nodeId propertyId oldValue newValue } ... on NodeDeleted { nodeId deletedIds } } } }";
 
 #[tokio::test]
-async fn node_references_must_name_existing_nodes_of_the_target_type_and_change_nothing_otherwise() {
+async fn node_references_must_name_existing_nodes_of_the_target_type_and_change_nothing_otherwise()
+{
     let (_fixture, app, session) = studio_session().await;
     let before = app.graph(&session).await;
     let set = "mutation($s: ID!, $n: ID!, $p: ID!, $v: JSON) { updateProperty(sessionId: $s, nodeId: $n, propertyId: $p, value: $v) { version } }";
     let missing = "00000000-0000-0000-0000-00000000beef";
     let cases = [
-        (json!([MIRA, missing]), format!("references node {missing}, which does not exist")),
-        (json!([HARBOUR]), format!("references node {HARBOUR}, a 'sequence'; it must be a 'person'")),
-        (json!([MIRA, MIRA]), format!("each node once; {MIRA} is listed twice")),
-        (json!(["Mira"]), "expects a list of ids of 'person' nodes".to_owned()),
+        (
+            json!([MIRA, missing]),
+            format!("references node {missing}, which does not exist"),
+        ),
+        (
+            json!([HARBOUR]),
+            format!("references node {HARBOUR}, a 'sequence'; it must be a 'person'"),
+        ),
+        (
+            json!([MIRA, MIRA]),
+            format!("each node once; {MIRA} is listed twice"),
+        ),
+        (
+            json!(["Mira"]),
+            "expects a list of ids of 'person' nodes".to_owned(),
+        ),
     ];
     for (value, message) in cases {
         let error = app
-            .error(set, json!({ "s": session, "n": CAPSIZE, "p": "artists", "v": value }))
+            .error(
+                set,
+                json!({ "s": session, "n": CAPSIZE, "p": "artists", "v": value }),
+            )
             .await;
         assert_eq!(common::code_of(&error), "INVALID_PROPERTY_VALUE", "{error}");
-        assert!(error["message"].as_str().unwrap().contains(&message), "{error}");
+        assert!(
+            error["message"].as_str().unwrap().contains(&message),
+            "{error}"
+        );
     }
-    assert_eq!(app.graph(&session).await, before, "a refused write changes nothing");
+    assert_eq!(
+        app.graph(&session).await,
+        before,
+        "a refused write changes nothing"
+    );
 
     // Without a target type any node of the project will do; a single id is a list of one.
     let data = app
-        .query(set, json!({ "s": session, "n": CAPSIZE, "p": "after", "v": HARBOUR }))
+        .query(
+            set,
+            json!({ "s": session, "n": CAPSIZE, "p": "after", "v": HARBOUR }),
+        )
         .await;
     assert_eq!(data["updateProperty"]["version"], 1);
     let graph = app.graph(&session).await;
-    assert_eq!(node_of(&graph, CAPSIZE)["properties"]["after"], json!([HARBOUR]));
+    assert_eq!(
+        node_of(&graph, CAPSIZE)["properties"]["after"],
+        json!([HARBOUR])
+    );
 }
 
 #[tokio::test]
@@ -641,9 +680,7 @@ async fn deleting_a_referenced_node_removes_it_from_every_reference_and_undo_res
         .filter(|e| e["__typename"] != "CommandExecuting" && e["__typename"] != "CommandExecuted")
         .cloned()
         .collect();
-    let changed = |node: &str, old: Value, new: Value| {
-        json!({"__typename": "PropertyChanged", "nodeId": node, "propertyId": "artists", "oldValue": old, "newValue": new})
-    };
+    let changed = |node: &str, old: Value, new: Value| json!({"__typename": "PropertyChanged", "nodeId": node, "propertyId": "artists", "oldValue": old, "newValue": new});
     assert_eq!(
         events,
         [
@@ -669,7 +706,10 @@ async fn deleting_a_referenced_node_removes_it_from_every_reference_and_undo_res
     let mut restored = app.graph(&session).await;
     assert_eq!(restored["version"], 2);
     restored["version"] = before["version"].clone();
-    assert_eq!(restored, before, "undo puts the node and every reference back");
+    assert_eq!(
+        restored, before,
+        "undo puts the node and every reference back"
+    );
 
     app.redo(&session).await;
     let mut redone = app.graph(&session).await;

@@ -184,17 +184,24 @@ fn a_reference_to_a_missing_node_or_one_of_another_type_fails_with_invalid_prope
     assert_eq!(error.code, ErrorCode::InvalidPropertyValue);
     assert_eq!(
         error.message,
-        format!("property 'artists' references node {missing}, which does not exist in this project")
+        format!(
+            "property 'artists' references node {missing}, which does not exist in this project"
+        )
     );
     let error = c.world.fails(update(c.a, "artists", ids(&[c.b])));
     assert_eq!(error.code, ErrorCode::InvalidPropertyValue);
     assert_eq!(
         error.message,
-        format!("property 'artists' references node {}, a 'shot'; it must be a 'person'", c.b)
+        format!(
+            "property 'artists' references node {}, a 'shot'; it must be a 'person'",
+            c.b
+        )
     );
-    let error = c
-        .world
-        .fails(create(Some(c.root), "shot", json!({"after": ids(&[missing])})));
+    let error = c.world.fails(create(
+        Some(c.root),
+        "shot",
+        json!({"after": ids(&[missing])}),
+    ));
     assert_eq!(error.code, ErrorCode::InvalidPropertyValue);
     // A node that is being created does not exist yet, so it cannot reference itself...
     let own = Uuid::from_u128(7777);
@@ -301,7 +308,9 @@ fn in_a_batch_a_reference_set_before_a_delete_is_released_and_one_set_after_it_f
         commands: vec![delete(q), update(c.b, "artists", ids(&[q]))],
     });
     assert_eq!(error.code, ErrorCode::InvalidPropertyValue);
-    assert!(error.message.starts_with("command 1 (updateProperty) of the batch failed"));
+    assert!(error
+        .message
+        .starts_with("command 1 (updateProperty) of the batch failed"));
 }
 
 #[test]
@@ -321,7 +330,12 @@ fn a_template_without_node_references_deletes_with_the_node_deleted_delta_only()
     };
     let mut ctx = Ctx::new(&template, now(), &mut new_id);
     let root = dispatcher
-        .execute(&create(None, "a", json!({"t": "x"})), None, Uuid::nil(), &mut ctx)
+        .execute(
+            &create(None, "a", json!({"t": "x"})),
+            None,
+            Uuid::nil(),
+            &mut ctx,
+        )
         .unwrap()
         .node_id
         .unwrap();
@@ -334,8 +348,15 @@ fn a_template_without_node_references_deletes_with_the_node_deleted_delta_only()
 /// One random step over the crew world.
 #[derive(Debug, Clone)]
 enum Step {
-    Create { parent: usize, person: bool },
-    Refer { from: usize, to: Vec<usize>, artists: bool },
+    Create {
+        parent: usize,
+        person: bool,
+    },
+    Refer {
+        from: usize,
+        to: Vec<usize>,
+        artists: bool,
+    },
     Delete(usize),
     Undo,
     Redo,

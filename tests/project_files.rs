@@ -297,11 +297,7 @@ fn a_child_the_template_does_not_allow_is_kept_with_a_warning() {
 #[test]
 fn the_budget_project_survives_export_and_import() {
     let imported = import_budget(&budget_project());
-    let exported = project_file::export_named(
-        &imported.graph,
-        "budget",
-        imported.name.as_deref(),
-    );
+    let exported = project_file::export_named(&imported.graph, "budget", imported.name.as_deref());
     let text = serde_json::to_string(&exported).unwrap();
     let again = import_budget(&serde_json::from_str(&text).unwrap());
     assert_eq!(again.format, Format::V1);
@@ -685,7 +681,11 @@ fn garage() -> Template {
 }
 
 fn option_id(template: &Template, type_id: &str, property: &str, name: &str) -> Value {
-    let def = template.node_type(type_id).unwrap().property(property).unwrap();
+    let def = template
+        .node_type(type_id)
+        .unwrap()
+        .property(property)
+        .unwrap();
     json!(def.option(name).unwrap().id)
 }
 
@@ -804,7 +804,8 @@ fn the_1_0_garage_file_survives_export_and_import() {
     let first = project_file::import(&file, &template, now()).unwrap();
     let exported = project_file::export_named(&first.graph, "garage", first.name.as_deref());
     let text = serde_json::to_string(&exported).unwrap();
-    let again = project_file::import(&serde_json::from_str(&text).unwrap(), &template, now()).unwrap();
+    let again =
+        project_file::import(&serde_json::from_str(&text).unwrap(), &template, now()).unwrap();
     assert_eq!(again.graph, first.graph);
     assert_eq!(again.name, first.name);
 }
@@ -984,5 +985,8 @@ fn references_to_nodes_the_file_lacks_or_of_the_wrong_type_are_kept_with_a_warni
             format!("kept the value of 'artists' as it is: it references node {HARBOUR}, a 'sequence' rather than a 'person'"),
         ]
     );
-    assert!(imported.warnings.iter().all(|w| w.node_id == Some(id(DAWN))));
+    assert!(imported
+        .warnings
+        .iter()
+        .all(|w| w.node_id == Some(id(DAWN))));
 }

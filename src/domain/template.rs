@@ -904,8 +904,7 @@ mod tests {
     #[test]
     fn budget_project_node_types_map_to_the_template_by_stable_uuid() {
         let template = budget();
-        let project: Value =
-            serde_json::from_str(BUDGET_PROJECT).unwrap();
+        let project: Value = serde_json::from_str(BUDGET_PROJECT).unwrap();
         let mut seen = std::collections::BTreeMap::new();
         for node in project["graph"]["nodes"].as_array().unwrap() {
             let type_uuid: Uuid = node["type"].as_str().unwrap().parse().unwrap();
@@ -919,8 +918,7 @@ mod tests {
     #[test]
     fn every_budget_project_property_key_maps_to_a_stable_property_uuid_and_its_value_parses() {
         let template = budget();
-        let project: Value =
-            serde_json::from_str(BUDGET_PROJECT).unwrap();
+        let project: Value = serde_json::from_str(BUDGET_PROJECT).unwrap();
         let mut mapped = 0;
         for node in project["graph"]["nodes"].as_array().unwrap() {
             let node_type = template
@@ -1206,7 +1204,12 @@ node_types:
             warning.contains("editor, checkbox, node_reference, object"),
             "{warning}"
         );
-        for raw in [json!("#ff0000"), json!([1, 2]), json!(7), json!({"any": "thing"})] {
+        for raw in [
+            json!("#ff0000"),
+            json!([1, 2]),
+            json!(7),
+            json!({"any": "thing"}),
+        ] {
             assert_eq!(colour.parse_value(&raw), Ok(Some(raw.clone())));
         }
         // A property without any type is still a broken template.
@@ -1222,7 +1225,10 @@ node_types:
         let template = Template::from_yaml("t", "t.yaml", &text).unwrap();
         let item = &template.node_types[0];
         let s = item.property("s").unwrap();
-        assert_eq!((s.kind, s.type_name.as_str()), (PropertyType::Text, "String"));
+        assert_eq!(
+            (s.kind, s.type_name.as_str()),
+            (PropertyType::Text, "String")
+        );
         let c = item.property("c").unwrap();
         assert_eq!(c.kind, PropertyType::Checkbox);
         assert_eq!(c.default, Some(json!(true)));
@@ -1295,8 +1301,14 @@ node_types:
         );
         let template = Template::from_yaml("t", "t.yaml", &text).unwrap();
         let task = template.node_type("task").unwrap();
-        assert_eq!(task.property("who").unwrap().target_type.as_deref(), Some("person"));
-        assert_eq!(task.property("by").unwrap().target_type.as_deref(), Some("person"));
+        assert_eq!(
+            task.property("who").unwrap().target_type.as_deref(),
+            Some("person")
+        );
+        assert_eq!(
+            task.property("by").unwrap().target_type.as_deref(),
+            Some("person")
+        );
         assert_eq!(task.property("any").unwrap().target_type, None);
         assert!(template.has_node_references());
         assert!(!restomod().has_node_references());
@@ -1321,7 +1333,10 @@ node_types:
         let message = load_error(&with_properties(
             "      - {id: r, type: node_reference, value: [4b7b7187-a20b-4468-a7fa-ef77f0b04770]}\n",
         ));
-        assert!(message.contains("cannot have a default other than []"), "{message}");
+        assert!(
+            message.contains("cannot have a default other than []"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -1358,13 +1373,23 @@ node_types:
                 ("allocation", Object, "object"),
             ]
         );
-        assert_eq!(shot.property("artists").unwrap().target_type.as_deref(), Some("person"));
+        assert_eq!(
+            shot.property("artists").unwrap().target_type.as_deref(),
+            Some("person")
+        );
         assert_eq!(shot.property("after").unwrap().target_type, None);
         let status = shot.property("status").unwrap();
         assert_eq!(status.options[1].id, "wip");
         assert_eq!(status.options[1].bullet.as_deref(), Some("◐"));
-        let mood = template.node_type("sequence").unwrap().property("mood").unwrap();
-        assert_eq!(mood.options[0].id, stable_uuid("sequence.mood", "Calm").to_string());
+        let mood = template
+            .node_type("sequence")
+            .unwrap()
+            .property("mood")
+            .unwrap();
+        assert_eq!(
+            mood.options[0].id,
+            stable_uuid("sequence.mood", "Calm").to_string()
+        );
         let every: std::collections::HashSet<PropertyType> = template
             .node_types
             .iter()
@@ -1632,7 +1657,10 @@ node_types:
             ("string", json!("x")),
             ("editor", json!("<p>x</p>\n")),
             ("checkbox", json!(false)),
-            ("node_reference", json!("4B7B7187-A20B-4468-A7FA-EF77F0B04770")),
+            (
+                "node_reference",
+                json!("4B7B7187-A20B-4468-A7FA-EF77F0B04770"),
+            ),
             ("object", json!({"a": {"b": [1]}})),
             ("rgb", json!([0, 0, 255])),
         ];
@@ -1736,8 +1764,14 @@ node_types:
                 .map(|(k, v)| (Key::from(k), v))
                 .collect()
         };
-        assert_eq!(item.missing_required(&item.initial_properties()), ["who", "plan"]);
-        assert_eq!(item.missing_required(&props(json!([]), json!({}))), ["who", "plan"]);
+        assert_eq!(
+            item.missing_required(&item.initial_properties()),
+            ["who", "plan"]
+        );
+        assert_eq!(
+            item.missing_required(&props(json!([]), json!({}))),
+            ["who", "plan"]
+        );
         let id = "4b7b7187-a20b-4468-a7fa-ef77f0b04770";
         assert!(item
             .missing_required(&props(json!([id]), json!({"a": 1})))

@@ -297,18 +297,25 @@ mod tests {
         let a = "4B7B7187-A20B-4468-A7FA-EF77F0B04770";
         let b = "89ab5140-9a48-4176-a375-646745c20511";
         let stored = |raw: Value| node_references(&raw).map(|ids| node_references_to_json(&ids));
-        assert_eq!(
-            stored(json!([a, b])),
-            Ok(json!([a.to_lowercase(), b]))
-        );
+        assert_eq!(stored(json!([a, b])), Ok(json!([a.to_lowercase(), b])));
         assert_eq!(stored(json!(b)), Ok(json!([b])));
         assert_eq!(stored(json!([])), Ok(json!([])));
         assert_eq!(
             node_references(&json!([b, a, b])),
             Err(ReferenceProblem::Twice(Uuid::parse_str(b).unwrap()))
         );
-        for raw in [json!(["bob"]), json!([1]), json!(7), json!({"id": b}), json!([[b]])] {
-            assert_eq!(node_references(&raw), Err(ReferenceProblem::NotIds), "{raw}");
+        for raw in [
+            json!(["bob"]),
+            json!([1]),
+            json!(7),
+            json!({"id": b}),
+            json!([[b]]),
+        ] {
+            assert_eq!(
+                node_references(&raw),
+                Err(ReferenceProblem::NotIds),
+                "{raw}"
+            );
         }
     }
 

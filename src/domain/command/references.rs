@@ -97,7 +97,11 @@ pub(super) fn release(
             if !items.iter().any(points_at_gone) {
                 continue;
             }
-            let kept: Vec<Value> = items.iter().filter(|i| !points_at_gone(i)).cloned().collect();
+            let kept: Vec<Value> = items
+                .iter()
+                .filter(|i| !points_at_gone(i))
+                .cloned()
+                .collect();
             changes.push(Delta::PropertyChanged {
                 node_id: node.id,
                 property_id: def.id.as_str().into(),
