@@ -33,7 +33,7 @@ pub struct Template {
     pub version: String,
     pub description: Option<String>,
     pub node_types: Vec<NodeType>,
-    /// What loaded but deserves a look (unknown property types), in file order.
+    /// What loaded but deserves a look (unknown property types, unknown target types), in the order found.
     pub warnings: Vec<String>,
     index: Index,
 }
