@@ -458,3 +458,37 @@ fn a_single_id_is_stored_as_a_list_of_one() {
         .exec(update(c.b, "after", Value::String(c.root.to_string())));
     assert_eq!(c.world.value(c.b, "after"), Some(ids(&[c.root])));
 }
+
+#[test]
+fn a_kit_copy_references_its_own_copies_and_keeps_references_to_nodes_outside_the_kit() {
+    let mut w = World::new();
+    let root = w.create(None, "project_root", json!({}));
+    let p = w.create(Some(root), "person", json!({}));
+    let kit = w.create(Some(root), "shot", json!({}));
+    let b = w.create(Some(kit), "shot", json!({"artists": ids(&[p])}));
+    let c = w.create(
+        Some(kit),
+        "shot",
+        json!({"after": ids(&[b, kit]), "artists": ids(&[p])}),
+    );
+    let target = w.create(Some(root), "shot", json!({}));
+    let before = w.dispatcher.graph().clone();
+    w.exec(Command::ApplyKit {
+        target_id: target,
+        kit_root_id: kit,
+    });
+    let graph = w.dispatcher.graph();
+    let copies = &graph.node(&target).unwrap().children;
+    assert_eq!(copies.len(), 2);
+    let (b2, c2) = (copies[0], copies[1]);
+    assert!(b2 != b && c2 != c);
+    // C's copy comes after B's copy; the kit root itself is not copied, so that reference stays.
+    assert_eq!(w.value(c2, "after"), Some(ids(&[b2, kit])));
+    assert_eq!(w.value(c2, "artists"), Some(ids(&[p])));
+    assert_eq!(w.value(b2, "artists"), Some(ids(&[p])));
+    // The originals are untouched.
+    assert_eq!(w.value(c, "after"), Some(ids(&[b, kit])));
+    assert_eq!(dangling(w.dispatcher.graph()), []);
+    w.dispatcher.undo().unwrap();
+    assert_eq!(w.dispatcher.graph(), &before);
+}

@@ -1,5 +1,7 @@
 //! Commands that create, delete, rename and copy nodes.
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value};
 
 use super::{check_allowed, position, references, Ctx, Tx};
@@ -161,6 +163,7 @@ pub(super) fn apply_kit(
     // Plan every copy before applying any, so copying a kit into itself terminates.
     let first_index = graph.node(&target_id)?.children.len();
     let mut plan: Vec<Delta> = Vec::new();
+    let mut copies: HashMap<NodeId, NodeId> = HashMap::new();
     let mut stack: Vec<(NodeId, NodeId, usize)> = kit
         .children
         .iter()
@@ -171,6 +174,7 @@ pub(super) fn apply_kit(
     while let Some((source, new_parent, index)) = stack.pop() {
         let node = graph.node(&source)?;
         let copy_id = (ctx.new_id)();
+        copies.insert(source, copy_id);
         stack.extend(
             node.children
                 .iter()
@@ -190,6 +194,7 @@ pub(super) fn apply_kit(
             index,
         });
     }
+    references::point_at_copies(&mut plan, &copies, ctx.template);
     for delta in plan {
         tx.apply(delta)?;
     }

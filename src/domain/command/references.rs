@@ -7,8 +7,9 @@
 //! before its `NodeDeleted`. So subscribers see each reference change as an
 //! event, no command leaves a reference dangling, and undo (which applies the
 //! recorded inverse) puts the node and every reference to it back exactly.
+//! A kit copy's references to nodes of the same kit point at their copies.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 use uuid::Uuid;
@@ -114,4 +115,51 @@ pub(super) fn release(
         tx.apply(delta)?;
     }
     Ok(())
+}
+
+/// In the `NodeCreated` deltas of a kit copy, points references to copied nodes at their copies.
+///
+/// A kit whose shots reference each other copies as shots that reference
+/// each other, not the kit's originals; references to nodes outside the kit
+/// are kept (those nodes exist, and have the target type they had).
+pub(super) fn point_at_copies(
+    plan: &mut [Delta],
+    copies: &HashMap<NodeId, NodeId>,
+    template: &Template,
+) {
+    if !template.has_node_references() {
+        return;
+    }
+    for delta in plan {
+        let Delta::NodeCreated { node, .. } = delta else {
+            continue;
+        };
+        let Some(ty) = template.node_type(&node.type_id) else {
+            continue;
+        };
+        for def in ty
+            .properties
+            .iter()
+            .filter(|p| p.kind == PropertyType::NodeReference)
+        {
+            let Some(Value::Array(items)) = node.properties.get(def.id.as_str()) else {
+                continue;
+            };
+            let mapped: Vec<Value> = items
+                .iter()
+                .map(|item| {
+                    let copy = item
+                        .as_str()
+                        .and_then(|s| Uuid::parse_str(s).ok())
+                        .and_then(|id| copies.get(&id));
+                    match copy {
+                        Some(copy) => Value::String(copy.to_string()),
+                        None => item.clone(),
+                    }
+                })
+                .collect();
+            node.properties
+                .insert(def.id.as_str().into(), Value::Array(mapped));
+        }
+    }
 }
