@@ -66,7 +66,7 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
-/// The templates a config asks for, with load errors logged.
+/// The templates a config asks for, with load errors and warnings logged.
 pub fn load_templates(config: &Config) -> TemplateCatalog {
     let catalog = match &config.templates_dir {
         Some(dir) => TemplateCatalog::load_dir(dir),
@@ -74,6 +74,9 @@ pub fn load_templates(config: &Config) -> TemplateCatalog {
     };
     for e in catalog.errors() {
         tracing::warn!(file = %e.file, "template not loaded: {}", e.message);
+    }
+    for w in catalog.warnings() {
+        tracing::warn!(file = %w.file, "template loaded with a warning: {}", w.message);
     }
     catalog
 }
