@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_graphql::extensions::apollo_persisted_queries::{ApolloPersistedQueries, LruCacheStorage};
 use async_graphql::{Context, Json, Object, Schema, Subscription, ID};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
@@ -12,6 +13,7 @@ use serde_json::Value;
 use super::error::{code, count, gql, uuid, OrGql, Result};
 use super::events::SessionEventView;
 use super::extension::Codes;
+use super::guard::Guard;
 use super::inputs::{CommandInput, CreateNodeInput};
 use super::types::{
     hub, session, CleanupResultView, CommandResultView, GraphView, NodeView, ProjectView,
@@ -29,6 +31,10 @@ pub struct ApiLimits {
     pub max_depth: usize,
     pub max_complexity: usize,
     pub max_subscriptions_per_connection: usize,
+    /// Documents the Automatic Persisted Queries cache keeps (least recently used go first).
+    pub apq_cache_entries: usize,
+    /// Longest query text the APQ cache keeps; longer ones run but are not remembered.
+    pub apq_max_query_bytes: usize,
 }
 
 impl Default for ApiLimits {
@@ -37,6 +43,8 @@ impl Default for ApiLimits {
             max_depth: 32,
             max_complexity: 100_000,
             max_subscriptions_per_connection: 100,
+            apq_cache_entries: 1000,
+            apq_max_query_bytes: 16 * 1024,
         }
     }
 }
@@ -48,7 +56,11 @@ pub fn build(hub: Arc<Hub>, limits: &ApiLimits) -> AppSchema {
         .data(limits.clone())
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
+        .extension(Guard::new(limits.apq_max_query_bytes))
         .extension(Codes::default())
+        .extension(ApolloPersistedQueries::new(LruCacheStorage::new(
+            limits.apq_cache_entries.max(1),
+        )))
         .finish()
 }
 
