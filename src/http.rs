@@ -263,7 +263,12 @@ fn graphql_request(params: &Map<String, Value>) -> Result<async_graphql::Request
         None => None,
         Some(Value::String(name)) if name.is_empty() => None,
         Some(Value::String(name)) => Some(name.clone()),
-        Some(other) => return Err(format!("operationName must be a string, got {}", kind(other))),
+        Some(other) => {
+            return Err(format!(
+                "operationName must be a string, got {}",
+                kind(other)
+            ))
+        }
     };
     let mut request = async_graphql::Request::new(query);
     match present("variables") {
@@ -434,7 +439,10 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
                 Value::Object(params) => {
                     graphql_request(params).map_err(|e| format!("request {i} of the batch: {e}"))
                 }
-                other => Err(format!("request {i} of the batch is {}, not a map", kind(other))),
+                other => Err(format!(
+                    "request {i} of the batch is {}, not a map",
+                    kind(other)
+                )),
             })
             .collect::<Result<Vec<_>, _>>()
             .map(BatchRequest::Batch),
@@ -547,7 +555,10 @@ async fn graphql_head(request: Request) -> Response {
         .ok()
         .and_then(|p| {
             let query = p.get("query")?.as_str()?.to_string();
-            let name = p.get("operationName").and_then(Value::as_str).map(str::to_string);
+            let name = p
+                .get("operationName")
+                .and_then(Value::as_str)
+                .map(str::to_string);
             Some((query, name))
         })
         .is_some_and(|(query, name)| {

@@ -127,7 +127,11 @@ impl<'a> Origin<'a> {
     /// `scheme://host[:port]` with nothing after it; `s` must be lower case.
     fn parse(s: &'a str) -> Option<Origin<'a>> {
         let (scheme, rest) = s.split_once("://")?;
-        if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) {
+        if scheme.is_empty()
+            || !scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        {
             return None;
         }
         if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
@@ -211,25 +215,54 @@ mod tests {
     #[test]
     fn a_foreign_or_null_origin_is_refused() {
         let p = policy(&[], "0.0.0.0:8000");
-        assert!(!origin_allowed(&p, &headers(Some("https://evil.example"), "example.com:8000")));
-        assert!(!origin_allowed(&p, &headers(Some("null"), "example.com:8000")));
-        assert!(!origin_allowed(&p, &headers(Some("http://example.com:9000"), "example.com:8000")));
-        assert!(!origin_allowed(&p, &headers(Some("http://localhost:5173"), "example.com:8000")));
+        assert!(!origin_allowed(
+            &p,
+            &headers(Some("https://evil.example"), "example.com:8000")
+        ));
+        assert!(!origin_allowed(
+            &p,
+            &headers(Some("null"), "example.com:8000")
+        ));
+        assert!(!origin_allowed(
+            &p,
+            &headers(Some("http://example.com:9000"), "example.com:8000")
+        ));
+        assert!(!origin_allowed(
+            &p,
+            &headers(Some("http://localhost:5173"), "example.com:8000")
+        ));
     }
 
     #[test]
     fn local_dev_servers_are_allowed_only_while_listening_on_loopback() {
         let p = policy(&[], "127.0.0.1:8000");
-        for o in ["http://localhost:5173", "http://127.0.0.1:3000", "http://[::1]:8080", "http://localhost"] {
-            assert!(origin_allowed(&p, &headers(Some(o), "127.0.0.1:8000")), "{o}");
+        for o in [
+            "http://localhost:5173",
+            "http://127.0.0.1:3000",
+            "http://[::1]:8080",
+            "http://localhost",
+        ] {
+            assert!(
+                origin_allowed(&p, &headers(Some(o), "127.0.0.1:8000")),
+                "{o}"
+            );
         }
-        assert!(!origin_allowed(&p, &headers(Some("https://localhost:5173"), "127.0.0.1:8000")));
-        assert!(!origin_allowed(&p, &headers(Some("http://localhost.evil.example"), "127.0.0.1:8000")));
+        assert!(!origin_allowed(
+            &p,
+            &headers(Some("https://localhost:5173"), "127.0.0.1:8000")
+        ));
+        assert!(!origin_allowed(
+            &p,
+            &headers(Some("http://localhost.evil.example"), "127.0.0.1:8000")
+        ));
     }
 
     #[test]
     fn configured_origins_match_exactly_or_on_any_port() {
-        let p = policy(&["https://app.example.com", "http://dev.example.com:*"], "0.0.0.0:8000");
+        let p = policy(
+            &["https://app.example.com", "http://dev.example.com:*"],
+            "0.0.0.0:8000",
+        );
         let h = |o| headers(Some(o), "api.example.com");
         assert!(origin_allowed(&p, &h("https://app.example.com")));
         assert!(origin_allowed(&p, &h("https://app.example.com:443")));
@@ -240,12 +273,21 @@ mod tests {
 
     #[test]
     fn malformed_origin_settings_are_refused_with_a_message() {
-        for bad in ["example.com", "https://app.example.com/path", "http://a:1:*", "http://:80", ""] {
+        for bad in [
+            "example.com",
+            "https://app.example.com/path",
+            "http://a:1:*",
+            "http://:80",
+            "",
+        ] {
             let e = bad.parse::<AllowedOrigin>().unwrap_err();
             assert!(e.contains("origin") || e.contains("port"), "{bad}: {e}");
         }
         assert_eq!(
-            "HTTP://LocalHost:*".parse::<AllowedOrigin>().unwrap().to_string(),
+            "HTTP://LocalHost:*"
+                .parse::<AllowedOrigin>()
+                .unwrap()
+                .to_string(),
             "http://localhost:*"
         );
     }
