@@ -25,6 +25,8 @@ struct Cli {
     serve: ServeArgs,
 }
 
+// Parsed once at startup: the size of the serve variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the GraphQL API, playground and subscriptions (the default).
