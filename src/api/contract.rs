@@ -15,7 +15,8 @@ use async_graphql::{Positioned, Value as ConstValue};
 
 /// The ways `sdl` breaks `contract`, one line each (empty: it keeps it); Err if either does not parse.
 pub fn check(contract: &str, sdl: &str) -> Result<Vec<String>, String> {
-    let contract = parse_schema(contract).map_err(|e| format!("the contract does not parse: {e}"))?;
+    let contract =
+        parse_schema(contract).map_err(|e| format!("the contract does not parse: {e}"))?;
     let exported = parse_schema(sdl).map_err(|e| format!("the SDL does not parse: {e}"))?;
     let (want, have) = (types(&contract), types(&exported));
     let mut problems = Vec::new();
@@ -181,4 +182,3 @@ fn check_fields(
 fn names(list: &[Positioned<async_graphql::Name>]) -> Vec<String> {
     list.iter().map(|n| n.node.to_string()).collect()
 }
-

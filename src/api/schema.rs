@@ -180,7 +180,12 @@ impl Query {
         let s = session(ctx, &session_id)?;
         s.read().project().gql()?;
         let limit = count(limit, "limit")? as usize;
-        Ok(search(&s, text.as_deref(), type_id.as_ref().map(|t| t.as_str()), limit))
+        Ok(search(
+            &s,
+            text.as_deref(),
+            type_id.as_ref().map(|t| t.as_str()),
+            limit,
+        ))
     }
 
     /// The session's project as a Talus Tally project file (format version 1.0).
