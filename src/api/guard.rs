@@ -1,4 +1,4 @@
-//! An async-graphql extension for what only the engine can check: no mutations over a read-only transport (GET), which persisted queries may be remembered, and a null `__schema.description`.
+//! An async-graphql extension for what only the engine can check: Automatic Persisted Queries (bounded), no mutations over a read-only transport (GET), and a null `__schema.description`.
 //!
 //! It runs before the others (`build` registers it first), so it sees every
 //! document, also one that `Codes` found in its parse cache or one that the
@@ -9,6 +9,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use async_graphql::extensions::apollo_persisted_queries::{
+    ApolloPersistedQueries, LruCacheStorage,
+};
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest, NextResolve,
     ResolveInfo,
@@ -52,15 +55,26 @@ pub fn selects_mutation(doc: &ExecutableDocument, operation_name: Option<&str>) 
     op.is_some_and(|op| op.node.ty == OperationType::Mutation)
 }
 
-/// The extension; `max_persisted_query_bytes` bounds what the APQ cache keeps.
+/// The extension, with Automatic Persisted Queries inside it: async-graphql's
+/// `ApolloPersistedQueries` over its `LruCacheStorage` of `apq_cache_entries`
+/// documents, each from a query of at most `max_persisted_query_bytes`.
+///
+/// APQ runs from this extension's `prepare_request` rather than as an
+/// extension of its own: every extension in the chain costs a boxed future
+/// per resolved field, and APQ only needs the one hook.
 pub struct Guard {
     max_persisted_query_bytes: usize,
+    apq: Arc<dyn Extension>,
 }
 
 impl Guard {
-    pub fn new(max_persisted_query_bytes: usize) -> Guard {
+    pub fn new(apq_cache_entries: usize, max_persisted_query_bytes: usize) -> Guard {
+        let storage = LruCacheStorage::new(apq_cache_entries.max(1));
         Guard {
             max_persisted_query_bytes,
+            // The APQ extension holds only a handle to the shared storage, so
+            // one instance serves every request.
+            apq: ApolloPersistedQueries::new(storage).create(),
         }
     }
 }
@@ -69,12 +83,14 @@ impl ExtensionFactory for Guard {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(GuardExtension {
             max_persisted_query_bytes: self.max_persisted_query_bytes,
+            apq: self.apq.clone(),
         })
     }
 }
 
 struct GuardExtension {
     max_persisted_query_bytes: usize,
+    apq: Arc<dyn Extension>,
 }
 
 fn bad_request(message: impl Into<String>) -> ServerError {
@@ -107,7 +123,10 @@ impl Extension for GuardExtension {
                 "a persisted query too large to remember runs without being cached"
             );
         }
-        next.run(ctx, request).await
+        // Looks a hash-only request's document up (PersistedQueryNotFound if
+        // unknown), or checks a query against its hash and remembers it; then
+        // runs `next`.
+        self.apq.prepare_request(ctx, request, next).await
     }
 
     async fn parse_query(

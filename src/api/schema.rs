@@ -4,9 +4,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::extensions::apollo_persisted_queries::{
-    ApolloPersistedQueries, LruCacheStorage,
-};
 use async_graphql::{Context, Json, Object, Schema, Subscription, ID};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
@@ -58,11 +55,11 @@ pub fn build(hub: Arc<Hub>, limits: &ApiLimits) -> AppSchema {
         .data(limits.clone())
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
-        .extension(Guard::new(limits.apq_max_query_bytes))
+        .extension(Guard::new(
+            limits.apq_cache_entries,
+            limits.apq_max_query_bytes,
+        ))
         .extension(Codes::default())
-        .extension(ApolloPersistedQueries::new(LruCacheStorage::new(
-            limits.apq_cache_entries.max(1),
-        )))
         .finish()
 }
 
