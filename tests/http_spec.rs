@@ -268,6 +268,17 @@ async fn mutations_over_get_and_head_get_405_with_allow_post_and_run_nothing() {
     let a = post(&app, &[JSON], &json!({ "query": mutation }).to_string()).await;
     assert_eq!(a.status, 200);
     assert!(a.body["data"]["createSession"]["id"].is_string());
+    // Once the server has parsed (and cached) the mutation, a GET of it is still refused.
+    let a = get(&app, &[("query", mutation)], &[]).await;
+    assert_eq!(a.status, 405, "{}", a.body);
+    assert_eq!(
+        app.query("{ sessions { id } }", json!({})).await["sessions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "only the POST created a session"
+    );
 }
 
 #[tokio::test]
