@@ -27,6 +27,7 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use crate::api::guard::{selects_mutation, ReadOnly};
 use crate::api::{AppSchema, HttpClient};
 use crate::origin::{origin_allowed, OriginPolicy};
+use crate::sse::{StreamSettings, Streaming};
 
 /// Read buffer of a websocket; larger client messages are read in several steps.
 const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
@@ -61,6 +62,11 @@ pub fn router(state: AppState) -> Router {
     let graphql = Router::new()
         .route(
             "/graphql",
+            get(graphql_get).head(graphql_head).post(graphql_post),
+        )
+        // graphql-sse clients' conventional path; the same as /graphql with Accept: text/event-stream.
+        .route(
+            "/graphql/stream",
             get(graphql_get).head(graphql_head).post(graphql_post),
         )
         .layer(cors)
@@ -204,6 +210,15 @@ fn json_response(media: MediaType, status: StatusCode, body: &impl serde::Serial
         .headers_mut()
         .insert(header::CONTENT_TYPE, media.content_type());
     response
+}
+
+/// The media type of a non-streamed answer (None: 406); a streamed one has its
+/// own, and its errors before the stream starts are `application/json`.
+fn response_media(headers: &HeaderMap, streaming: Option<Streaming>) -> Option<MediaType> {
+    match streaming {
+        Some(_) => Some(MediaType::Json),
+        None => MediaType::negotiate(headers),
+    }
 }
 
 fn not_acceptable() -> Response {
@@ -384,7 +399,8 @@ fn json_content_type(headers: &HeaderMap) -> bool {
 }
 
 async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let Some(media) = MediaType::negotiate(&headers) else {
+    let streaming = Streaming::requested(&headers);
+    let Some(media) = response_media(&headers, streaming) else {
         return not_acceptable();
     };
     // Only JSON bodies: a form, multipart or text/plain POST is what a page
@@ -451,9 +467,14 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
             kind(other)
         )),
     };
-    match request {
-        Ok(request) => execute(&state, &headers, media, request).await,
-        Err(message) => bad_request(media, message),
+    match (request, streaming) {
+        (Err(message), _) => bad_request(media, message),
+        (Ok(BatchRequest::Single(request)), Some(kind)) => stream(&state, &headers, request, kind),
+        (Ok(_), Some(_)) => bad_request(
+            media,
+            "a streamed response carries one operation, not a batch".to_string(),
+        ),
+        (Ok(request), None) => execute(&state, &headers, media, request).await,
     }
 }
 
@@ -479,6 +500,21 @@ fn get_params(query: &str) -> Result<Map<String, Value>, String> {
         }
     }
     Ok(params)
+}
+
+/// Streams an operation's results over SSE or multipart HTTP (src/sse.rs).
+fn stream(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: async_graphql::Request,
+    kind: Streaming,
+) -> Response {
+    let settings = StreamSettings {
+        heartbeat: state.ws_ping_interval,
+        write_timeout: state.ws_timeout,
+        shutdown: state.shutdown.clone(),
+    };
+    crate::sse::respond(state.schema.clone(), settings, headers, request, kind)
 }
 
 async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
@@ -523,7 +559,8 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
             .on_upgrade(move |socket| crate::ws::serve(socket, state, protocol))
             .into_response();
     }
-    let Some(media) = MediaType::negotiate(&parts.headers) else {
+    let streaming = Streaming::requested(&parts.headers);
+    let Some(media) = response_media(&parts.headers, streaming) else {
         return not_acceptable();
     };
     let params = parts.uri.query().unwrap_or("");
@@ -540,6 +577,18 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
     // hash) and says so through the marker; GET is for queries only.
     let read_only = ReadOnly::new(request.operation_name.as_deref());
     let request = request.data(read_only.clone());
+    if let Some(kind) = streaming {
+        // A stream cannot turn into a 405 once it has started: a mutation's
+        // text is refused here, and one found by its hash inside the engine
+        // (an error event; it does not run).
+        let mutation = !request.query.is_empty()
+            && async_graphql::parser::parse_query(&request.query)
+                .is_ok_and(|doc| selects_mutation(&doc, request.operation_name.as_deref()));
+        if mutation {
+            return mutation_not_allowed(media, &parts.method);
+        }
+        return stream(&state, &parts.headers, request, kind);
+    }
     let response = execute(&state, &parts.headers, media, BatchRequest::Single(request)).await;
     if read_only.refused() {
         return mutation_not_allowed(media, &parts.method);
