@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, ApiLimits, AppSchema};
 use crate::http::{self, AppState};
+use crate::origin::{AllowedOrigin, OriginPolicy};
 use crate::session::{Hub, SessionConfig};
 use crate::store::{sqlite::SqliteOptions, MemoryStore, SqliteStore, Store};
 use crate::templates::TemplateCatalog;
@@ -31,6 +32,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub ws_ping_interval: Duration,
     pub ws_timeout: Duration,
+    /// Origins allowed to call the API besides the server's own (`--cors-origins`).
+    pub cors_origins: Vec<AllowedOrigin>,
 }
 
 impl Default for Config {
@@ -45,6 +48,7 @@ impl Default for Config {
             max_body_bytes: 32 * 1024 * 1024,
             ws_ping_interval: Duration::from_secs(10),
             ws_timeout: Duration::from_secs(30),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -111,7 +115,9 @@ pub async fn start(
     let hub = Hub::start(config.session.clone(), store, templates).await?;
     let schema = api::build(hub.clone(), &config.limits);
     let (stop, stop_rx) = watch::channel(false);
+    let addr = listener.local_addr()?;
     let state = AppState {
+        origins: Arc::new(OriginPolicy::new(&config.cors_origins, addr)),
         schema: schema.clone(),
         max_body_bytes: config.max_body_bytes,
         ws_ping_interval: config.ws_ping_interval,
@@ -132,7 +138,6 @@ pub async fn start(
             }
         }
     });
-    let addr = listener.local_addr()?;
     let task_hub = hub.clone();
     let mut signal = stop_rx.clone();
     let task = tokio::spawn(async move {

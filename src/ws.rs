@@ -63,6 +63,11 @@ struct Plan {
 
 /// Recognises a subscription whose only root field is `sessionEvents`.
 fn plan(payload: &Value) -> Option<Plan> {
+    // Automatic Persisted Queries (register, look up, hash check) run in the
+    // engine's extensions, so such a subscription is left to the engine.
+    if payload.pointer("/extensions/persistedQuery").is_some() {
+        return None;
+    }
     let query = payload.get("query")?.as_str()?;
     let operation_name = payload
         .get("operationName")

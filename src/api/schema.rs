@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::error::{code, count, gql, uuid, OrGql, Result};
 use super::events::SessionEventView;
 use super::extension::Codes;
+use super::guard::Guard;
 use super::inputs::{CommandInput, CreateNodeInput};
 use super::types::{
     hub, search, session, CleanupResultView, CommandResultView, GraphView, NodeView, ProjectView,
@@ -31,6 +32,10 @@ pub struct ApiLimits {
     pub max_subscriptions_per_connection: usize,
     /// Distinct operation names kept as metric labels (the rest count as `other`).
     pub max_metric_operation_names: usize,
+    /// Documents the Automatic Persisted Queries cache keeps (least recently used go first).
+    pub apq_cache_entries: usize,
+    /// Longest query text the APQ cache keeps; longer ones run but are not remembered.
+    pub apq_max_query_bytes: usize,
 }
 
 impl Default for ApiLimits {
@@ -40,6 +45,8 @@ impl Default for ApiLimits {
             max_complexity: 100_000,
             max_subscriptions_per_connection: 100,
             max_metric_operation_names: 256,
+            apq_cache_entries: 1000,
+            apq_max_query_bytes: 16 * 1024,
         }
     }
 }
@@ -53,6 +60,10 @@ pub fn build(hub: Arc<Hub>, limits: &ApiLimits) -> AppSchema {
         .limit_complexity(limits.max_complexity)
         .extension(super::metrics::OperationMetrics::new(
             limits.max_metric_operation_names,
+        ))
+        .extension(Guard::new(
+            limits.apq_cache_entries,
+            limits.apq_max_query_bytes,
         ))
         .extension(Codes::default())
         .finish()
