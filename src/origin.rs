@@ -1,233 +1,294 @@
-//! Which browser origins may use the API: one policy for HTTP requests and websocket upgrades.
+//! Which web origins may call the API (HTTP and websocket upgrades): the server's own, those of `--cors-origins`, and local dev servers while on loopback.
 //!
-//! Browsers send `Origin` with cross-site requests and with every websocket
-//! handshake, and the server cannot tell a page the user trusts from any other
-//! page the user happens to open. So a request that carries an `Origin` is
-//! served only when that origin is the server's own (the `Host` it was asked
-//! for), one named by `--cors-origins`, or, while the server listens on
-//! loopback, a local development server (`http://localhost:*`,
-//! `http://127.0.0.1:*`). Requests without `Origin` come from programs, not
-//! from pages, and are served.
+//! A browser sends `Origin` with every cross-origin request and websocket
+//! upgrade (and with same-origin POSTs), and it cannot be forged by a page.
+//! Without a check, any page the user happens to open could post mutations to
+//! the server or read a session over a websocket. Clients that are not
+//! browsers (curl, server-side code, the graphql-ws library in node) send no
+//! `Origin`, and a request without one is allowed: the check is against
+//! cross-site requests from browsers, not an authentication.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
 
 use axum::http::{header, HeaderMap};
 
-/// The origins a server accepts besides its own.
+/// One entry of `--cors-origins`: `scheme://host[:port]`, or `scheme://host:*` for any port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedOrigin {
+    scheme: String,
+    host: String,
+    /// None for any port (`:*`); otherwise the port as written (empty for the scheme's default).
+    port: Option<String>,
+}
+
+impl AllowedOrigin {
+    fn matches(&self, origin: &Origin<'_>) -> bool {
+        self.scheme == origin.scheme
+            && self.host == origin.host
+            && self.port.as_ref().is_none_or(|p| p == origin.port)
+    }
+}
+
+impl FromStr for AllowedOrigin {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let lower = s.trim().to_ascii_lowercase();
+        let (head, wildcard) = match lower.strip_suffix(":*") {
+            Some(head) => (head, true),
+            None => (lower.as_str(), false),
+        };
+        let origin = Origin::parse(head).ok_or_else(|| {
+            format!(
+                "'{s}' is not an origin: write scheme://host[:port], e.g. https://app.example.com or http://localhost:5173 (or http://localhost:* for any port)"
+            )
+        })?;
+        if wildcard && !origin.port.is_empty() {
+            return Err(format!("'{s}' has a port and ':*'; write one of them"));
+        }
+        Ok(AllowedOrigin {
+            scheme: origin.scheme.to_string(),
+            host: origin.host.to_string(),
+            port: (!wildcard).then(|| origin.port.to_string()),
+        })
+    }
+}
+
+impl fmt::Display for AllowedOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.host)?;
+        match &self.port {
+            None => write!(f, ":*"),
+            Some(p) if p.is_empty() => Ok(()),
+            Some(p) => write!(f, ":{p}"),
+        }
+    }
+}
+
+/// The origins allowed besides the server's own.
 #[derive(Debug, Clone, Default)]
 pub struct OriginPolicy {
-    /// Normalised `scheme://host[:port]` origins from `--cors-origins`.
-    allowed: Vec<String>,
-    /// Whether the server listens on a loopback address (local development).
-    loopback: bool,
+    allowed: Vec<AllowedOrigin>,
 }
 
 impl OriginPolicy {
-    /// A policy from the configured origins; each must be `http(s)://host[:port]`.
-    pub fn new(allowed: &[String], loopback: bool) -> Result<OriginPolicy, String> {
-        let allowed = allowed
-            .iter()
-            .map(|o| parse_origin(o))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(OriginPolicy { allowed, loopback })
+    /// `--cors-origins`, plus `http://localhost:*` and `http://127.0.0.1:*` (and `http://[::1]:*`)
+    /// when the server listens on a loopback address: a frontend's dev server on
+    /// the same machine (Vite on :5173, say) then works without configuration,
+    /// and nothing beyond this machine can be one of them.
+    pub fn new(cors_origins: &[AllowedOrigin], listening: SocketAddr) -> OriginPolicy {
+        let mut allowed = cors_origins.to_vec();
+        if listening.ip().is_loopback() {
+            for host in ["localhost", "127.0.0.1", "[::1]"] {
+                allowed.push(AllowedOrigin {
+                    scheme: "http".to_string(),
+                    host: host.to_string(),
+                    port: None,
+                });
+            }
+        }
+        OriginPolicy { allowed }
     }
 
-    /// The origins named by configuration (normalised), e.g. for CORS headers.
-    pub fn configured(&self) -> &[String] {
+    /// The allowed origins besides the server's own, for the log.
+    pub fn allowed(&self) -> &[AllowedOrigin] {
         &self.allowed
     }
-
-    /// Whether the server listens on loopback (so local development origins are allowed).
-    pub fn loopback(&self) -> bool {
-        self.loopback
-    }
 }
 
-/// Parses one configured origin into its normalised form (lower case, no trailing slash).
-pub fn parse_origin(origin: &str) -> Result<String, String> {
-    let normalised = origin.trim().trim_end_matches('/').to_ascii_lowercase();
-    let bad = || {
-        format!("'{origin}' is not an origin like https://app.example.com or http://localhost:5173")
-    };
-    let rest = normalised
-        .strip_prefix("http://")
-        .or_else(|| normalised.strip_prefix("https://"))
-        .ok_or_else(bad)?;
-    if rest.is_empty()
-        || rest.contains(['/', '?', '#', '@', '*'])
-        || rest.contains(char::is_whitespace)
-    {
-        return Err(bad());
-    }
-    if let Some((_, port)) = split_port(rest) {
-        if port.parse::<u16>().is_err() {
-            return Err(bad());
-        }
-    }
-    Ok(normalised)
-}
-
-/// `host:port` into its parts; `None` when there is no port (IPv6 literals keep their brackets).
-fn split_port(authority: &str) -> Option<(&str, &str)> {
-    let (host, port) = authority.rsplit_once(':')?;
-    if host.starts_with('[') && !host.ends_with(']') {
-        // A colon inside an IPv6 literal without a port.
-        return None;
-    }
-    Some((host, port))
-}
-
-fn is_loopback_host(host: &str) -> bool {
-    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
-}
-
-/// A loopback `host[:port]` (any port).
-fn is_loopback_authority(authority: &str) -> bool {
-    match split_port(authority) {
-        Some((host, port)) => is_loopback_host(host) && port.parse::<u16>().is_ok(),
-        None => is_loopback_host(authority),
-    }
-}
-
-/// Whether a request with these headers may be served under `policy`.
-///
-/// Same-origin means `Origin` names the `Host` the request was sent to. While
-/// the server listens on loopback, that `Host` must itself be a loopback name:
-/// otherwise a page on a domain that resolves to 127.0.0.1 (DNS rebinding)
-/// would count as same-origin.
+/// Whether a request may proceed: it has no `Origin`, or its `Origin` is the
+/// server's own (the `Host` it was sent to) or one the policy allows.
 pub fn origin_allowed(policy: &OriginPolicy, headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
-    let Ok(origin) = origin.to_str() else {
+    let lower = origin.to_str().unwrap_or("").trim().to_ascii_lowercase();
+    let Some(origin) = Origin::parse(&lower) else {
+        // `Origin: null` (sandboxed frames, file: pages) and anything malformed.
         return false;
     };
-    let origin = origin.trim().to_ascii_lowercase();
-    if policy.allowed.contains(&origin) {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if host.is_some_and(|host| origin.same_authority(host)) {
         return true;
     }
-    let Some(authority) = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-    else {
-        // `null` (sandboxed frames, file: pages) and anything else.
-        return false;
-    };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(|h| h.trim().to_ascii_lowercase());
-    if host.as_deref() == Some(authority) && (!policy.loopback || is_loopback_authority(authority))
-    {
-        return true;
+    policy.allowed.iter().any(|a| a.matches(&origin))
+}
+
+/// A parsed, lower-cased origin: scheme, host and port (empty for the scheme's default).
+struct Origin<'a> {
+    scheme: &'a str,
+    host: &'a str,
+    port: &'a str,
+}
+
+impl<'a> Origin<'a> {
+    /// `scheme://host[:port]` with nothing after it; `s` must be lower case.
+    fn parse(s: &'a str) -> Option<Origin<'a>> {
+        let (scheme, rest) = s.split_once("://")?;
+        if scheme.is_empty()
+            || !scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        {
+            return None;
+        }
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+            return None;
+        }
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (inside, after) = v6.split_once(']')?;
+            let host = &rest[..inside.len() + 2];
+            match after {
+                "" => (host, ""),
+                p => (host, p.strip_prefix(':')?),
+            }
+        } else {
+            match rest.rsplit_once(':') {
+                Some((host, port)) => (host, port),
+                None => (rest, ""),
+            }
+        };
+        let bracketed = host.starts_with('[');
+        if host.is_empty()
+            || (!bracketed && host.contains(':'))
+            || !port.chars().all(|c| c.is_ascii_digit())
+        {
+            return None;
+        }
+        let port = match (scheme, port) {
+            ("http" | "ws", "80") | ("https" | "wss", "443") => "",
+            _ => port,
+        };
+        Some(Origin { scheme, host, port })
     }
-    policy.loopback && origin.starts_with("http://") && is_loopback_authority(authority)
+
+    /// Whether this origin names the authority a request was sent to (its `Host`).
+    ///
+    /// The scheme is not compared: behind a TLS-terminating proxy the page is
+    /// `https://` while this server is reached over plain HTTP with the same
+    /// `Host`.
+    fn same_authority(&self, host: &str) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        let url = format!("{}://{host}", self.scheme);
+        let Some(h) = Origin::parse(&url) else {
+            return false;
+        };
+        h.host == self.host && h.port == self.port
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::HeaderValue;
 
     fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(header::HOST, host.parse().unwrap());
+        h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
         if let Some(o) = origin {
-            h.insert(header::ORIGIN, o.parse().unwrap());
+            h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
         }
         h
     }
 
-    #[test]
-    fn origins_are_allowed_by_the_policy_and_nothing_else() {
-        let public = OriginPolicy::new(&["https://App.example.com/".into()], false).unwrap();
-        let local = OriginPolicy::new(&[], true).unwrap();
-        let cases = [
-            (&public, None, "api.example.com", true),
-            (
-                &public,
-                Some("https://api.example.com"),
-                "api.example.com",
-                true,
-            ),
-            (
-                &public,
-                Some("https://app.example.com"),
-                "api.example.com",
-                true,
-            ),
-            (
-                &public,
-                Some("https://evil.example"),
-                "api.example.com",
-                false,
-            ),
-            (
-                &public,
-                Some("http://localhost:5173"),
-                "api.example.com",
-                false,
-            ),
-            (&public, Some("null"), "api.example.com", false),
-            (
-                &local,
-                Some("http://localhost:5173"),
-                "127.0.0.1:8000",
-                true,
-            ),
-            (
-                &local,
-                Some("http://127.0.0.1:3000"),
-                "127.0.0.1:8000",
-                true,
-            ),
-            (
-                &local,
-                Some("http://127.0.0.1:8000"),
-                "127.0.0.1:8000",
-                true,
-            ),
-            (
-                &local,
-                Some("https://evil.example"),
-                "127.0.0.1:8000",
-                false,
-            ),
-            (
-                &local,
-                Some("http://localhost.evil.example:80"),
-                "127.0.0.1:8000",
-                false,
-            ),
-            // DNS rebinding: a foreign name that resolves to loopback is not same-origin.
-            (
-                &local,
-                Some("http://rebind.example:8000"),
-                "rebind.example:8000",
-                false,
-            ),
-        ];
-        for (policy, origin, host, allowed) in cases {
-            assert_eq!(
-                origin_allowed(policy, &headers(origin, host)),
-                allowed,
-                "{origin:?} to {host}"
-            );
-        }
+    fn policy(origins: &[&str], addr: &str) -> OriginPolicy {
+        let origins: Vec<AllowedOrigin> = origins.iter().map(|o| o.parse().unwrap()).collect();
+        OriginPolicy::new(&origins, addr.parse().unwrap())
     }
 
     #[test]
-    fn configured_origins_must_be_origins() {
+    fn a_request_without_origin_and_a_same_origin_request_are_allowed() {
+        let p = policy(&[], "0.0.0.0:8000");
+        assert!(origin_allowed(&p, &headers(None, "example.com:8000")));
+        assert!(origin_allowed(
+            &p,
+            &headers(Some("http://example.com:8000"), "example.com:8000")
+        ));
+        assert!(origin_allowed(
+            &p,
+            &headers(Some("https://Example.com"), "example.com")
+        ));
+    }
+
+    #[test]
+    fn a_foreign_or_null_origin_is_refused() {
+        let p = policy(&[], "0.0.0.0:8000");
+        assert!(!origin_allowed(
+            &p,
+            &headers(Some("https://evil.example"), "example.com:8000")
+        ));
+        assert!(!origin_allowed(
+            &p,
+            &headers(Some("null"), "example.com:8000")
+        ));
+        assert!(!origin_allowed(
+            &p,
+            &headers(Some("http://example.com:9000"), "example.com:8000")
+        ));
+        assert!(!origin_allowed(
+            &p,
+            &headers(Some("http://localhost:5173"), "example.com:8000")
+        ));
+    }
+
+    #[test]
+    fn local_dev_servers_are_allowed_only_while_listening_on_loopback() {
+        let p = policy(&[], "127.0.0.1:8000");
+        for o in [
+            "http://localhost:5173",
+            "http://127.0.0.1:3000",
+            "http://[::1]:8080",
+            "http://localhost",
+        ] {
+            assert!(
+                origin_allowed(&p, &headers(Some(o), "127.0.0.1:8000")),
+                "{o}"
+            );
+        }
+        assert!(!origin_allowed(
+            &p,
+            &headers(Some("https://localhost:5173"), "127.0.0.1:8000")
+        ));
+        assert!(!origin_allowed(
+            &p,
+            &headers(Some("http://localhost.evil.example"), "127.0.0.1:8000")
+        ));
+    }
+
+    #[test]
+    fn configured_origins_match_exactly_or_on_any_port() {
+        let p = policy(
+            &["https://app.example.com", "http://dev.example.com:*"],
+            "0.0.0.0:8000",
+        );
+        let h = |o| headers(Some(o), "api.example.com");
+        assert!(origin_allowed(&p, &h("https://app.example.com")));
+        assert!(origin_allowed(&p, &h("https://app.example.com:443")));
+        assert!(!origin_allowed(&p, &h("https://app.example.com:8443")));
+        assert!(!origin_allowed(&p, &h("http://app.example.com")));
+        assert!(origin_allowed(&p, &h("http://dev.example.com:5173")));
+    }
+
+    #[test]
+    fn malformed_origin_settings_are_refused_with_a_message() {
         for bad in [
             "example.com",
-            "ftp://x",
-            "https://x/path",
-            "https://*.x",
-            "http://x:99999",
-            "https://",
+            "https://app.example.com/path",
+            "http://a:1:*",
+            "http://:80",
+            "",
         ] {
-            assert!(parse_origin(bad).is_err(), "{bad}");
+            let e = bad.parse::<AllowedOrigin>().unwrap_err();
+            assert!(e.contains("origin") || e.contains("port"), "{bad}: {e}");
         }
         assert_eq!(
-            parse_origin("HTTP://Localhost:5173/").unwrap(),
-            "http://localhost:5173"
+            "HTTP://LocalHost:*"
+                .parse::<AllowedOrigin>()
+                .unwrap()
+                .to_string(),
+            "http://localhost:*"
         );
     }
 }

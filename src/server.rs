@@ -13,10 +13,13 @@ use tokio::sync::watch;
 
 use crate::api::{self, ApiLimits, AppSchema};
 use crate::http::{self, AppState};
-use crate::origin::OriginPolicy;
+use crate::origin::{AllowedOrigin, OriginPolicy};
 use crate::session::{Hub, SessionConfig};
 use crate::store::{sqlite::SqliteOptions, MemoryStore, SqliteStore, Store};
 use crate::templates::TemplateCatalog;
+
+/// How often histogram samples are folded into the metrics registry.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// Everything the server can be told.
 #[derive(Debug, Clone)]
@@ -35,8 +38,8 @@ pub struct Config {
     /// Frames queued per websocket connection; a subscription that finds the
     /// queue full waits and then catches up from the event log.
     pub ws_queue: usize,
-    /// Browser origins allowed besides the server's own (`--cors-origins`).
-    pub cors_origins: Vec<String>,
+    /// Origins allowed to call the API besides the server's own (`--cors-origins`).
+    pub cors_origins: Vec<AllowedOrigin>,
 }
 
 impl Default for Config {
@@ -75,7 +78,7 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
-/// The templates a config asks for, with load errors logged.
+/// The templates a config asks for, with load errors and warnings logged.
 pub fn load_templates(config: &Config) -> TemplateCatalog {
     let catalog = match &config.templates_dir {
         Some(dir) => TemplateCatalog::load_dir(dir),
@@ -83,6 +86,9 @@ pub fn load_templates(config: &Config) -> TemplateCatalog {
     };
     for e in catalog.errors() {
         tracing::warn!(file = %e.file, "template not loaded: {}", e.message);
+    }
+    for w in catalog.warnings() {
+        tracing::warn!(file = %w.file, "template loaded with a warning: {}", w.message);
     }
     catalog
 }
@@ -113,21 +119,19 @@ pub async fn start(
     listener: TcpListener,
     store: Arc<dyn Store>,
 ) -> anyhow::Result<Running> {
-    let addr = listener.local_addr()?;
-    let origins = OriginPolicy::new(&config.cors_origins, addr.ip().is_loopback())
-        .map_err(|e| anyhow::anyhow!("--cors-origins: {e}"))?;
     let templates = Arc::new(load_templates(&config));
     let hub = Hub::start(config.session.clone(), store, templates).await?;
     let schema = api::build(hub.clone(), &config.limits);
     let (stop, stop_rx) = watch::channel(false);
+    let addr = listener.local_addr()?;
     let state = AppState {
+        origins: Arc::new(OriginPolicy::new(&config.cors_origins, addr)),
         schema: schema.clone(),
         max_body_bytes: config.max_body_bytes,
         ws_ping_interval: config.ws_ping_interval,
         ws_timeout: config.ws_timeout,
         ws_init_timeout: config.ws_init_timeout,
         ws_queue: config.ws_queue,
-        origins,
         shutdown: stop_rx.clone(),
     };
     let app = http::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
@@ -136,6 +140,19 @@ pub async fn start(
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("could not set TCP_NODELAY: {e}");
+        }
+    });
+    // Histogram samples wait in the recorder until upkeep folds them in; without
+    // a scrape they would pile up, so fold them in on a timer too.
+    let metrics = crate::metrics::handle().clone();
+    let mut upkeep_stop = stop_rx.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(METRICS_UPKEEP);
+        loop {
+            tokio::select! {
+                _ = every.tick() => metrics.run_upkeep(),
+                _ = upkeep_stop.wait_for(|s| *s) => return,
+            }
         }
     });
     let task_hub = hub.clone();

@@ -88,9 +88,12 @@ pub fn connection_client(payload: Option<&Map<String, Value>>) -> Result<ConnCli
 
 /// The `payload` of a subscribe (`start`) message.
 struct Payload {
+    /// Empty for a persisted query (APQ) sent by its hash alone.
     query: String,
     operation_name: Option<String>,
     variables: Option<Map<String, Value>>,
+    /// `extensions` (e.g. `persistedQuery`), for the engine's extensions.
+    extensions: Option<Map<String, Value>>,
 }
 
 impl Payload {
@@ -102,7 +105,21 @@ impl Payload {
         if let Some(vars) = &self.variables {
             request = request.variables(Variables::from_json(Value::Object(vars.clone())));
         }
+        if let Some(extensions) = &self.extensions {
+            for (key, value) in extensions {
+                request.extensions.insert(
+                    key.clone(),
+                    async_graphql::Value::from_json(value.clone()).unwrap_or_default(),
+                );
+            }
+        }
         request
+    }
+
+    fn persisted(&self) -> bool {
+        self.extensions
+            .as_ref()
+            .is_some_and(|e| e.contains_key("persistedQuery"))
     }
 }
 
@@ -151,8 +168,15 @@ fn subscribe_payload(message: &mut Map<String, Value>, of: &str) -> Result<Paylo
     let Some(Value::Object(mut p)) = message.remove("payload") else {
         return Err(bad("must be an object"));
     };
-    let Some(Value::String(query)) = p.remove("query") else {
-        return Err(bad("needs a query string"));
+    let extensions = optional_object(&mut p, "extensions", of)?;
+    let persisted = extensions
+        .as_ref()
+        .is_some_and(|e| e.contains_key("persistedQuery"));
+    let query = match p.remove("query") {
+        Some(Value::String(query)) => query,
+        // A persisted query may come by its hash alone (APQ).
+        None | Some(Value::Null) if persisted => String::new(),
+        _ => return Err(bad("needs a query string")),
     };
     let operation_name = match p.remove("operationName") {
         None | Some(Value::Null) => None,
@@ -160,11 +184,11 @@ fn subscribe_payload(message: &mut Map<String, Value>, of: &str) -> Result<Paylo
         Some(_) => return Err(bad("has an operationName that is not a string")),
     };
     let variables = optional_object(&mut p, "variables", of)?;
-    optional_object(&mut p, "extensions", of)?;
     Ok(Payload {
         query,
         operation_name,
         variables,
+        extensions,
     })
 }
 
@@ -218,6 +242,11 @@ struct Plan {
 
 /// Recognises a subscription whose only root field is `sessionEvents`.
 fn plan(payload: &Payload) -> Option<Plan> {
+    // Automatic Persisted Queries (register, look up, hash check) run in the
+    // engine's extensions, so such a subscription is left to the engine.
+    if payload.persisted() {
+        return None;
+    }
     let doc = async_graphql::parser::parse_query(&payload.query).ok()?;
     let mut ops = doc.operations.iter();
     let op = match &payload.operation_name {
@@ -260,6 +289,7 @@ fn plan(payload: &Payload) -> Option<Plan> {
             query: payload.query.clone(),
             operation_name: payload.operation_name.clone(),
             variables: payload.variables.clone(),
+            extensions: None,
         },
         key: RenderKey::from(key),
     })
@@ -497,6 +527,12 @@ impl Op {
         let Ok(events) = hub.subscribe(session_id, since, Some(client)).await else {
             return false;
         };
+        crate::metrics::count_operation(
+            "subscription",
+            plan.request.operation_name.as_deref(),
+            true,
+        );
+        let _active = crate::metrics::GaugeGuard::new(crate::metrics::names::SUBSCRIPTIONS);
         // Every frame of this subscription starts the same way: build that once.
         let head = frame_head(&self.id, self.next_type());
         let mut events = std::pin::pin!(events);
@@ -516,6 +552,7 @@ impl Op {
             if !self.send(frame, false).await {
                 return true;
             }
+            metrics::counter!(crate::metrics::names::EVENTS_DELIVERED).increment(1);
         }
         self.send(complete_frame(&self.id), true).await;
         true
@@ -551,6 +588,7 @@ fn close_reason(reason: &str) -> String {
 
 /// Serves one websocket connection until it closes, stops reading or answering pings, or the server shuts down.
 pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtocols) {
+    let _open = crate::metrics::GaugeGuard::new(crate::metrics::names::WEBSOCKETS);
     let legacy = matches!(protocol, WebSocketProtocols::SubscriptionsTransportWS);
     let (mut sink, mut stream) = socket.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(state.ws_queue.max(1));

@@ -432,7 +432,7 @@ async fn handshake(app: &App, headers: &[(&str, &str)]) -> u16 {
 async fn websocket_upgrades_from_foreign_origins_are_refused() {
     let app = App::start_with(|c| {
         c.in_memory = true;
-        c.cors_origins = vec!["https://app.example.com".into()];
+        c.cors_origins = vec!["https://app.example.com".parse().unwrap()];
     })
     .await;
     let own = format!("http://{}", app.addr);
