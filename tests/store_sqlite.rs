@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use talus_tally::store::{
-    MemoryStore, ProjectRecord, SessionRecord, SqliteOptions, SqliteStore, Store, StoredEvent,
+    MemoryStore, ProjectRecord, SessionRecord, SqliteOptions, SqliteStore, Store, StoreError, StoredEvent,
     Write,
 };
 use uuid::Uuid;
@@ -37,6 +37,7 @@ fn session(id: Uuid, project_id: Option<Uuid>, secs: i64) -> SessionRecord {
         project_id,
         created_at: at(secs, 0),
         last_activity: at(secs + 10, 999_999_999),
+        last_seq: secs as u64,
     }
 }
 
@@ -117,8 +118,6 @@ async fn every_write_round_trips_exactly_as_in_the_memory_store() {
             op(p1, 4),
             Write::UpsertProject(project(p1, "Bus renamed", 4)),
         ],
-        // A repeated op version or event seq replaces the earlier one.
-        vec![op(p1, 4), events(s1, [6])],
         vec![Write::Snapshot {
             project_id: p1,
             version: 4,
@@ -148,6 +147,12 @@ async fn every_write_round_trips_exactly_as_in_the_memory_store() {
         vec![op(p2, 1), Write::DeleteProject(p2)],
         vec![Write::DeleteSession(s3)],
         vec![Write::UpsertProject(project(p3, "Late record", 1))],
+        // A snapshot older than the stored one leaves the stored one.
+        vec![Write::Snapshot {
+            project_id: p1,
+            version: 3,
+            state: r#"{"graph":"at 3"}"#.into(),
+        }],
     ];
 
     let projects = [p1, p2, p3];
@@ -161,6 +166,23 @@ async fn every_write_round_trips_exactly_as_in_the_memory_store() {
             "after step {i}"
         );
     }
+
+    // A repeated op version or event seq is a conflict in both stores, and
+    // the whole commit is refused: nothing of it (not even the new op 5) is kept.
+    for writes in [
+        vec![op(p1, 5), op(p1, 4)],
+        vec![op(p1, 5), events(s1, [6])],
+    ] {
+        for store in [&sqlite as &dyn Store, &memory] {
+            let error = store.commit(writes.clone()).await.unwrap_err();
+            assert!(matches!(error, StoreError::Conflict(_)), "{error:?}");
+        }
+    }
+    assert_eq!(
+        everything(&sqlite, &projects, &sessions).await,
+        everything(&memory, &projects, &sessions).await,
+        "after the refused commits"
+    );
 
     // The final state, spelled out.
     let loaded = sqlite.load_project(p1).await.unwrap().unwrap();
