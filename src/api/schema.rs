@@ -9,7 +9,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use super::error::{code, count, gql, uuid, OrGql, Result};
+use super::error::{code, count, gql, int, uuid, OrGql, Result};
 use super::events::SessionEventView;
 use super::extension::Codes;
 use super::inputs::{CommandInput, CreateNodeInput};
@@ -127,7 +127,10 @@ impl Query {
     async fn graph(&self, ctx: &Context<'_>, session_id: ID) -> Result<GraphView> {
         let s = session(ctx, &session_id)?;
         s.read().project().gql()?;
-        Ok(GraphView(s))
+        GraphView::at(&s, ctx).ok_or_else(|| gql(crate::domain::error::err(
+            crate::domain::ErrorCode::NoProject,
+            "this session has no project open; use openProject or createProject",
+        )))
     }
 
     async fn node(&self, ctx: &Context<'_>, session_id: ID, id: ID) -> Result<Option<NodeView>> {
@@ -155,7 +158,7 @@ impl Query {
         let s = session(ctx, &session_id)?;
         s.read().project().gql()?;
         let limit = count(limit, "limit")? as usize;
-        Ok(GraphView(s).search(text.as_deref(), type_id.as_ref().map(|t| t.as_str()), limit))
+        Ok(GraphView::search(&s, text.as_deref(), type_id.as_ref().map(|t| t.as_str()), limit))
     }
 
     /// The session's project as a Talus Tally project file (format version 1.0).
@@ -251,8 +254,8 @@ impl Mutation {
         let idle = Duration::from_secs_f64((max_inactive_hours * 3600.0).min(1e12));
         let r = hub(ctx).cleanup(idle).await.gql()?;
         Ok(CleanupResultView {
-            sessions_removed: r.sessions_removed as i32,
-            active_sessions: r.active_sessions as i32,
+            sessions_removed: int(r.sessions_removed)?,
+            active_sessions: int(r.active_sessions)?,
         })
     }
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::error::{uuid, OrGql, Result};
+use super::error::{int, uuid, OrGql, Result};
 use super::events::SessionEventView;
 use super::scalars::Timestamp;
 use crate::domain::template::{NodeType, PropertyDef, PropertyType};
@@ -208,12 +208,12 @@ impl ProjectView {
     async fn updated_at(&self) -> Timestamp {
         Timestamp(self.0.updated_at)
     }
-    async fn node_count(&self) -> i32 {
-        self.0.node_count as i32
+    async fn node_count(&self) -> Result<i32> {
+        int(self.0.node_count)
     }
     /// Graph version: +1 for every applied command, undo or redo.
-    async fn version(&self) -> i32 {
-        self.0.version as i32
+    async fn version(&self) -> Result<i32> {
+        int(self.0.version)
     }
     /// The live session that has this project open, if any.
     async fn session(&self, ctx: &Context<'_>) -> Option<SessionView> {
@@ -234,8 +234,8 @@ impl SessionView {
     async fn last_activity(&self) -> Timestamp {
         Timestamp(self.0.last_activity())
     }
-    async fn active_clients(&self) -> i32 {
-        self.0.read().active_clients() as i32
+    async fn active_clients(&self) -> Result<i32> {
+        int(self.0.read().active_clients())
     }
     async fn clients(&self) -> Vec<ClientView> {
         self.0.read().clients().cloned().map(ClientView).collect()
@@ -251,16 +251,16 @@ impl SessionView {
             .map(|p| ProjectView(p.record.clone()))
     }
     /// Graph version: +1 for every applied command, undo or redo.
-    async fn version(&self) -> i32 {
+    async fn version(&self) -> Result<i32> {
         self.0
             .read()
             .project
             .as_ref()
-            .map_or(0, |p| p.dispatcher.version() as i32)
+            .map_or(Ok(0), |p| int(p.dispatcher.version()))
     }
     /// Seq of the newest event of this session (0 if none).
-    async fn last_seq(&self) -> i32 {
-        self.0.read().last_seq as i32
+    async fn last_seq(&self) -> Result<i32> {
+        int(self.0.read().last_seq)
     }
     async fn can_undo(&self) -> bool {
         self.0
@@ -276,93 +276,101 @@ impl SessionView {
             .as_ref()
             .is_some_and(|p| p.dispatcher.can_redo())
     }
-    async fn node_count(&self) -> i32 {
+    async fn node_count(&self) -> Result<i32> {
         self.0
             .read()
             .project
             .as_ref()
-            .map_or(0, |p| p.dispatcher.graph().len() as i32)
+            .map_or(Ok(0), |p| int(p.dispatcher.graph().len()))
     }
-    async fn graph(&self) -> Option<GraphView> {
-        self.0
-            .read()
-            .project
-            .is_some()
-            .then(|| GraphView(self.0.clone()))
+    async fn graph(&self, ctx: &Context<'_>) -> Option<GraphView> {
+        GraphView::at(&self.0, ctx)
     }
 }
 
-pub struct GraphView(pub Arc<Session>);
+/// A graph as of one committed state: its seq, version, node count and the
+/// nodes selected are all read under one read guard, so `graph { seq nodes }`
+/// followed by `sessionEvents(since: seq)` reproduces the live graph exactly.
+pub struct GraphView {
+    seq: u64,
+    version: u64,
+    node_count: usize,
+    roots: Vec<NodeView>,
+    nodes: Vec<NodeView>,
+}
 
 impl GraphView {
-    fn nodes_where(
-        &self,
-        keep: impl Fn(&Node) -> bool,
+    /// The session's graph now, with only the node lists the query selects; `None` without a project.
+    pub fn at(session: &Arc<Session>, ctx: &Context<'_>) -> Option<GraphView> {
+        let look = ctx.look_ahead();
+        let (want_roots, want_nodes) = (look.field("roots").exists(), look.field("nodes").exists());
+        let state = session.read();
+        let project = state.project.as_ref()?;
+        let graph = project.dispatcher.graph();
+        let make = |n: &Node| NodeView::live(n, &project.template, session);
+        Some(GraphView {
+            seq: state.last_seq,
+            version: project.dispatcher.version(),
+            node_count: graph.len(),
+            roots: if want_roots {
+                graph.roots().iter().filter_map(|id| graph.get(id)).map(make).collect()
+            } else {
+                Vec::new()
+            },
+            nodes: if want_nodes {
+                graph.preorder().map(make).collect()
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    /// Nodes whose name contains `text` (case-insensitive) and/or whose type is `type_id`.
+    pub fn search(
+        session: &Arc<Session>,
+        text: Option<&str>,
+        type_id: Option<&str>,
         limit: usize,
-        roots_only: bool,
     ) -> Vec<NodeView> {
-        let state = self.0.read();
+        let needle = text.map(str::to_lowercase);
+        let state = session.read();
         let Some(project) = state.project.as_ref() else {
             return Vec::new();
         };
-        let graph = project.dispatcher.graph();
-        let make = |n: &Node| NodeView::live(n, &project.template, &self.0);
-        if roots_only {
-            return graph
-                .roots()
-                .iter()
-                .filter_map(|id| graph.get(id))
-                .map(make)
-                .collect();
-        }
-        graph
+        project
+            .dispatcher
+            .graph()
             .preorder()
-            .filter(|n| keep(n))
+            .filter(|n| {
+                needle
+                    .as_ref()
+                    .is_none_or(|t| n.name.to_lowercase().contains(t))
+                    && type_id.is_none_or(|ty| n.type_id == ty)
+            })
             .take(limit)
-            .map(make)
+            .map(|n| NodeView::live(n, &project.template, session))
             .collect()
     }
 }
 
 #[Object(name = "Graph")]
 impl GraphView {
-    async fn version(&self) -> i32 {
-        self.0
-            .read()
-            .project
-            .as_ref()
-            .map_or(0, |p| p.dispatcher.version() as i32)
+    /// Seq of the newest event this graph reflects: subscribe with `since: seq` to follow it exactly.
+    async fn seq(&self) -> Result<i32> {
+        int(self.seq)
     }
-    async fn roots(&self) -> Vec<NodeView> {
-        self.nodes_where(|_| true, usize::MAX, true)
+    async fn version(&self) -> Result<i32> {
+        int(self.version)
+    }
+    async fn roots(&self) -> &[NodeView] {
+        &self.roots
     }
     /// All nodes, parents before children.
-    async fn nodes(&self) -> Vec<NodeView> {
-        self.nodes_where(|_| true, usize::MAX, false)
+    async fn nodes(&self) -> &[NodeView] {
+        &self.nodes
     }
-    async fn node_count(&self) -> i32 {
-        self.0
-            .read()
-            .project
-            .as_ref()
-            .map_or(0, |p| p.dispatcher.graph().len() as i32)
-    }
-}
-
-impl GraphView {
-    /// Nodes whose name contains `text` (case-insensitive) and/or whose type is `type_id`.
-    pub fn search(&self, text: Option<&str>, type_id: Option<&str>, limit: usize) -> Vec<NodeView> {
-        let needle = text.map(str::to_lowercase);
-        self.nodes_where(
-            |n| {
-                needle
-                    .as_ref()
-                    .is_none_or(|t| n.name.to_lowercase().contains(t))
-                    && type_id.is_none_or(|ty| n.type_id == ty)
-            },
-            limit,
-            false,
-        )
+    async fn node_count(&self) -> Result<i32> {
+        int(self.node_count)
     }
 }
 
@@ -481,8 +489,8 @@ impl CommandResultView {
         ID(self.outcome.command_id.to_string())
     }
     /// Session graph version after the command.
-    async fn version(&self) -> i32 {
-        self.outcome.version as i32
+    async fn version(&self) -> Result<i32> {
+        int(self.outcome.version)
     }
     /// The node created by a createNode (first created node of a batch or kit), else null.
     async fn node_id(&self) -> Option<ID> {

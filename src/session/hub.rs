@@ -487,8 +487,11 @@ impl Hub {
     pub async fn cleanup(&self, max_idle: Duration) -> Result<CleanupResult, DomainError> {
         // Chosen and closed under the lock, so no open or delete slips in between.
         let _guard = self.lifecycle.lock().await;
-        let cutoff =
-            Utc::now() - chrono::Duration::from_std(max_idle).unwrap_or(chrono::Duration::MAX);
+        // Saturating: an idle limit longer than the calendar reaches closes nothing.
+        let cutoff = chrono::Duration::from_std(max_idle)
+            .ok()
+            .and_then(|d| Utc::now().checked_sub_signed(d))
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
         let idle: Vec<Uuid> = self
             .sessions()
             .into_iter()
