@@ -55,10 +55,7 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 
 /// `open_store` for a server listening on `addr`, which a second process on
 /// the same data dir is told (the data dir is locked while the store is open).
-pub fn open_store_for(
-    config: &Config,
-    addr: Option<SocketAddr>,
-) -> anyhow::Result<Arc<dyn Store>> {
+pub fn open_store_for(config: &Config, addr: Option<SocketAddr>) -> anyhow::Result<Arc<dyn Store>> {
     if config.in_memory {
         return Ok(Arc::new(MemoryStore::new()));
     }
@@ -147,10 +144,14 @@ pub async fn start(
     let addr = listener.local_addr()?;
     let task_hub = hub.clone();
     let stopping = stop.clone();
+    let signal_hub = hub.clone();
     let task = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             stopping.cancelled().await;
-            // Websockets are not drained by axum: they are told to close.
+            // Subscriptions are not requests in flight: they end now, so
+            // websockets can send their last frames. Websockets are not
+            // drained by axum: they are told to close.
+            signal_hub.end_subscriptions();
             ws_stop.send_replace(true);
         });
         let served = serve.await.context("serving failed");

@@ -80,7 +80,12 @@ impl Drop for Server {
     }
 }
 
-async fn gql(http: &reqwest::Client, url: &str, query: &str, variables: Value) -> Result<Value, reqwest::Error> {
+async fn gql(
+    http: &reqwest::Client,
+    url: &str,
+    query: &str,
+    variables: Value,
+) -> Result<Value, reqwest::Error> {
     http.post(format!("{url}/graphql"))
         .json(&json!({ "query": query, "variables": variables }))
         .send()
@@ -116,9 +121,15 @@ fn a_second_server_on_the_same_data_dir_refuses_to_start_and_the_first_keeps_ser
     assert!(!second.status.success(), "the second server must not start");
     let said = String::from_utf8_lossy(&second.stderr).to_string()
         + &String::from_utf8_lossy(&second.stdout);
-    assert!(said.contains(&dir.path().display().to_string()), "names the dir: {said}");
+    assert!(
+        said.contains(&dir.path().display().to_string()),
+        "names the dir: {said}"
+    );
     let holder = format!("pid {}", first.child.id());
-    assert!(said.contains(&holder), "names the holder ({holder}): {said}");
+    assert!(
+        said.contains(&holder),
+        "names the holder ({holder}): {said}"
+    );
     let addr = first.url.trim_start_matches("http://");
     assert!(said.contains(addr), "names the holder's address: {said}");
 
@@ -130,7 +141,10 @@ fn a_second_server_on_the_same_data_dir_refuses_to_start_and_the_first_keeps_ser
         "query($s: ID!) { session(id: $s) { id graph { roots { id } } } }",
         json!({ "s": session }),
     ));
-    let root = state["session"]["graph"]["roots"][0]["id"].as_str().unwrap().to_string();
+    let root = state["session"]["graph"]["roots"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     runtime.block_on(ok(
         &http,
         &first.url,
@@ -140,7 +154,8 @@ fn a_second_server_on_the_same_data_dir_refuses_to_start_and_the_first_keeps_ser
 }
 
 #[test]
-fn sigterm_with_writers_in_flight_stores_every_acknowledged_change_records_leaves_and_exits_cleanly() {
+fn sigterm_with_writers_in_flight_stores_every_acknowledged_change_records_leaves_and_exits_cleanly(
+) {
     let dir = tempfile::tempdir().unwrap();
     let mut server = spawn(dir.path());
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -163,7 +178,9 @@ fn sigterm_with_writers_in_flight_stores_every_acknowledged_change_records_leave
 
     // A present client, and writers whose acknowledged nodes are noted.
     let ws_url = url.replace("http://", "ws://") + "/graphql";
-    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url).unwrap();
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url)
+            .unwrap();
     request.headers_mut().insert(
         "Sec-WebSocket-Protocol",
         "graphql-transport-ws".parse().unwrap(),
@@ -225,7 +242,10 @@ fn sigterm_with_writers_in_flight_stores_every_acknowledged_change_records_leave
         .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
         .cloned()
         .collect();
-    assert!(noisy.is_empty(), "nothing at WARN or above in a clean stop: {noisy:#?}");
+    assert!(
+        noisy.is_empty(),
+        "nothing at WARN or above in a clean stop: {noisy:#?}"
+    );
     runtime.block_on(async {
         for w in writers {
             w.await.unwrap();
@@ -270,5 +290,9 @@ fn sigterm_with_writers_in_flight_stores_every_acknowledged_change_records_leave
         .filter(|e| e["client"]["name"] == "Watcher")
         .map(|e| e["__typename"].as_str().unwrap())
         .collect();
-    assert_eq!(watcher, ["ClientJoined", "ClientLeft"], "the watcher's leave is recorded");
+    assert_eq!(
+        watcher,
+        ["ClientJoined", "ClientLeft"],
+        "the watcher's leave is recorded"
+    );
 }

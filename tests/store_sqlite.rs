@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use talus_tally::store::{
-    MemoryStore, ProjectRecord, SessionRecord, SqliteOptions, SqliteStore, Store, StoreError, StoredEvent,
-    Write,
+    MemoryStore, ProjectRecord, SessionRecord, SqliteOptions, SqliteStore, Store, StoreError,
+    StoredEvent, Write,
 };
 use uuid::Uuid;
 
@@ -169,10 +169,7 @@ async fn every_write_round_trips_exactly_as_in_the_memory_store() {
 
     // A repeated op version or event seq is a conflict in both stores, and
     // the whole commit is refused: nothing of it (not even the new op 5) is kept.
-    for writes in [
-        vec![op(p1, 5), op(p1, 4)],
-        vec![op(p1, 5), events(s1, [6])],
-    ] {
+    for writes in [vec![op(p1, 5), op(p1, 4)], vec![op(p1, 5), events(s1, [6])]] {
         for store in [&sqlite as &dyn Store, &memory] {
             let error = store.commit(writes.clone()).await.unwrap_err();
             assert!(matches!(error, StoreError::Conflict(_)), "{error:?}");

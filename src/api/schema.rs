@@ -127,10 +127,12 @@ impl Query {
     async fn graph(&self, ctx: &Context<'_>, session_id: ID) -> Result<GraphView> {
         let s = session(ctx, &session_id)?;
         s.read().project().gql()?;
-        GraphView::at(&s, ctx).ok_or_else(|| gql(crate::domain::error::err(
-            crate::domain::ErrorCode::NoProject,
-            "this session has no project open; use openProject or createProject",
-        )))
+        GraphView::at(&s, ctx).ok_or_else(|| {
+            gql(crate::domain::error::err(
+                crate::domain::ErrorCode::NoProject,
+                "this session has no project open; use openProject or createProject",
+            ))
+        })
     }
 
     async fn node(&self, ctx: &Context<'_>, session_id: ID, id: ID) -> Result<Option<NodeView>> {
@@ -158,7 +160,12 @@ impl Query {
         let s = session(ctx, &session_id)?;
         s.read().project().gql()?;
         let limit = count(limit, "limit")? as usize;
-        Ok(GraphView::search(&s, text.as_deref(), type_id.as_ref().map(|t| t.as_str()), limit))
+        Ok(GraphView::search(
+            &s,
+            text.as_deref(),
+            type_id.as_ref().map(|t| t.as_str()),
+            limit,
+        ))
     }
 
     /// The session's project as a Talus Tally project file (format version 1.0).

@@ -313,7 +313,12 @@ impl GraphView {
             version: project.dispatcher.version(),
             node_count: graph.len(),
             roots: if want_roots {
-                graph.roots().iter().filter_map(|id| graph.get(id)).map(make).collect()
+                graph
+                    .roots()
+                    .iter()
+                    .filter_map(|id| graph.get(id))
+                    .map(make)
+                    .collect()
             } else {
                 Vec::new()
             },

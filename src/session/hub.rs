@@ -362,11 +362,16 @@ impl Hub {
             let mut dispatcher = match &loaded.snapshot {
                 Some((version, json)) => {
                     let d = serde_json::from_str::<Dispatcher>(json).map_err(|e| {
-                        corrupt(format!("its snapshot at version {version} is unreadable"), &e)
+                        corrupt(
+                            format!("its snapshot at version {version} is unreadable"),
+                            &e,
+                        )
                     })?;
                     d.graph().check_invariants().map_err(|e| {
                         corrupt(
-                            format!("its snapshot at version {version} breaks the graph's invariants"),
+                            format!(
+                                "its snapshot at version {version} breaks the graph's invariants"
+                            ),
                             &e,
                         )
                     })?;
@@ -383,9 +388,9 @@ impl Hub {
                 // limit is now; ops stored before limits were recorded
                 // replay without evicting anything.
                 dispatcher.set_history_limit(applied_under.unwrap_or(usize::MAX));
-                dispatcher.replay(op).map_err(|e| {
-                    corrupt(format!("its op {version} could not be replayed"), &e)
-                })?;
+                dispatcher
+                    .replay(op)
+                    .map_err(|e| corrupt(format!("its op {version} could not be replayed"), &e))?;
             }
             dispatcher.set_history_limit(limit);
             let mut record = loaded.record;
@@ -553,12 +558,17 @@ impl Hub {
         ))
     }
 
+    /// Ends every subscription (and refuses new ones); the first step of a shutdown.
+    pub fn end_subscriptions(&self) {
+        self.stop.send_replace(true);
+    }
+
     /// Stops in order: ends every subscription and waits until each stream
     /// has ended (queueing its ClientLeft), closes every session and waits
     /// until its last group is committed, stores every session's record, and
     /// closes the store. Call it once no request is in flight any more.
     pub async fn shutdown(&self) {
-        self.stop.send_replace(true);
+        self.end_subscriptions();
         self.streams.close();
         self.streams.wait().await;
         let _guard = self.lifecycle.lock().await;

@@ -429,7 +429,6 @@ async fn wait_until(notify: &Notify, done: impl Fn() -> bool) {
     }
 }
 
-
 /// The actor's hold on its session; dropped when the actor ends, however it ends.
 struct Running {
     session: Arc<Session>,
@@ -523,7 +522,12 @@ fn start_snapshot(session: &Arc<Session>) -> Option<SnapshotTask> {
             .snapshot_interval
             .max(1)
             .max(project.record.node_count / 8);
-        if project.dispatcher.version().saturating_sub(project.snapshot_version) < due {
+        if project
+            .dispatcher
+            .version()
+            .saturating_sub(project.snapshot_version)
+            < due
+        {
             return None;
         }
     }
@@ -807,9 +811,10 @@ async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
                 let mut state = session.state.write();
                 if let Some(project) = state.project.as_mut() {
                     for op in group.ops.drain(..) {
-                        let replayed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
-                            || project.dispatcher.replay(op),
-                        ));
+                        let replayed =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                project.dispatcher.replay(op)
+                            }));
                         match replayed {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => broken = Some(e.message),
@@ -959,7 +964,12 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, work: Work) -> Done {
                 return Done::Outcome(Err(no_project()));
             };
             #[cfg(any(test, feature = "test-support"))]
-            let fault = group.session.config.apply_fault.as_ref().and_then(|f| f.check(&command));
+            let fault = group
+                .session
+                .config
+                .apply_fault
+                .as_ref()
+                .and_then(|f| f.check(&command));
             #[cfg(any(test, feature = "test-support"))]
             if fault == Some(super::config::FaultKind::Panic) {
                 panic!("injected panic while applying {command_type}");

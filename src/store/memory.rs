@@ -40,7 +40,10 @@ impl Data {
                         )));
                     }
                 }
-                Write::AppendEvents { session_id, events: list } => {
+                Write::AppendEvents {
+                    session_id,
+                    events: list,
+                } => {
                     let log = self.events.get(session_id);
                     for e in list {
                         let stored = log.is_some_and(|l| l.contains_key(&e.seq));

@@ -175,7 +175,11 @@ fn lock_file(path: &Path, holder: &str) -> anyhow::Result<std::fs::File> {
         bail!(
             "{} is in use by another process ({}); only one process may use it at a time",
             path.display(),
-            if held_by.is_empty() { "holder unknown" } else { held_by }
+            if held_by.is_empty() {
+                "holder unknown"
+            } else {
+                held_by
+            }
         );
     }
     file.set_len(0)?;
@@ -899,6 +903,16 @@ fn needs_reconnect(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// Whether the error is a primary key (or unique) collision, rather than another constraint.
+fn is_key_collision(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+    )
+}
+
 /// The kind of the error and a short message for people; the full error goes to the log.
 fn store_error(e: &rusqlite::Error) -> StoreError {
     let unavailable = |m: &str| StoreError::Unavailable(m.to_string());
@@ -908,9 +922,9 @@ fn store_error(e: &rusqlite::Error) -> StoreError {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
             StoreError::Busy("the database is locked by another connection".into())
         }
-        Some(ErrorCode::ConstraintViolation) => StoreError::Conflict(
-            "a seq or version that is already stored was written again".into(),
-        ),
+        Some(ErrorCode::ConstraintViolation) if is_key_collision(e) => {
+            StoreError::Conflict("a seq or version that is already stored was written again".into())
+        }
         Some(ErrorCode::SystemIoFailure) => unavailable("disk I/O error"),
         Some(ErrorCode::CannotOpen) => unavailable("cannot open the database file"),
         Some(ErrorCode::PermissionDenied) => unavailable("permission denied on the database file"),
@@ -1126,7 +1140,10 @@ mod tests {
             .commit(vec![events(session, 1..=1)])
             .await
             .unwrap_err();
-        assert_eq!(error.message(), "the store's writer failed during the commit");
+        assert_eq!(
+            error.message(),
+            "the store's writer failed during the commit"
+        );
 
         store.commit(vec![events(session, 2..=2)]).await.unwrap();
         assert_eq!(store.event_range(session).await.unwrap(), Some((2, 2)));
