@@ -296,3 +296,31 @@ fn sigterm_with_writers_in_flight_stores_every_acknowledged_change_records_leave
         "the watcher's leave is recorded"
     );
 }
+
+#[test]
+fn out_of_range_flags_are_refused_with_a_message_never_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    for flags in [
+        ["--idle-hours", "1e300"],
+        ["--idle-hours", "NaN"],
+        ["--reaper-secs", "0"],
+        ["--reaper-secs", "18446744073709551615"],
+        ["--history-limit", "0"],
+        ["--snapshot-interval", "0"],
+        ["--ws-timeout-secs", "99999999999"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_talus-tally"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args(flags)
+            .output()
+            .expect("the binary runs");
+        let said = String::from_utf8_lossy(&output.stderr).to_string();
+        assert!(!output.status.success(), "{flags:?} must be refused");
+        assert!(!said.contains("panicked"), "{flags:?} panicked: {said}");
+        assert!(
+            said.contains(flags[0]),
+            "{flags:?}: the message names the flag: {said}"
+        );
+    }
+}

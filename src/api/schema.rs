@@ -128,10 +128,10 @@ impl Query {
         let s = session(ctx, &session_id)?;
         s.read().project().gql()?;
         GraphView::at(&s, ctx).ok_or_else(|| {
-            gql(crate::domain::error::err(
-                crate::domain::ErrorCode::NoProject,
+            code(
+                ErrorCode::NoProject,
                 "this session has no project open; use openProject or createProject",
-            ))
+            )
         })
     }
 
@@ -171,13 +171,26 @@ impl Query {
     /// The session's project as a Talus Tally project file (format version 1.0).
     async fn export_project(&self, ctx: &Context<'_>, session_id: ID) -> Result<Json<Value>> {
         let s = session(ctx, &session_id)?;
-        let state = s.read();
-        let project = state.project().gql()?;
-        Ok(Json(project_file::export_named(
-            project.dispatcher.graph(),
-            &project.record.template_id,
-            Some(&project.record.name),
-        )))
+        // A copy under the lock, the file built off it on a blocking thread:
+        // the session's writer waits for the copy only.
+        let (graph, template_id, name) = {
+            let state = s.read();
+            let project = state.project().gql()?;
+            (
+                project.dispatcher.graph().clone(),
+                project.record.template_id.clone(),
+                project.record.name.clone(),
+            )
+        };
+        let file = tokio::task::spawn_blocking(move || {
+            project_file::export_named(&graph, &template_id, Some(&name))
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "exporting a project failed");
+            code(ErrorCode::Internal, "the export failed; see the server log")
+        })?;
+        Ok(Json(file))
     }
 }
 

@@ -41,9 +41,11 @@ pub enum FaultKind {
 /// Decides, per command, whether applying it fails (tests only).
 #[cfg(any(test, feature = "test-support"))]
 #[derive(Clone)]
-pub struct ApplyFault(
-    pub std::sync::Arc<dyn Fn(&crate::domain::Command) -> Option<FaultKind> + Send + Sync>,
-);
+pub struct ApplyFault(pub std::sync::Arc<FaultFn>);
+
+/// The decision of an `ApplyFault`.
+#[cfg(any(test, feature = "test-support"))]
+pub type FaultFn = dyn Fn(&crate::domain::Command) -> Option<FaultKind> + Send + Sync;
 
 #[cfg(any(test, feature = "test-support"))]
 impl ApplyFault {

@@ -453,8 +453,11 @@ impl Drop for Running {
     }
 }
 
-/// A snapshot being serialised on a blocking thread: (project, version, state).
-type SnapshotTask = tokio::task::JoinHandle<Option<(Uuid, u64, Result<String, String>)>>;
+/// A serialised snapshot: (project, version, state or why it could not be serialised).
+type Snapshot = (Uuid, u64, Result<String, String>);
+
+/// A snapshot being serialised on a blocking thread (`None`: the project went away).
+type SnapshotTask = tokio::task::JoinHandle<Option<Snapshot>>;
 
 /// The session's single writer: takes the queued jobs in groups, commits each group once, then
 /// publishes; ends when the queue is empty and no snapshot is on its way.
@@ -544,10 +547,7 @@ fn start_snapshot(session: &Arc<Session>) -> Option<SnapshotTask> {
 }
 
 /// Stores a serialised snapshot; success or failure, the next one is due an interval later.
-async fn store_snapshot(
-    session: &Session,
-    done: Result<Option<(Uuid, u64, Result<String, String>)>, tokio::task::JoinError>,
-) {
+async fn store_snapshot(session: &Session, done: Result<Option<Snapshot>, tokio::task::JoinError>) {
     let (project_id, version, json) = match done {
         Ok(Some(done)) => done,
         Ok(None) => return,
