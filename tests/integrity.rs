@@ -26,10 +26,39 @@ async fn state_of(app: &App, session: &str) -> Value {
         .clone()
 }
 
+/// What these tests read of a session besides its graph.
+async fn info(app: &App, session: &str) -> Value {
+    app.query(
+        "query($s: ID!) { session(id: $s) { lastSeq activeClients project { id } } }",
+        json!({ "s": session }),
+    )
+    .await["session"]
+        .clone()
+}
+
+async fn last_seq(app: &App, session: &str) -> i64 {
+    int_of(&info(app, session).await["lastSeq"])
+}
+
+/// The event fields these tests follow a graph with.
+const EVENTS_SINCE: &str =
+    "subscription($s: ID!, $since: Int) { sessionEvents(sessionId: $s, since: $since) {
+    __typename seq
+    ... on NodeCreated { node { nodeId name typeId properties } parentId }
+    ... on NodeDeleted { deletedIds }
+    ... on PropertyChanged { nodeId propertyId newValue }
+    ... on ResyncRequired { reason } } }";
+
+/// Subscribes `ws` to the session's events after `since` under `id`.
+async fn follow(ws: &mut Ws, id: &str, session: &str, since: i64) {
+    ws.start(id, EVENTS_SINCE, json!({ "s": session, "since": since }))
+        .await;
+}
+
 /// Waits until the session has no active client (a replay's ClientLeft is stored).
 async fn until_no_clients(app: &App, session: &str) {
     for _ in 0..10_000 {
-        if int_of(&app.session(session).await["activeClients"]) == 0 {
+        if int_of(&info(app, session).await["activeClients"]) == 0 {
             return;
         }
         tokio::task::yield_now().await;
@@ -40,12 +69,12 @@ async fn until_no_clients(app: &App, session: &str) {
 /// The whole retained log of a session after `since`, replayed through a
 /// websocket (whose own ClientJoined and ClientLeft come after it).
 async fn log_of(app: &App, session: &str, since: i64) -> Vec<Value> {
-    let last = app.last_seq(session).await;
+    let last = last_seq(app, session).await;
     if last <= since {
         return Vec::new();
     }
     let mut ws = app.connect(Protocol::TransportWs, json!({})).await;
-    ws.subscribe_events("log", session, Some(since)).await;
+    follow(&mut ws, "log", session, since).await;
     let events = ws.events_through("log", last).await;
     ws.close().await;
     events
@@ -103,12 +132,12 @@ async fn a_restart_with_other_flags_restores_graph_version_undo_redo_and_log() {
     for i in 0..100 {
         set_status(&app, &session, &root, 100 + i).await;
     }
-    let last = app.last_seq(&session).await;
+    let last = last_seq(&app, &session).await;
     assert!(last > 256, "the log crossed a prune point ({last})");
     let dir = app.restart().await;
     let app = App::start_in(dir, |c| c.session.event_retention = Some(0)).await;
     assert_eq!(
-        app.last_seq(&session).await,
+        last_seq(&app, &session).await,
         last,
         "lastSeq survives retention and restart"
     );
@@ -124,7 +153,7 @@ async fn a_subscriber_behind_an_emptied_log_is_told_to_resync_not_left_silent() 
     for i in 0..5 {
         set_status(&app, &session, &root, i).await;
     }
-    let last = app.last_seq(&session).await;
+    let last = last_seq(&app, &session).await;
     let dir = app.restart().await;
     // An older server's retention could leave no event at all.
     let store = SqliteStore::open(
@@ -143,9 +172,9 @@ async fn a_subscriber_behind_an_emptied_log_is_told_to_resync_not_left_silent() 
     drop(store);
 
     let app = App::start_in(dir, |_| {}).await;
-    assert_eq!(app.last_seq(&session).await, last);
+    assert_eq!(last_seq(&app, &session).await, last);
     let mut ws = app.connect(Protocol::TransportWs, json!({})).await;
-    ws.subscribe_events("behind", &session, Some(1)).await;
+    follow(&mut ws, "behind", &session, 1).await;
     let first = ws.next_event("behind").await;
     assert_eq!(first["__typename"], "ResyncRequired", "{first}");
     // Its seq is the newest committed (this client's own ClientJoined may be it).
@@ -165,7 +194,7 @@ fn nodes_of(graph: &Value) -> Nodes {
         .map(|n| {
             (
                 str_of(&n["id"]),
-                json!({ "name": n["name"], "typeId": n["typeId"], "parentId": n["parentId"], "properties": n["properties"] }),
+                json!({ "name": n["name"], "parentId": n["parentId"], "properties": n["properties"] }),
             )
         })
         .collect()
@@ -177,8 +206,8 @@ fn apply(nodes: &mut Nodes, event: &Value) {
         "NodeCreated" => {
             let n = &event["node"];
             nodes.insert(
-                str_of(&n["id"]),
-                json!({ "name": n["name"], "typeId": n["typeId"], "parentId": event["parentId"], "properties": n["properties"] }),
+                str_of(&n["nodeId"]),
+                json!({ "name": n["name"], "parentId": event["parentId"], "properties": n["properties"] }),
             );
         }
         "NodeDeleted" => {
@@ -243,7 +272,7 @@ async fn graph_seq_then_events_since_it_reproduce_the_live_graph_under_writers_a
             // Flip the store between failing and working as commits go by.
             for i in 0..60 {
                 switch.fail_writes(i % 2 == 0);
-                let _ = app.session(&session).await;
+                let _ = info(&app, &session).await;
             }
             switch.fail_writes(false);
         })
@@ -259,7 +288,7 @@ async fn graph_seq_then_events_since_it_reproduce_the_live_graph_under_writers_a
 
     let last = app.query(GRAPH, json!({ "s": session })).await["graph"].clone();
     let target = int_of(&last["seq"]);
-    assert_eq!(target, app.last_seq(&session).await);
+    assert_eq!(target, last_seq(&app, &session).await);
     let expected = nodes_of(&last);
     for sample in samples {
         let since = int_of(&sample["seq"]);
@@ -292,7 +321,7 @@ async fn a_thousand_concurrent_lifecycle_operations_leave_the_store_loadable_and
     let mut sessions: Vec<(String, String)> = Vec::new();
     for _ in 0..4 {
         let (s, root) = app.create_project("restomod", "Seed").await;
-        let project = str_of(&app.session(&s).await["project"]["id"]);
+        let project = str_of(&info(&app, &s).await["project"]["id"]);
         projects.push((project.clone(), root));
         sessions.push((s, project));
     }
@@ -441,7 +470,7 @@ async fn a_panic_or_unserialisable_op_fails_with_internal_reverts_and_leaves_the
 async fn a_snapshot_that_breaks_the_graph_invariants_is_refused_naming_the_project() {
     let app = App::start().await;
     let (session, _) = app.create_project("restomod", "Tampered").await;
-    let project = str_of(&app.session(&session).await["project"]["id"]);
+    let project = str_of(&info(&app, &session).await["project"]["id"]);
     let dir = app.restart().await;
 
     let store = SqliteStore::open(
@@ -495,17 +524,17 @@ async fn while_the_store_cannot_write_subscribing_replaying_and_queries_keep_wor
     let app = App::start_on(dir, config, Arc::new(store)).await;
     let (session, root) = app.create_project("restomod", "Disk full").await;
     set_status(&app, &session, &root, 1).await;
-    let last = app.last_seq(&session).await;
+    let last = last_seq(&app, &session).await;
     let before = state_of(&app, &session).await;
 
     switch.fail_writes(true);
     // A joined client (its ClientJoined cannot be stored) replays from 0.
     let mut ws = app.ws_as("reader", "Reader").await;
-    ws.subscribe_events("replay", &session, Some(0)).await;
+    follow(&mut ws, "replay", &session, 0).await;
     let events = ws.events_through("replay", last).await;
     assert_consecutive(&events, 1);
     assert_eq!(state_of(&app, &session).await, before);
-    assert_eq!(int_of(&app.session(&session).await["activeClients"]), 1);
+    assert_eq!(int_of(&info(&app, &session).await["activeClients"]), 1);
     let failed = app
         .request(
             "mutation($s: ID!, $n: ID!) { updateProperty(sessionId: $s, nodeId: $n, propertyId: \"vin\", value: \"x\") { version } }",

@@ -3,8 +3,10 @@
 //! Layout: `schema.rs` (Query, Mutation, Subscription roots and `build`),
 //! `types.rs` (view types), `events.rs` (the SessionEvent interface),
 //! `inputs.rs` (command inputs), `error.rs` (errors with `extensions.code`),
-//! `extension.rs` (codes for engine errors, request logging), `scalars.rs`.
+//! `extension.rs` (codes for engine errors, request logging), `scalars.rs`,
+//! `contract.rs` (checks the SDL against a contract file).
 
+pub mod contract;
 pub mod error;
 pub mod events;
 pub mod extension;

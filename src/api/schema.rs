@@ -14,8 +14,8 @@ use super::events::SessionEventView;
 use super::extension::Codes;
 use super::inputs::{CommandInput, CreateNodeInput};
 use super::types::{
-    hub, session, CleanupResultView, CommandResultView, GraphView, NodeView, ProjectView,
-    SessionView, TemplateErrorView, TemplateView,
+    hub, search, session, CleanupResultView, CommandResultView, GraphView, NodeView, ProjectView,
+    RoleView, SessionView, TemplateErrorView, TemplateView, ViewerView,
 };
 use super::{ConnClient, HttpClient, RenderOne};
 use crate::domain::{project_file, Command, ErrorCode};
@@ -113,7 +113,13 @@ impl Query {
         }))
     }
 
-    /// Projects kept by the server's store.
+    /// The authenticated caller (null when authentication is off).
+    async fn me(&self) -> Option<ViewerView> {
+        // Authentication is not configurable yet, so there is never a caller to name.
+        None
+    }
+
+    /// Projects kept by the server's store (with authentication on: those the caller is a member of).
     async fn projects(&self, ctx: &Context<'_>) -> Vec<ProjectView> {
         hub(ctx).projects().into_iter().map(ProjectView).collect()
     }
@@ -127,10 +133,10 @@ impl Query {
     async fn graph(&self, ctx: &Context<'_>, session_id: ID) -> Result<GraphView> {
         let s = session(ctx, &session_id)?;
         s.read().project().gql()?;
-        GraphView::at(&s, ctx).ok_or_else(|| {
+        GraphView::capture(&s, &ctx.look_ahead()).ok_or_else(|| {
             code(
                 ErrorCode::NoProject,
-                "this session has no project open; use openProject or createProject",
+                "the session's project was closed while reading it",
             )
         })
     }
@@ -160,7 +166,7 @@ impl Query {
         let s = session(ctx, &session_id)?;
         s.read().project().gql()?;
         let limit = count(limit, "limit")? as usize;
-        Ok(GraphView::search(
+        Ok(search(
             &s,
             text.as_deref(),
             type_id.as_ref().map(|t| t.as_str()),
@@ -251,6 +257,29 @@ impl Mutation {
     async fn delete_project(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let id = uuid(&id, "id")?;
         hub(ctx).delete_project(id).await.gql()
+    }
+
+    /// OWNER only. Gives userId that role on the project (replacing any role it had).
+    async fn grant_access(
+        &self,
+        ctx: &Context<'_>,
+        project_id: ID,
+        user_id: ID,
+        role: RoleView,
+    ) -> Result<ProjectView> {
+        let _ = (user_id, role);
+        sharing(ctx, &project_id)
+    }
+
+    /// OWNER only. The last owner cannot be removed.
+    async fn revoke_access(
+        &self,
+        ctx: &Context<'_>,
+        project_id: ID,
+        user_id: ID,
+    ) -> Result<ProjectView> {
+        let _ = user_id;
+        sharing(ctx, &project_id)
     }
 
     async fn close_session(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
@@ -384,6 +413,22 @@ impl Mutation {
     }
 }
 
+/// Sharing needs users: with authentication off, every caller is anonymous and
+/// may already do everything, so there is no one to grant a role to.
+fn sharing(ctx: &Context<'_>, project_id: &ID) -> Result<ProjectView> {
+    let id = uuid(project_id, "projectId")?;
+    hub(ctx).project(id).ok_or_else(|| {
+        code(
+            ErrorCode::ProjectNotFound,
+            format!("there is no project {id}"),
+        )
+    })?;
+    Err(code(
+        ErrorCode::BadUserInput,
+        "sharing needs authentication, which is off on this server: everyone may already do everything",
+    ))
+}
+
 async fn run(
     ctx: &Context<'_>,
     session_id: &ID,
@@ -456,6 +501,7 @@ impl SubscriptionRoot {
                     id: c.id.clone(),
                     name: c.name.clone(),
                     connected_at: c.connected_at,
+                    user_id: None,
                 };
                 (Some(info), Some(slot))
             }
