@@ -44,3 +44,13 @@ pub struct RenderOne {
 
 /// Where a render learns the (session id, since) arguments of the subscription.
 pub type Probe = std::sync::Arc<parking_lot::Mutex<Option<(uuid::Uuid, Option<u64>)>>>;
+
+/// Request data of a stream that resumes: `sessionEvents` starts after this
+/// seq (an `EventSource`'s `Last-Event-ID`), whatever its `since` says.
+#[derive(Debug, Clone, Copy)]
+pub struct ResumeFrom(pub u64);
+
+/// Request data through which `sessionEvents` tells a streaming transport the
+/// seq of each event it yields (the SSE `id:` field).
+#[derive(Debug, Clone)]
+pub struct SeqProbe(pub std::sync::Arc<std::sync::atomic::AtomicU64>);

@@ -466,7 +466,10 @@ impl SubscriptionRoot {
         since: Option<i32>,
     ) -> Result<BoxStream<'static, SessionEventView>> {
         let id = uuid(&session_id, "sessionId")?;
-        let since = since.map(|s| count(s, "since")).transpose()?;
+        let mut since = since.map(|s| count(s, "since")).transpose()?;
+        if let Some(resume) = ctx.data_opt::<super::ResumeFrom>() {
+            since = Some(resume.0);
+        }
         let hub = hub(ctx).clone();
         if let Some(one) = ctx.data_opt::<RenderOne>() {
             // Rendering one recorded event for the websocket transport: no subscription, no presence.
@@ -509,9 +512,13 @@ impl SubscriptionRoot {
         };
         let template = s.read().project.as_ref().map(|p| p.template.clone());
         let events = hub.subscribe(id, since, client).await.gql()?;
+        let probe = ctx.data_opt::<super::SeqProbe>().map(|p| p.0.clone());
         Ok(events
             .map(move |e| {
                 let _slot = &slot;
+                if let Some(probe) = &probe {
+                    probe.store(e.seq, Ordering::Release);
+                }
                 SessionEventView::from_event(e, template.clone())
             })
             .boxed())
