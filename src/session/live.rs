@@ -828,6 +828,10 @@ async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
                         project.record = record;
                     }
                 }
+                // In the tail before `last_seq` moves: a subscriber that
+                // reads `last_seq` finds every event up to it (an empty
+                // catch-up while behind means the events are gone).
+                remember(session, &group.events);
                 state.last_seq = group.next_seq - 1;
                 if let Some(clients) = group.clients.take() {
                     state.clients = clients;
@@ -932,18 +936,21 @@ fn build_writes(state: &State, group: &mut Group<'_>) -> Option<ProjectRecord> {
     project_after
 }
 
+/// Adds committed events to the in-memory tail.
+fn remember(session: &Session, events: &[Arc<SessionEvent>]) {
+    let mut recent = session.recent.lock();
+    for e in events {
+        recent.push_back(e.clone());
+    }
+    while recent.len() > session.config.recent_events {
+        recent.pop_front();
+    }
+}
+
+/// Broadcasts committed events (already in the tail) to live subscribers.
 fn publish(session: &Session, events: &[Arc<SessionEvent>]) {
     if events.is_empty() {
         return;
-    }
-    {
-        let mut recent = session.recent.lock();
-        for e in events {
-            recent.push_back(e.clone());
-        }
-        while recent.len() > session.config.recent_events {
-            recent.pop_front();
-        }
     }
     if let Some(tx) = session.events.get() {
         // No receivers is fine: nobody is listening.
