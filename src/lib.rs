@@ -2,6 +2,8 @@
 pub mod api;
 pub mod domain;
 pub mod http;
+pub mod metrics;
+pub mod origin;
 pub mod playground;
 pub mod server;
 pub mod session;

@@ -14,9 +14,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiLimits, AppSchema};
 use crate::http::{self, AppState};
+use crate::origin::{AllowedOrigin, OriginPolicy};
 use crate::session::{Hub, SessionConfig};
 use crate::store::{sqlite::SqliteOptions, MemoryStore, SqliteStore, Store};
 use crate::templates::TemplateCatalog;
+
+/// How often histogram samples are folded into the metrics registry.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// Everything the server can be told.
 #[derive(Debug, Clone)]
@@ -30,6 +34,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub ws_ping_interval: Duration,
     pub ws_timeout: Duration,
+    /// Origins allowed to call the API besides the server's own (`--cors-origins`).
+    pub cors_origins: Vec<AllowedOrigin>,
 }
 
 impl Default for Config {
@@ -44,6 +50,7 @@ impl Default for Config {
             max_body_bytes: 32 * 1024 * 1024,
             ws_ping_interval: Duration::from_secs(10),
             ws_timeout: Duration::from_secs(30),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -82,7 +89,7 @@ pub fn open_store_for(config: &Config, addr: Option<SocketAddr>) -> anyhow::Resu
     Ok(Arc::new(store))
 }
 
-/// The templates a config asks for, with load errors logged.
+/// The templates a config asks for, with load errors and warnings logged.
 pub fn load_templates(config: &Config) -> TemplateCatalog {
     let catalog = match &config.templates_dir {
         Some(dir) => TemplateCatalog::load_dir(dir),
@@ -90,6 +97,9 @@ pub fn load_templates(config: &Config) -> TemplateCatalog {
     };
     for e in catalog.errors() {
         tracing::warn!(file = %e.file, "template not loaded: {}", e.message);
+    }
+    for w in catalog.warnings() {
+        tracing::warn!(file = %w.file, "template loaded with a warning: {}", w.message);
     }
     catalog
 }
@@ -132,16 +142,30 @@ pub async fn start(
     let stop = CancellationToken::new();
     let (ws_stop, ws_stop_rx) = watch::channel(false);
     let connections = TaskTracker::new();
+    let addr = listener.local_addr()?;
     let state = AppState {
+        origins: Arc::new(OriginPolicy::new(&config.cors_origins, addr)),
         schema: schema.clone(),
         max_body_bytes: config.max_body_bytes,
         ws_ping_interval: config.ws_ping_interval,
         ws_timeout: config.ws_timeout,
-        shutdown: ws_stop_rx,
+        shutdown: ws_stop_rx.clone(),
         connections: connections.clone(),
     };
     let app = http::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
-    let addr = listener.local_addr()?;
+    // Histogram samples wait in the recorder until upkeep folds them in; without
+    // a scrape they would pile up, so fold them in on a timer too.
+    let metrics = crate::metrics::handle().clone();
+    let mut upkeep_stop = ws_stop_rx.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(METRICS_UPKEEP);
+        loop {
+            tokio::select! {
+                _ = every.tick() => metrics.run_upkeep(),
+                _ = upkeep_stop.wait_for(|s| *s) => return,
+            }
+        }
+    });
     let task_hub = hub.clone();
     let stopping = stop.clone();
     let signal_hub = hub.clone();

@@ -186,22 +186,35 @@ impl Extension for CodesExtension {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        let (doc, document) = match self.parsed.get(query) {
+        // A persisted query (APQ) arrives already parsed and without its text;
+        // the text is this cache's key, so it must not be cached (under "").
+        let cached = if query.is_empty() {
+            None
+        } else {
+            self.parsed.get(query)
+        };
+        let (doc, document) = match cached {
             Some(Cached {
                 doc,
                 valid: Some(result),
-            }) => (doc, Document::Valid(result)),
-            Some(Cached { doc, valid: None }) => (doc, Document::Unvalidated(query.to_string())),
+            }) => (doc, Some(Document::Valid(result))),
+            Some(Cached { doc, valid: None }) => {
+                (doc, Some(Document::Unvalidated(query.to_string())))
+            }
             None => {
                 let doc = next.run(ctx, query, variables).await.map_err(|e| {
                     let code = engine_code(&e);
                     with_code(e, code)
                 })?;
-                self.parsed.put(query, &doc);
-                (doc, Document::Unvalidated(query.to_string()))
+                if query.is_empty() {
+                    (doc, None)
+                } else {
+                    self.parsed.put(query, &doc);
+                    (doc, Some(Document::Unvalidated(query.to_string())))
+                }
             }
         };
-        *self.document.lock() = Some(document);
+        *self.document.lock() = document;
         let subscription = doc
             .operations
             .iter()
