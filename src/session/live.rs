@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
+use tracing::Instrument;
 
 use chrono::{DateTime, TimeZone, Utc};
 use parking_lot::{Mutex, RwLock};
@@ -484,7 +485,15 @@ async fn actor(mut running: Running) {
         };
         match jobs {
             Some(jobs) => {
-                run_group(&session, jobs).await;
+                // One span per group: every line logged while it runs names
+                // the session and what the group does.
+                let span = tracing::info_span!(
+                    "group",
+                    session = %session.id,
+                    jobs = jobs.len(),
+                    commands = %group_kinds(&jobs),
+                );
+                run_group(&session, jobs).instrument(span).await;
                 if snapshot.as_ref().is_some_and(|t| t.is_finished()) {
                     if let Some(task) = snapshot.take() {
                         store_snapshot(&session, task.await).await;
@@ -712,6 +721,23 @@ pub(super) fn parse_op(json: &str) -> Result<(Op, Option<usize>), serde_json::Er
     Ok((op, limit.history_limit))
 }
 
+/// What a group's jobs are, for its span: command types, undo, redo, presence.
+fn group_kinds(jobs: &[Job]) -> String {
+    let mut kinds: Vec<&str> = jobs
+        .iter()
+        .map(|j| match &j.work {
+            Work::Execute { command, .. } => command.type_name(),
+            Work::Undo { .. } => "undo",
+            Work::Redo { .. } => "redo",
+            Work::Join { .. } => "join",
+            Work::Leave { .. } => "leave",
+            Work::Flush => "flush",
+        })
+        .collect();
+    kinds.dedup();
+    kinds.join(",")
+}
+
 async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
     let mut group = Group {
         session,
@@ -804,7 +830,13 @@ async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
     }
 
     let writes = std::mem::take(&mut group.writes);
-    match session.store.commit(writes).await {
+    let started = std::time::Instant::now();
+    let committed = session.store.commit(writes).await;
+    metrics::histogram!(crate::metrics::names::COMMIT_SECONDS)
+        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!(crate::metrics::names::COMMIT_GROUP_SIZE)
+        .record(group.pending.len() as f64);
+    match committed {
         Ok(()) => {
             let mut broken = None;
             {
@@ -862,6 +894,7 @@ async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
             }
         }
         Err(e) => {
+            metrics::counter!(crate::metrics::names::STORE_ERRORS, "kind" => e.kind()).increment(1);
             tracing::warn!(session = %session.id, error = %e, "commit failed; the group is dropped");
             // Presence is what it is whether or not it could be recorded.
             if let Some(clients) = group.clients.take() {
@@ -952,6 +985,7 @@ fn publish(session: &Session, events: &[Arc<SessionEvent>]) {
     if events.is_empty() {
         return;
     }
+    metrics::counter!(crate::metrics::names::EVENTS_PUBLISHED).increment(events.len() as u64);
     if let Some(tx) = session.events.get() {
         // No receivers is fine: nobody is listening.
         let _ = tx.send(Batch::from(events));

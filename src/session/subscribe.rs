@@ -109,6 +109,7 @@ async fn catch_up(session: &Session, last: u64) -> CatchUp {
 }
 
 fn resync(session: &Session, reason: String) -> Arc<SessionEvent> {
+    metrics::counter!(crate::metrics::names::RESYNCS).increment(1);
     let seq = session.read().last_seq;
     Arc::new(SessionEvent::new(
         seq,
@@ -204,7 +205,10 @@ pub(super) fn stream(
                     }
                 }
                 // Lagged: read the log.
-                Err(RecvError::Lagged(_)) => behind = true,
+                Err(RecvError::Lagged(_)) => {
+                    metrics::counter!(crate::metrics::names::SUBSCRIBER_CATCH_UPS).increment(1);
+                    behind = true;
+                }
                 Err(RecvError::Closed) => break,
             }
         }

@@ -124,6 +124,17 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The kind, as a word (busy, conflict, full, unavailable, corrupt): for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Busy(_) => "busy",
+            StoreError::Conflict(_) => "conflict",
+            StoreError::Full(_) => "full",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Corrupt(_) => "corrupt",
+        }
+    }
+
     /// The message without its kind.
     pub fn message(&self) -> &str {
         match self {
