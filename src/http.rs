@@ -48,6 +48,8 @@ pub struct AppState {
     /// Frames queued per websocket connection before its operations wait.
     pub ws_queue: usize,
     pub shutdown: watch::Receiver<bool>,
+    /// Every websocket connection, so a shutdown waits for them to end.
+    pub connections: tokio_util::task::TaskTracker,
     /// Which `Origin`s may call `/graphql` (HTTP and websocket upgrades).
     pub origins: Arc<OriginPolicy>,
 }
@@ -565,7 +567,10 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
             // limit, closed with 1009 (see `ws::serve`).
             .max_message_size(state.max_body_bytes)
             .max_frame_size(state.max_body_bytes)
-            .on_upgrade(move |socket| crate::ws::serve(socket, state, protocol))
+            .on_upgrade(move |socket| {
+                let connections = state.connections.clone();
+                connections.track_future(crate::ws::serve(socket, state, protocol))
+            })
             .into_response();
     }
     let streaming = Streaming::requested(&parts.headers);

@@ -55,13 +55,15 @@ struct ServeArgs {
     /// Keep everything in memory (nothing survives a restart).
     #[arg(long, env = "TALUS_IN_MEMORY")]
     in_memory: bool,
-    /// Undo steps kept per project.
-    #[arg(long, env = "TALUS_HISTORY_LIMIT", default_value_t = 1000)]
-    history_limit: usize,
-    /// Ops between snapshots of a project's state.
-    #[arg(long, env = "TALUS_SNAPSHOT_INTERVAL", default_value_t = 1000)]
+    /// Undo steps kept per project (1 to 1,000,000).
+    #[arg(long, env = "TALUS_HISTORY_LIMIT", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    history_limit: u64,
+    /// Ops between snapshots of a project's state (1 to 10,000,000).
+    #[arg(long, env = "TALUS_SNAPSHOT_INTERVAL", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     snapshot_interval: u64,
-    /// Keep only this many newest events per session (default: all).
+    /// Keep only this many newest events per session (default: all; at least the newest is always kept).
     #[arg(long, env = "TALUS_EVENT_RETENTION")]
     event_retention: Option<u64>,
     /// Committed groups buffered per session for live subscribers; one further behind catches up from the log.
@@ -71,12 +73,13 @@ struct ServeArgs {
     /// Close sessions without clients idle longer than this many hours.
     #[arg(long, env = "TALUS_IDLE_HOURS", default_value_t = 24.0)]
     idle_hours: f64,
-    /// How often the idle-session reaper runs, in seconds.
-    #[arg(long, env = "TALUS_REAPER_SECS", default_value_t = 600)]
+    /// How often the idle-session reaper runs, in seconds (1 to 31,536,000, a year).
+    #[arg(long, env = "TALUS_REAPER_SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     reaper_secs: u64,
-    /// Drop websockets that do not answer pings or drain their writes within this many seconds.
+    /// Drop websockets that do not answer pings or drain their writes within this many seconds (2 to 86,400).
     #[arg(long, env = "TALUS_WS_TIMEOUT_SECS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(2..=3600))]
+          value_parser = clap::value_parser!(u64).range(2..=86_400))]
     ws_timeout_secs: u64,
     /// Close websockets that send no connection_init within this many seconds (4408).
     #[arg(long, env = "TALUS_WS_INIT_TIMEOUT_SECS", default_value_t = 3,
@@ -131,15 +134,18 @@ impl ServeArgs {
             max_body_bytes: self.max_body_bytes,
             ..Config::default()
         };
-        if !(self.idle_hours.is_finite() && self.idle_hours >= 0.0) {
-            anyhow::bail!("--idle-hours must be a number of hours, 0 or more");
+        // A century: far beyond any use, and well inside what a `Duration` and an `Instant` hold.
+        const MAX_IDLE_HOURS: f64 = 876_000.0;
+        if !(self.idle_hours.is_finite() && (0.0..=MAX_IDLE_HOURS).contains(&self.idle_hours)) {
+            anyhow::bail!("--idle-hours must be a number of hours from 0 to {MAX_IDLE_HOURS}");
         }
-        c.session.history_limit = self.history_limit.max(1);
-        c.session.snapshot_interval = self.snapshot_interval.max(1);
-        c.session.event_retention = self.event_retention;
+        c.session.history_limit = usize::try_from(self.history_limit)?;
+        c.session.snapshot_interval = self.snapshot_interval;
+        // 0 would delete every event; the newest one is always kept.
+        c.session.event_retention = self.event_retention.map(|keep| keep.max(1));
         c.session.broadcast_capacity = self.broadcast_capacity as usize;
-        c.session.idle_limit = Duration::from_secs_f64(self.idle_hours * 3600.0);
-        c.session.reaper_interval = Duration::from_secs(self.reaper_secs.max(1));
+        c.session.idle_limit = Duration::try_from_secs_f64(self.idle_hours * 3600.0)?;
+        c.session.reaper_interval = Duration::from_secs(self.reaper_secs);
         c.ws_timeout = Duration::from_secs(self.ws_timeout_secs);
         c.ws_ping_interval = c.ws_timeout / 3;
         c.ws_init_timeout = Duration::from_secs(self.ws_init_timeout_secs);
