@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use talus_tally::api::ApiLimits;
 use talus_tally::server::{self, Config};
 
 /// glibc's malloc spent about a third of the server's CPU time under load; mimalloc is several times cheaper here.
@@ -32,6 +33,28 @@ enum Cmd {
     Schema,
 }
 
+/// A count flag's parser: an integer in `lo..=hi`, or clap's clear error (exit code 2).
+fn count(lo: u64, hi: u64) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(lo..=hi)
+}
+
+/// `--idle-hours`: a finite number of hours from 0 to ten years (larger ones
+/// overflowed the clock arithmetic: 1e20 panicked at start, 1e13 killed the reaper).
+fn hours(s: &str) -> Result<f64, String> {
+    const MAX_HOURS: f64 = 87_600.0;
+    let h: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of hours"))?;
+    if !(h.is_finite() && (0.0..=MAX_HOURS).contains(&h)) {
+        return Err(format!(
+            "{s} is out of range: give a number of hours from 0 to {MAX_HOURS} (ten years)"
+        ));
+    }
+    Ok(h)
+}
+
+const MIB: u64 = 1024 * 1024;
+
 #[derive(Args, Clone)]
 struct ServeArgs {
     /// Address to listen on.
@@ -47,61 +70,111 @@ struct ServeArgs {
     #[arg(long, env = "TALUS_IN_MEMORY")]
     in_memory: bool,
     /// Undo steps kept per project.
-    #[arg(long, env = "TALUS_HISTORY_LIMIT", default_value_t = 1000)]
+    #[arg(long, env = "TALUS_HISTORY_LIMIT", default_value_t = 1000, value_parser = count(1, 1_000_000))]
     history_limit: usize,
     /// Ops between snapshots of a project's state.
-    #[arg(long, env = "TALUS_SNAPSHOT_INTERVAL", default_value_t = 1000)]
+    #[arg(long, env = "TALUS_SNAPSHOT_INTERVAL", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     snapshot_interval: u64,
     /// Keep only this many newest events per session (default: all).
-    #[arg(long, env = "TALUS_EVENT_RETENTION")]
+    #[arg(long, env = "TALUS_EVENT_RETENTION", value_parser = clap::value_parser!(u64).range(1..))]
     event_retention: Option<u64>,
-    /// Close sessions without clients idle longer than this many hours.
-    #[arg(long, env = "TALUS_IDLE_HOURS", default_value_t = 24.0)]
+    /// Close sessions without clients idle longer than this many hours (0 to 87600).
+    #[arg(long, env = "TALUS_IDLE_HOURS", default_value_t = 24.0, value_parser = hours)]
     idle_hours: f64,
     /// How often the idle-session reaper runs, in seconds.
-    #[arg(long, env = "TALUS_REAPER_SECS", default_value_t = 600)]
+    #[arg(long, env = "TALUS_REAPER_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     reaper_secs: u64,
     /// Drop websockets silent (no pong) for this many seconds.
-    #[arg(long, env = "TALUS_WS_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(long, env = "TALUS_WS_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..=3_600))]
     ws_timeout_secs: u64,
     /// Largest request body in bytes.
-    #[arg(long, env = "TALUS_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    #[arg(long, env = "TALUS_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024, value_parser = count(1024, 1024 * MIB))]
     max_body_bytes: usize,
-    /// Deepest query allowed.
-    #[arg(long, env = "TALUS_MAX_DEPTH", default_value_t = 32)]
+    /// Deepest query allowed (fields, and fragment spreads while expanding them).
+    #[arg(long, env = "TALUS_MAX_DEPTH", default_value_t = 32, value_parser = count(1, 128))]
     max_depth: usize,
-    /// Most complex query allowed.
-    #[arg(long, env = "TALUS_MAX_COMPLEXITY", default_value_t = 100_000)]
+    /// Most complex query allowed; list fields multiply by their expected length.
+    #[arg(long, env = "TALUS_MAX_COMPLEXITY", default_value_t = 100_000, value_parser = count(1, 100_000_000))]
     max_complexity: usize,
     /// Most subscriptions one websocket connection may hold.
-    #[arg(long, env = "TALUS_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    #[arg(long, env = "TALUS_MAX_SUBSCRIPTIONS", default_value_t = 100, value_parser = count(1, 100_000))]
     max_subscriptions: usize,
+    /// Longest query text, in bytes.
+    #[arg(long, env = "TALUS_MAX_DOCUMENT_BYTES", default_value_t = 128 * 1024, value_parser = count(256, 16 * MIB))]
+    max_document_bytes: usize,
+    /// Most fields in a query once its fragments are expanded.
+    #[arg(long, env = "TALUS_MAX_FIELDS", default_value_t = 2_000, value_parser = count(1, 1_000_000))]
+    max_fields: usize,
+    /// Most aliased fields in a query once its fragments are expanded.
+    #[arg(long, env = "TALUS_MAX_ALIASES", default_value_t = 100, value_parser = count(0, 1_000_000))]
+    max_aliases: usize,
+    /// Most fragment spreads in a query once its fragments are expanded.
+    #[arg(long, env = "TALUS_MAX_FRAGMENT_SPREADS", default_value_t = 500, value_parser = count(0, 1_000_000))]
+    max_fragment_spreads: usize,
+    /// Most __schema/__type fields in a query.
+    #[arg(long, env = "TALUS_MAX_INTROSPECTION_FIELDS", default_value_t = 4, value_parser = count(0, 1_000))]
+    max_introspection_fields: usize,
+    /// Most list items (nodes, projects, sessions) one response may hold.
+    #[arg(long, env = "TALUS_MAX_RESULT_ITEMS", default_value_t = 250_000, value_parser = count(1, 100_000_000))]
+    max_result_items: usize,
+    /// Longest node or project name, in bytes.
+    #[arg(long, env = "TALUS_MAX_NAME_BYTES", default_value_t = 1024, value_parser = count(1, MIB))]
+    max_name_bytes: usize,
+    /// Longest property value (as JSON), in bytes.
+    #[arg(long, env = "TALUS_MAX_VALUE_BYTES", default_value_t = 64 * 1024, value_parser = count(1, 16 * MIB))]
+    max_value_bytes: usize,
+    /// Most commands in one executeBatch.
+    #[arg(long, env = "TALUS_MAX_BATCH_COMMANDS", default_value_t = 1_000, value_parser = count(1, 1_000_000))]
+    max_batch_commands: usize,
+    /// Most nodes one command or batch may create (applyKit counts every copy).
+    #[arg(long, env = "TALUS_MAX_NODES_PER_REQUEST", default_value_t = 10_000, value_parser = count(1, 10_000_000))]
+    max_nodes_per_request: usize,
+    /// Most nodes a project may hold.
+    #[arg(long, env = "TALUS_MAX_NODES_PER_PROJECT", default_value_t = 100_000, value_parser = count(1, 100_000_000))]
+    max_nodes_per_project: usize,
+    /// Most open TCP connections from one IP address.
+    #[arg(long, env = "TALUS_MAX_CONNECTIONS_PER_IP", default_value_t = 1024, value_parser = count(1, 10_000_000))]
+    max_connections_per_ip: usize,
 }
 
 impl ServeArgs {
-    fn config(&self) -> anyhow::Result<Config> {
+    fn config(&self) -> Config {
         let mut c = Config {
             addr: self.addr,
             data_dir: self.data_dir.clone(),
             templates_dir: self.templates.clone(),
             in_memory: self.in_memory,
             max_body_bytes: self.max_body_bytes,
+            max_connections_per_ip: self.max_connections_per_ip,
             ..Config::default()
         };
-        if !(self.idle_hours.is_finite() && self.idle_hours >= 0.0) {
-            anyhow::bail!("--idle-hours must be a number of hours, 0 or more");
-        }
-        c.session.history_limit = self.history_limit.max(1);
-        c.session.snapshot_interval = self.snapshot_interval.max(1);
+        // Every value is within its flag's range (clap refused the rest), so none of this can overflow.
+        c.session.history_limit = self.history_limit;
+        c.session.snapshot_interval = self.snapshot_interval;
         c.session.event_retention = self.event_retention;
         c.session.idle_limit = Duration::from_secs_f64(self.idle_hours * 3600.0);
-        c.session.reaper_interval = Duration::from_secs(self.reaper_secs.max(1));
-        c.ws_timeout = Duration::from_secs(self.ws_timeout_secs.max(2));
+        c.session.reaper_interval = Duration::from_secs(self.reaper_secs);
+        c.session.command_limits = talus_tally::domain::command::Limits {
+            max_batch_commands: self.max_batch_commands,
+            max_nodes_created: self.max_nodes_per_request,
+            max_nodes_per_project: self.max_nodes_per_project,
+        };
+        c.ws_timeout = Duration::from_secs(self.ws_timeout_secs);
         c.ws_ping_interval = c.ws_timeout / 3;
-        c.limits.max_depth = self.max_depth;
-        c.limits.max_complexity = self.max_complexity;
-        c.limits.max_subscriptions_per_connection = self.max_subscriptions;
-        Ok(c)
+        c.limits = ApiLimits {
+            max_depth: self.max_depth,
+            max_complexity: self.max_complexity,
+            max_subscriptions_per_connection: self.max_subscriptions,
+            max_document_bytes: self.max_document_bytes,
+            max_fields: self.max_fields,
+            max_aliases: self.max_aliases,
+            max_fragment_spreads: self.max_fragment_spreads,
+            max_introspection_fields: self.max_introspection_fields,
+            max_result_items: self.max_result_items,
+            max_name_bytes: self.max_name_bytes,
+            max_value_bytes: self.max_value_bytes,
+        };
+        c
     }
 }
 
@@ -143,7 +216,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,tower_http=warn".into()),
         )
         .init();
-    let config = serve.config()?;
+    let config = serve.config();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

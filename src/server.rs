@@ -28,6 +28,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub ws_ping_interval: Duration,
     pub ws_timeout: Duration,
+    /// Open TCP connections one IP address may hold (`conn_limit`).
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Config {
@@ -42,6 +44,7 @@ impl Default for Config {
             max_body_bytes: 32 * 1024 * 1024,
             ws_ping_interval: Duration::from_secs(10),
             ws_timeout: Duration::from_secs(30),
+            max_connections_per_ip: 1024,
         }
     }
 }
@@ -114,6 +117,7 @@ pub async fn start(
     };
     let app = http::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
     let addr = listener.local_addr()?;
+    let listener = crate::conn_limit::PerAddressLimit::new(listener, config.max_connections_per_ip);
     let task_hub = hub.clone();
     let mut signal = stop_rx.clone();
     let task = tokio::spawn(async move {

@@ -1,34 +1,97 @@
-//! An async-graphql extension: gives engine errors (parse, validation, limits) a contract code and logs each operation.
+//! An async-graphql extension: request-shape limits before validation, contract codes for engine errors
+//! (parse, validation, limits), a per-request budget of list items, and one log line per operation.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextRequest,
-    NextSubscribe, NextValidation,
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery,
+    NextPrepareRequest, NextRequest, NextSubscribe, NextValidation,
 };
 use async_graphql::parser::types::{ExecutableDocument, OperationType};
-use async_graphql::{Response, ServerError, ServerResult, ValidationResult, Value, Variables};
+use async_graphql::{
+    Context, Request, Response, ServerError, ServerResult, ValidationResult, Value, Variables,
+};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 
-/// Adds codes to errors that carry none, logs one line per operation and
-/// remembers parsed documents.
-#[derive(Default)]
+use super::error::code;
+use super::ApiLimits;
+use crate::domain::ErrorCode;
+
+/// Enforces the request-shape limits, adds codes to errors that carry none,
+/// logs one line per operation and remembers parsed documents.
 pub struct Codes {
     parsed: Arc<ParseCache>,
+    limits: Arc<ApiLimits>,
+}
+
+impl Codes {
+    pub fn new(limits: ApiLimits) -> Self {
+        Codes {
+            parsed: Arc::default(),
+            limits: Arc::new(limits),
+        }
+    }
 }
 
 impl ExtensionFactory for Codes {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(CodesExtension {
             parsed: self.parsed.clone(),
+            limits: self.limits.clone(),
             subscription: AtomicBool::new(false),
             document: Mutex::new(None),
         })
+    }
+}
+
+/// How many list items (nodes, projects, sessions) one request may still
+/// resolve. The complexity limit is static and cannot know that `nodes` of a
+/// big project is 100,000 items, or that `nodes { parent { children } }` is
+/// quadratic in a flat one; resolvers that build a list charge its length
+/// here first, so a request that would pass `--max-result-items` is refused
+/// before the list is built.
+pub struct ItemBudget {
+    left: AtomicUsize,
+    limit: usize,
+}
+
+impl ItemBudget {
+    pub fn new(limit: usize) -> Self {
+        ItemBudget {
+            left: AtomicUsize::new(limit),
+            limit,
+        }
+    }
+
+    /// Takes `n` items, or LIMIT_EXCEEDED if fewer are left.
+    pub fn take(&self, n: usize, what: &str) -> super::error::Result<()> {
+        self.left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(n)
+            })
+            .map(|_| ())
+            .map_err(|_| {
+                code(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "the response would hold more than {} list items (at {what}; the limit max-result-items is {})",
+                        self.limit, self.limit
+                    ),
+                )
+            })
+    }
+}
+
+/// Charges `n` items of a list to the request's budget (none outside a request, as in unit tests).
+pub fn charge(ctx: &Context<'_>, n: usize, what: &str) -> super::error::Result<()> {
+    match ctx.data_opt::<ItemBudget>() {
+        Some(budget) => budget.take(n, what),
+        None => Ok(()),
     }
 }
 
@@ -111,11 +174,16 @@ enum Document {
 /// One per request (or per subscription stream).
 struct CodesExtension {
     parsed: Arc<ParseCache>,
+    limits: Arc<ApiLimits>,
     /// Set when the document is a subscription: async-graphql runs the `execute`
     /// hook once per delivered event, and a log line per event and subscriber
     /// cost about 40% of the server's CPU when fanning out (talus-bench).
     subscription: AtomicBool,
     document: Mutex<Option<Document>>,
+}
+
+fn limit(message: String) -> ServerError {
+    with_code(ServerError::new(message, None), "LIMIT_EXCEEDED")
 }
 
 fn with_code(mut e: ServerError, code: &str) -> ServerError {
@@ -152,6 +220,25 @@ fn engine_code(e: &ServerError) -> &'static str {
     }
 }
 
+/// The engine's depth and complexity errors, told which limit they hit.
+fn name_limit(mut e: ServerError, limits: &ApiLimits) -> ServerError {
+    let m = e.message.to_lowercase();
+    if m.contains("query is too complex") {
+        e.message = format!(
+            "{} (the limit max-complexity is {}; list fields count their expected length)",
+            e.message.trim_end_matches('.'),
+            limits.max_complexity
+        );
+    } else if m.contains("query is nested too deep") {
+        e.message = format!(
+            "{} (the limit max-depth is {})",
+            e.message.trim_end_matches('.'),
+            limits.max_depth
+        );
+    }
+    e
+}
+
 fn fix(mut resp: Response) -> Response {
     resp.errors = resp
         .errors
@@ -166,6 +253,16 @@ fn fix(mut resp: Response) -> Response {
 
 #[async_trait::async_trait]
 impl Extension for CodesExtension {
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        let request = request.data(ItemBudget::new(self.limits.max_result_items));
+        next.run(ctx, request).await
+    }
+
     async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
         fix(next.run(ctx).await)
     }
@@ -181,11 +278,18 @@ impl Extension for CodesExtension {
 
     async fn parse_query(
         &self,
-        ctx: &ExtensionContext<'_>,
+        _ctx: &ExtensionContext<'_>,
         query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
+        _variables: &Variables,
+        _next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
+        let max = self.limits.max_document_bytes;
+        if query.len() > max {
+            return Err(limit(format!(
+                "the query text is {} bytes long (the limit max-document-bytes is {max})",
+                query.len()
+            )));
+        }
         let (doc, document) = match self.parsed.get(query) {
             Some(Cached {
                 doc,
@@ -193,10 +297,18 @@ impl Extension for CodesExtension {
             }) => (doc, Document::Valid(result)),
             Some(Cached { doc, valid: None }) => (doc, Document::Unvalidated(query.to_string())),
             None => {
-                let doc = next.run(ctx, query, variables).await.map_err(|e| {
+                // Parsed here rather than by the engine (`next`), whose
+                // recursion-depth check walks every fragment spread as often
+                // as it is reached: exponential for a document of fragments
+                // spreading each other. `shape::check` measures the document
+                // in linear time, with the same depth rule, before anything
+                // else walks it.
+                let doc = async_graphql::parser::parse_query(query).map_err(|e| {
+                    let e = ServerError::from(e);
                     let code = engine_code(&e);
                     with_code(e, code)
                 })?;
+                super::shape::check(&doc, &self.limits)?;
                 self.parsed.put(query, &doc);
                 (doc, Document::Unvalidated(query.to_string()))
             }
@@ -227,7 +339,7 @@ impl Extension for CodesExtension {
                 .into_iter()
                 .map(|e| {
                     let code = engine_code(&e);
-                    with_code(e, code)
+                    with_code(name_limit(e, &self.limits), code)
                 })
                 .collect::<Vec<_>>()
         })?;

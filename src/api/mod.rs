@@ -11,6 +11,7 @@ pub mod extension;
 pub mod inputs;
 pub mod scalars;
 pub mod schema;
+pub mod shape;
 pub mod types;
 
 pub use schema::{build, ApiLimits, AppSchema};

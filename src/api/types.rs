@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::error::{uuid, OrGql, Result};
 use super::events::SessionEventView;
+use super::extension::charge;
 use super::scalars::Timestamp;
 use crate::domain::template::{NodeType, PropertyDef, PropertyType};
 use crate::domain::{Key, Node, Properties, Template};
@@ -41,6 +42,7 @@ impl TemplateView {
     async fn root_type(&self) -> NodeTypeView {
         NodeTypeView(self.0.root_type().clone())
     }
+    #[graphql(complexity = "child_complexity.saturating_mul(super::schema::expected::NODE_TYPES).saturating_add(1)")]
     async fn node_types(&self) -> Vec<NodeTypeView> {
         self.0
             .node_types
@@ -71,6 +73,7 @@ impl NodeTypeView {
     async fn allowed_children(&self) -> Vec<ID> {
         self.0.allowed_children.iter().cloned().map(ID).collect()
     }
+    #[graphql(complexity = "child_complexity.saturating_mul(super::schema::expected::PROPERTIES).saturating_add(1)")]
     async fn properties(&self) -> Vec<PropertyDefView> {
         self.0
             .properties
@@ -136,6 +139,7 @@ impl PropertyDefView {
         self.0.default.clone().map(Json)
     }
     /// Only for SELECT.
+    #[graphql(complexity = "child_complexity.saturating_mul(super::schema::expected::OPTIONS).saturating_add(1)")]
     async fn options(&self) -> Option<Vec<SelectOptionView>> {
         (self.0.kind == PropertyType::Select).then(|| {
             self.0
@@ -237,6 +241,7 @@ impl SessionView {
     async fn active_clients(&self) -> i32 {
         self.0.read().active_clients() as i32
     }
+    #[graphql(complexity = "child_complexity.saturating_mul(super::schema::expected::CLIENTS).saturating_add(1)")]
     async fn clients(&self) -> Vec<ClientView> {
         self.0.read().clients().cloned().map(ClientView).collect()
     }
@@ -295,6 +300,19 @@ impl SessionView {
 pub struct GraphView(pub Arc<Session>);
 
 impl GraphView {
+    /// How many roots (or nodes) the graph has: what listing them costs.
+    pub fn len(&self, roots_only: bool) -> usize {
+        let state = self.0.read();
+        state.project.as_ref().map_or(0, |p| {
+            let graph = p.dispatcher.graph();
+            if roots_only {
+                graph.roots().len()
+            } else {
+                graph.len()
+            }
+        })
+    }
+
     fn nodes_where(
         &self,
         keep: impl Fn(&Node) -> bool,
@@ -333,12 +351,20 @@ impl GraphView {
             .as_ref()
             .map_or(0, |p| p.dispatcher.version() as i32)
     }
-    async fn roots(&self) -> Vec<NodeView> {
-        self.nodes_where(|_| true, usize::MAX, true)
+    #[graphql(
+        complexity = "child_complexity.saturating_mul(super::schema::expected::ROOTS).saturating_add(1)"
+    )]
+    async fn roots(&self, ctx: &Context<'_>) -> Result<Vec<NodeView>> {
+        charge(ctx, self.len(true), "Graph.roots")?;
+        Ok(self.nodes_where(|_| true, usize::MAX, true))
     }
     /// All nodes, parents before children.
-    async fn nodes(&self) -> Vec<NodeView> {
-        self.nodes_where(|_| true, usize::MAX, false)
+    #[graphql(
+        complexity = "child_complexity.saturating_mul(super::schema::expected::NODES).saturating_add(1)"
+    )]
+    async fn nodes(&self, ctx: &Context<'_>) -> Result<Vec<NodeView>> {
+        charge(ctx, self.len(false), "Graph.nodes")?;
+        Ok(self.nodes_where(|_| true, usize::MAX, false))
     }
     async fn node_count(&self) -> i32 {
         self.0
@@ -454,13 +480,19 @@ impl NodeView {
         self.parent.map(|p| ID(p.to_string()))
     }
     /// The parent in the live graph (null for event records).
-    async fn parent(&self) -> Option<NodeView> {
-        self.lookup(&self.parent.into_iter().collect::<Vec<_>>())
-            .pop()
+    async fn parent(&self, ctx: &Context<'_>) -> Result<Option<NodeView>> {
+        charge(ctx, 1, "Node.parent")?;
+        Ok(self
+            .lookup(&self.parent.into_iter().collect::<Vec<_>>())
+            .pop())
     }
     /// Children in order (empty for event records, whose children arrive as their own events).
-    async fn children(&self) -> Vec<NodeView> {
-        self.lookup(&self.children)
+    #[graphql(
+        complexity = "child_complexity.saturating_mul(super::schema::expected::CHILDREN).saturating_add(1)"
+    )]
+    async fn children(&self, ctx: &Context<'_>) -> Result<Vec<NodeView>> {
+        charge(ctx, self.children.len(), "Node.children")?;
+        Ok(self.lookup(&self.children))
     }
     async fn child_ids(&self) -> Vec<ID> {
         self.children.iter().map(|c| ID(c.to_string())).collect()
@@ -489,6 +521,7 @@ impl CommandResultView {
         self.outcome.node_id.map(|n| ID(n.to_string()))
     }
     /// The events this command produced, as delivered to subscribers.
+    #[graphql(complexity = "child_complexity.saturating_mul(super::schema::expected::EVENTS).saturating_add(1)")]
     async fn events(&self) -> Vec<SessionEventView> {
         let template = self
             .session

@@ -634,7 +634,8 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, job: Job) {
             );
             let template = project.template.clone();
             let mut new_id = Uuid::new_v4;
-            let mut ctx = Ctx::new(&template, Utc::now(), &mut new_id);
+            let mut ctx = Ctx::new(&template, Utc::now(), &mut new_id)
+                .with_limits(group.session.config.command_limits);
             let result =
                 project
                     .dispatcher
