@@ -12,8 +12,9 @@
 //! - `fleet.rs`: many subscribers at once.
 //! - `api.rs`: typed helpers for the mutations the scenarios use.
 //! - `stats.rs`: percentiles, runs, the table, targets and the JSON report.
-//! - one file per scenario: `fanout`, `throughput`, `mixed`, `connections`, `graph_size`, `startup`.
+//! - one file per scenario: `fanout`, `throughput`, `mixed`, `connections`, `graph_size`, `startup`, `attack`.
 mod api;
+mod attack;
 mod connections;
 mod fanout;
 mod fleet;
@@ -78,6 +79,8 @@ enum Scenario {
     GraphSize(graph_size::Opts),
     /// 6. Server start with a 1,000,000-event, 100,000-node session until /healthz and a graph query answer.
     Startup(startup::Opts),
+    /// 7. Issue 10's hostile requests nonstop while an ordinary client queries: its latency, /healthz, refusals.
+    Attack(attack::Opts),
 }
 
 /// What every scenario needs.
@@ -151,6 +154,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Connections(o) => ("connections", connections::run(&ctx, o).await?, None),
             Scenario::GraphSize(o) => ("graph-size", graph_size::run(&ctx, o).await?, None),
             Scenario::Startup(o) => ("startup", startup::run(&ctx, o).await?, None),
+            Scenario::Attack(o) => ("attack", attack::run(&ctx, o).await?, None),
         };
         let path = cli.json.clone().unwrap_or_else(|| default_json(name));
         report.finish(columns, &path)

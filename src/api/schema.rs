@@ -148,9 +148,7 @@ impl Query {
             .collect()
     }
 
-    #[graphql(
-        complexity = "child_complexity.saturating_mul(expected::SESSIONS).saturating_add(1)"
-    )]
+    #[graphql(complexity = "child_complexity.saturating_mul(expected::SESSIONS).saturating_add(1)")]
     async fn sessions(&self, ctx: &Context<'_>) -> Result<Vec<SessionView>> {
         let sessions = hub(ctx).sessions();
         charge(ctx, sessions.len(), "sessions")?;
@@ -167,9 +165,7 @@ impl Query {
     }
 
     /// Projects kept by the server's store.
-    #[graphql(
-        complexity = "child_complexity.saturating_mul(expected::PROJECTS).saturating_add(1)"
-    )]
+    #[graphql(complexity = "child_complexity.saturating_mul(expected::PROJECTS).saturating_add(1)")]
     async fn projects(&self, ctx: &Context<'_>) -> Result<Vec<ProjectView>> {
         let projects = hub(ctx).projects();
         charge(ctx, projects.len(), "projects")?;

@@ -41,8 +41,7 @@ struct Walk<'d> {
     doc: &'d ExecutableDocument,
     limits: &'d ApiLimits,
     done: HashMap<&'d Name, Totals>,
-    /// Fragments being measured: a spread of one of these is a cycle, which
-    /// validation reports; here it counts as nothing so the walk ends.
+    /// Fragments being measured: a spread of one of these is a cycle.
     open: Vec<&'d Name>,
 }
 
@@ -57,7 +56,11 @@ fn limit_error(message: String) -> ServerError {
 impl<'d> Walk<'d> {
     /// `level` is the nesting at which `set` starts; deeper than the limit is
     /// refused at once, which also bounds this recursion.
-    fn set(&mut self, set: &'d Positioned<SelectionSet>, level: usize) -> Result<Totals, ServerError> {
+    fn set(
+        &mut self,
+        set: &'d Positioned<SelectionSet>,
+        level: usize,
+    ) -> Result<Totals, ServerError> {
         if level > self.limits.max_depth {
             return Err(limit_error(format!(
                 "the query is nested more than {} levels deep, counting fragment spreads (the limit max-depth is {})",
@@ -111,7 +114,16 @@ impl<'d> Walk<'d> {
             return Ok(*t);
         }
         if self.open.contains(&name) {
-            return Ok(Totals::default());
+            // Refused here: the engine's complexity and depth visitors follow
+            // spreads without a guard and would recurse until the stack overflows.
+            let mut e = ServerError::new(
+                format!("cannot spread fragment \"{name}\" within itself"),
+                None,
+            );
+            e.extensions
+                .get_or_insert_with(Default::default)
+                .set("code", "BAD_USER_INPUT");
+            return Err(e);
         }
         // An unknown fragment is validation's to report.
         let Some(fragment) = self.doc.fragments.get(name) else {

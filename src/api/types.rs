@@ -42,7 +42,9 @@ impl TemplateView {
     async fn root_type(&self) -> NodeTypeView {
         NodeTypeView(self.0.root_type().clone())
     }
-    #[graphql(complexity = "child_complexity.saturating_mul(super::schema::expected::NODE_TYPES).saturating_add(1)")]
+    #[graphql(
+        complexity = "child_complexity.saturating_mul(super::schema::expected::NODE_TYPES).saturating_add(1)"
+    )]
     async fn node_types(&self) -> Vec<NodeTypeView> {
         self.0
             .node_types
@@ -73,7 +75,9 @@ impl NodeTypeView {
     async fn allowed_children(&self) -> Vec<ID> {
         self.0.allowed_children.iter().cloned().map(ID).collect()
     }
-    #[graphql(complexity = "child_complexity.saturating_mul(super::schema::expected::PROPERTIES).saturating_add(1)")]
+    #[graphql(
+        complexity = "child_complexity.saturating_mul(super::schema::expected::PROPERTIES).saturating_add(1)"
+    )]
     async fn properties(&self) -> Vec<PropertyDefView> {
         self.0
             .properties
@@ -139,7 +143,9 @@ impl PropertyDefView {
         self.0.default.clone().map(Json)
     }
     /// Only for SELECT.
-    #[graphql(complexity = "child_complexity.saturating_mul(super::schema::expected::OPTIONS).saturating_add(1)")]
+    #[graphql(
+        complexity = "child_complexity.saturating_mul(super::schema::expected::OPTIONS).saturating_add(1)"
+    )]
     async fn options(&self) -> Option<Vec<SelectOptionView>> {
         (self.0.kind == PropertyType::Select).then(|| {
             self.0
@@ -241,7 +247,9 @@ impl SessionView {
     async fn active_clients(&self) -> i32 {
         self.0.read().active_clients() as i32
     }
-    #[graphql(complexity = "child_complexity.saturating_mul(super::schema::expected::CLIENTS).saturating_add(1)")]
+    #[graphql(
+        complexity = "child_complexity.saturating_mul(super::schema::expected::CLIENTS).saturating_add(1)"
+    )]
     async fn clients(&self) -> Vec<ClientView> {
         self.0.read().clients().cloned().map(ClientView).collect()
     }
@@ -521,7 +529,9 @@ impl CommandResultView {
         self.outcome.node_id.map(|n| ID(n.to_string()))
     }
     /// The events this command produced, as delivered to subscribers.
-    #[graphql(complexity = "child_complexity.saturating_mul(super::schema::expected::EVENTS).saturating_add(1)")]
+    #[graphql(
+        complexity = "child_complexity.saturating_mul(super::schema::expected::EVENTS).saturating_add(1)"
+    )]
     async fn events(&self) -> Vec<SessionEventView> {
         let template = self
             .session
