@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the GraphQL API, playground and subscriptions (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the GraphQL schema (SDL).
     Schema,
 }
@@ -206,7 +206,7 @@ fn main() -> anyhow::Result<()> {
             print!("{}", talus_tally::sdl());
             return Ok(());
         }
-        Some(Cmd::Serve(args)) => args,
+        Some(Cmd::Serve(args)) => *args,
         None => cli.serve,
     };
     tracing_subscriber::fmt()
