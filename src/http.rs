@@ -15,6 +15,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::api::{AppSchema, HttpClient};
+use crate::sse::{StreamSettings, Streaming};
 
 /// Read buffer of a websocket; larger client messages are read in several steps.
 const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
@@ -33,6 +34,8 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
+        // graphql-sse clients' conventional path; the same as /graphql with Accept: text/event-stream.
+        .route("/graphql/stream", get(graphql_get).post(graphql_post))
         .route("/schema.graphql", get(sdl))
         .route("/healthz", get(|| async { "ok" }))
         .merge(crate::playground::router())
@@ -92,7 +95,32 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
             )
         }
     };
+    if let Some(kind) = Streaming::requested(&headers) {
+        let BatchRequest::Single(request) = request else {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                "a streamed response carries one operation, not a batch".to_string(),
+            );
+        };
+        return stream(&state, &headers, request, kind);
+    }
     execute(&state, &headers, request).await
+}
+
+/// Streams an operation's results over SSE or multipart HTTP (src/sse.rs).
+fn stream(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: async_graphql::Request,
+    kind: Streaming,
+) -> Response {
+    let settings = StreamSettings {
+        heartbeat: state.ws_ping_interval,
+        write_timeout: state.ws_timeout,
+        shutdown: state.shutdown.clone(),
+    };
+    crate::sse::respond(state.schema.clone(), settings, headers, request, kind)
 }
 
 async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
@@ -155,6 +183,9 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
             "BAD_USER_INPUT",
             "mutations must be sent with POST".to_string(),
         );
+    }
+    if let Some(kind) = Streaming::requested(&parts.headers) {
+        return stream(&state, &parts.headers, request, kind);
     }
     execute(&state, &parts.headers, BatchRequest::Single(request)).await
 }

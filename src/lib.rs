@@ -6,6 +6,7 @@ pub mod http;
 pub mod playground;
 pub mod server;
 pub mod session;
+pub mod sse;
 pub mod store;
 pub mod templates;
 pub mod ws;

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use talus_tally::api::ApiLimits;
 use talus_tally::server::{self, Config};
@@ -30,7 +31,12 @@ enum Cmd {
     /// Serve the GraphQL API, playground and subscriptions (the default).
     Serve(Box<ServeArgs>),
     /// Print the GraphQL schema (SDL).
-    Schema,
+    Schema {
+        /// Instead of printing it, check the schema against this contract
+        /// (an SDL file): list what is missing or of another type, exit 1 if anything is.
+        #[arg(long, value_name = "CONTRACT")]
+        check: Option<std::path::PathBuf>,
+    },
 }
 
 /// A count flag's parser: an integer in `lo..=hi`, or clap's clear error (exit code 2).
@@ -202,9 +208,24 @@ async fn shutdown_signal() {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let serve = match cli.command {
-        Some(Cmd::Schema) => {
+        Some(Cmd::Schema { check: None }) => {
             print!("{}", talus_tally::sdl());
             return Ok(());
+        }
+        Some(Cmd::Schema { check: Some(path) }) => {
+            let contract = std::fs::read_to_string(&path)
+                .with_context(|| format!("could not read {}", path.display()))?;
+            let problems = talus_tally::api::contract::check(&contract, &talus_tally::sdl())
+                .map_err(anyhow::Error::msg)?;
+            if problems.is_empty() {
+                println!("the schema keeps {}", path.display());
+                return Ok(());
+            }
+            println!("the schema breaks {}:", path.display());
+            for p in &problems {
+                println!("  {p}");
+            }
+            std::process::exit(1);
         }
         Some(Cmd::Serve(args)) => *args,
         None => cli.serve,

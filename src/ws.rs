@@ -353,6 +353,7 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                                 id: client.id.clone(),
                                 name: client.name.clone(),
                                 connected_at: client.connected_at,
+                                user_id: None,
                             },
                             open: client.subscriptions.clone(),
                             out: out_tx.clone(),

@@ -94,7 +94,7 @@ async fn two_clients_on_one_session_receive_every_change_undo_and_redo_in_the_sa
 
     // The events carry what happened.
     assert_eq!(events[0]["commandType"], "createNode");
-    assert_eq!(events[1]["node"]["id"], phase.as_str());
+    assert_eq!(events[1]["node"]["nodeId"], phase.as_str());
     assert_eq!(events[1]["node"]["name"], "Teardown");
     assert_eq!(events[1]["node"]["typeId"], "phase");
     assert_eq!(events[1]["parentId"], root.as_str());
@@ -141,7 +141,7 @@ async fn clients_joining_and_leaving_are_announced_with_the_active_count_and_lis
     let joined = watcher.wait_joined("w").await;
     assert_eq!(
         joined["client"],
-        json!({ "id": "watcher", "name": "Wanda" })
+        json!({ "clientId": "watcher", "name": "Wanda" })
     );
     assert_eq!(joined["activeClients"], 1);
 
@@ -151,7 +151,10 @@ async fn clients_joining_and_leaving_are_announced_with_the_active_count_and_lis
     dana.wait_joined("one").await;
     let event = watcher.next_event("w").await;
     assert_eq!(event["__typename"], "ClientJoined");
-    assert_eq!(event["client"], json!({ "id": "dana", "name": "Dana" }));
+    assert_eq!(
+        event["client"],
+        json!({ "clientId": "dana", "name": "Dana" })
+    );
     assert_eq!(event["activeClients"], 2);
     assert_eq!(event["clientId"], "dana");
     assert_eq!(event["commandId"], Value::Null);
@@ -161,12 +164,12 @@ async fn clients_joining_and_leaving_are_announced_with_the_active_count_and_lis
     let state = app.session(&session).await;
     assert_eq!(state["activeClients"], 2);
     let mut clients = state["clients"].as_array().unwrap().clone();
-    clients.sort_by_key(|c| c["id"].as_str().unwrap().to_string());
+    clients.sort_by_key(|c| c["clientId"].as_str().unwrap().to_string());
     assert_eq!(
         clients,
         [
-            json!({ "id": "dana", "name": "Dana" }),
-            json!({ "id": "watcher", "name": "Wanda" })
+            json!({ "clientId": "dana", "name": "Dana" }),
+            json!({ "clientId": "watcher", "name": "Wanda" })
         ]
     );
 
@@ -178,7 +181,10 @@ async fn clients_joining_and_leaving_are_announced_with_the_active_count_and_lis
         left["__typename"], "ClientLeft",
         "no event before the last subscription ended: {left}"
     );
-    assert_eq!(left["client"], json!({ "id": "dana", "name": "Dana" }));
+    assert_eq!(
+        left["client"],
+        json!({ "clientId": "dana", "name": "Dana" })
+    );
     assert_eq!(left["activeClients"], 1);
     assert_eq!(left["seq"], int_of(&event["seq"]) + 1);
 
@@ -197,14 +203,14 @@ async fn clients_joining_and_leaving_are_announced_with_the_active_count_and_lis
     erin.close().await;
     let left = watcher.next_event("w").await;
     assert_eq!(left["__typename"], "ClientLeft");
-    assert_eq!(left["client"]["id"], "erin");
+    assert_eq!(left["client"]["clientId"], "erin");
     assert_eq!(left["activeClients"], 1);
 
     let state = app.session(&session).await;
     assert_eq!(state["activeClients"], 1);
     assert_eq!(
         state["clients"],
-        json!([{ "id": "watcher", "name": "Wanda" }])
+        json!([{ "clientId": "watcher", "name": "Wanda" }])
     );
 }
 
@@ -218,7 +224,7 @@ async fn a_client_that_drops_its_connection_without_closing_leaves_the_session_u
     frank.subscribe_events("f", &session, None).await;
     frank.wait_joined("f").await;
     let joined = watcher.event().await;
-    assert_eq!(joined["client"]["id"], "frank");
+    assert_eq!(joined["client"]["clientId"], "frank");
 
     frank.drop_abruptly();
     let result = app
@@ -238,7 +244,7 @@ async fn a_client_that_drops_its_connection_without_closing_leaves_the_session_u
         .iter()
         .find(|e| e["__typename"] == "ClientLeft")
         .unwrap();
-    assert_eq!(left["client"]["id"], "frank");
+    assert_eq!(left["client"]["clientId"], "frank");
     assert_eq!(left["activeClients"], 1);
     assert_eq!(events.len(), 4);
 
@@ -411,12 +417,12 @@ async fn a_client_that_stops_answering_pings_is_dropped_and_leaves_the_session()
     let mut silent = app.ws_as("silent", "Silent").await;
     silent.subscribe_events("s", &session, None).await;
     silent.wait_joined("s").await;
-    assert_eq!(watcher.event().await["client"]["id"], "silent");
+    assert_eq!(watcher.event().await["client"]["clientId"], "silent");
 
     // From here on the silent client reads nothing, so it never answers a ping.
     let left = watcher.event().await;
     assert_eq!(left["__typename"], "ClientLeft");
-    assert_eq!(left["client"]["id"], "silent");
+    assert_eq!(left["client"]["clientId"], "silent");
     assert_eq!(left["activeClients"], 1);
     assert_eq!(app.session(&session).await["activeClients"], 1);
     drop(silent);

@@ -22,7 +22,7 @@ async fn the_legacy_subprotocol_delivers_the_same_events_as_graphql_transport_ws
     let joined = legacy.wait_joined("l").await;
     assert_eq!(
         joined["client"],
-        json!({ "id": "legacy", "name": "Legacy" })
+        json!({ "clientId": "legacy", "name": "Legacy" })
     );
     assert_eq!(modern.next_event("m").await, joined);
 
@@ -71,7 +71,7 @@ async fn the_legacy_subprotocol_delivers_the_same_events_as_graphql_transport_ws
     legacy.unsubscribe("l").await;
     let left = modern.next_event("m").await;
     assert_eq!(left["__typename"], "ClientLeft");
-    assert_eq!(left["client"]["id"], "legacy");
+    assert_eq!(left["client"]["clientId"], "legacy");
     assert_eq!(left["activeClients"], 1);
 }
 

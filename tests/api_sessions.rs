@@ -11,18 +11,23 @@ async fn creating_a_project_opens_a_session_whose_graph_has_one_root_named_after
     for (template, root_type) in [("restomod", "project_root"), ("project", "project")] {
         let data = app
             .query(
-                "query($t: ID!) { template(id: $t) { rootType { id } } }",
+                "query($t: ID!) { template(id: $t) { rootType { id typeId } } }",
                 json!({ "t": template }),
             )
             .await;
-        assert_eq!(data["template"]["rootType"]["id"], root_type);
+        assert_eq!(data["template"]["rootType"]["typeId"], root_type);
+        assert_eq!(
+            data["template"]["rootType"]["id"],
+            format!("{template}/{root_type}"),
+            "a node type's id is unique across templates"
+        );
 
         let data = app
             .query(
                 "mutation($t: ID!) { createProject(templateId: $t, name: \"Split-window Bus\") {
                     id hasProject activeClients version lastSeq nodeCount canUndo canRedo
                     project { id name templateId nodeCount }
-                    graph { nodeCount roots { id name typeId type { id } parentId children { id } } nodes { id } }
+                    graph { nodeCount roots { id name typeId type { id typeId } parentId children { id } } nodes { id } }
                 } }",
                 json!({ "t": template }),
             )
@@ -41,7 +46,8 @@ async fn creating_a_project_opens_a_session_whose_graph_has_one_root_named_after
         assert_eq!(roots.len(), 1, "one root: {session:#}");
         assert_eq!(roots[0]["name"], "Split-window Bus");
         assert_eq!(roots[0]["typeId"], root_type);
-        assert_eq!(roots[0]["type"]["id"], root_type);
+        assert_eq!(roots[0]["type"]["typeId"], root_type);
+        assert_eq!(roots[0]["type"]["id"], format!("{template}/{root_type}"));
         assert_eq!(roots[0]["parentId"], Value::Null);
         assert_eq!(roots[0]["children"], json!([]));
         assert_eq!(session["graph"]["nodes"], json!([{ "id": roots[0]["id"] }]));

@@ -20,10 +20,13 @@ const welcome = `# Welcome to the Talus Tally playground.
 # completes names; the Docs button (top left) describes
 # every type and field.
 #
-# A template lists node types: a node type's id is the
-# typeId for creating a node, and its allowedChildren
-# the types that may go under it. A new project's root
-# node has the template's rootType.
+# A template lists node types: a node type's typeId is
+# what creating a node takes, and its allowedChildren
+# the typeIds that may go under it. A new project's root
+# node has the template's rootType. Every id is unique
+# on the server (a node type's id is
+# "<templateId>/<typeId>"), so client caches never mix
+# two templates' types.
 `;
 
 const templates = `${welcome}
@@ -33,18 +36,22 @@ query Templates {
     name
     rootType {
       id
+      typeId
     }
     nodeTypes {
       id
+      typeId
       name
       allowedChildren
       properties {
         id
+        propertyId
         name
         type
         required
         options {
           id
+          optionId
           name
         }
       }
@@ -99,7 +106,7 @@ subscription Events($sessionId: ID!, $since: Int) {
     clientId
     ... on NodeCreated {
       node {
-        id
+        nodeId
         name
         typeId
       }
@@ -130,7 +137,7 @@ subscription Events($sessionId: ID!, $since: Int) {
     }
     ... on ClientJoined {
       client {
-        id
+        clientId
         name
       }
       activeClients
@@ -178,9 +185,10 @@ const updateProperty = `# Sets one property of a node. Paste into the
 #   sessionId   the session id from CreateProject
 #   nodeId      the nodeId from CreateNode
 #   propertyId  a property of the node's type
-#               (Templates tab: properties { id })
+#               (Templates tab: properties
+#               { propertyId })
 #   value       JSON of the property's type: "text",
-#               42, true, or a SELECT option's id;
+#               42, true, or a SELECT option's optionId;
 #               null clears the property
 mutation UpdateProperty(
   $sessionId: ID!
@@ -246,9 +254,15 @@ mutation Redo($sessionId: ID!) {
 const graph = `# The live graph of a session: every node, parents
 # before children. Paste the session id from
 # CreateProject into the variables below.
+#
+# seq is the last event this graph reflects, read
+# together with the nodes: a client that subscribes to
+# Events with since = seq misses nothing and sees
+# nothing twice.
 query Graph($sessionId: ID!) {
   graph(sessionId: $sessionId) {
     version
+    seq
     nodeCount
     nodes {
       id
@@ -277,7 +291,7 @@ export const exampleTabs = [
     variables: vars({
       sessionId: SESSION,
       parentId: 'PASTE-THE-ROOT-NODE-ID',
-      typeId: 'PASTE-A-NODE-TYPE-ID',
+      typeId: 'PASTE-A-TYPEID',
       name: 'My first node',
     }),
   },

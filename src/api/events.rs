@@ -6,7 +6,7 @@ use async_graphql::{Interface, Json, Object, ID};
 use serde_json::Value;
 
 use super::scalars::Timestamp;
-use super::types::{ClientView, NodeView};
+use super::types::ClientView;
 use crate::domain::{Delta, Key, Template};
 use crate::session::{EventKind, SessionEvent};
 
@@ -48,6 +48,10 @@ macro_rules! event_type {
             async fn client_id(&self) -> Option<ID> {
                 self.0.event.client_id.as_ref().map(|c| ID(c.clone()))
             }
+            /// The authenticated user whose request caused it (null when authentication is off).
+            async fn user_id(&self) -> Option<ID> {
+                self.0.event.user_id.as_ref().map(|u| ID(u.clone()))
+            }
             $($body)*
         }
     };
@@ -63,19 +67,56 @@ macro_rules! field {
     };
 }
 
+/// The created node as it was when created (a snapshot, not the live Node).
+pub struct NodeSnapshot {
+    node_id: uuid::Uuid,
+    type_id: Key,
+    name: String,
+    properties: crate::domain::Properties,
+    parent_id: Option<uuid::Uuid>,
+    child_ids: Vec<uuid::Uuid>,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The created node as it was when created (a snapshot, not the live Node).
+#[Object]
+impl NodeSnapshot {
+    async fn node_id(&self) -> ID {
+        id(&self.node_id)
+    }
+    async fn type_id(&self) -> ID {
+        ID(self.type_id.to_string())
+    }
+    async fn name(&self) -> &str {
+        &self.name
+    }
+    /// Property id -> value.
+    async fn properties(&self) -> Json<&crate::domain::Properties> {
+        Json(&self.properties)
+    }
+    async fn parent_id(&self) -> Option<ID> {
+        self.parent_id.as_ref().map(id)
+    }
+    /// The node's children when it was created: none, since each child arrives as its own NodeCreated event after it.
+    async fn child_ids(&self) -> Vec<ID> {
+        self.child_ids.iter().map(id).collect()
+    }
+    async fn created_at(&self) -> Timestamp {
+        Timestamp(self.created_at)
+    }
+}
+
 event_type!(NodeCreated {
     /// The node as created (its children arrive as their own NodeCreated events).
-    async fn node(&self) -> NodeView {
-        field!(self, EventKind::Delta(Delta::NodeCreated { node, parent_id, .. }) => NodeView {
-            id: node.id,
+    async fn node(&self) -> NodeSnapshot {
+        field!(self, EventKind::Delta(Delta::NodeCreated { node, parent_id, .. }) => NodeSnapshot {
+            node_id: node.id,
             type_id: node.type_id.clone(),
             name: node.name.clone(),
             properties: node.properties.clone(),
-            parent: *parent_id,
-            children: Vec::new(),
+            parent_id: *parent_id,
+            child_ids: Vec::new(),
             created_at: node.created_at,
-            template: self.0.template.clone(),
-            session: None,
         }, unreachable_node())
     }
     async fn parent_id(&self) -> Option<ID> {
@@ -278,20 +319,19 @@ fn unknown_client() -> crate::session::ClientInfo {
         id: String::new(),
         name: None,
         connected_at: chrono::DateTime::UNIX_EPOCH,
+        user_id: None,
     }
 }
 
-fn unreachable_node() -> NodeView {
-    NodeView {
-        id: uuid::Uuid::nil(),
+fn unreachable_node() -> NodeSnapshot {
+    NodeSnapshot {
+        node_id: uuid::Uuid::nil(),
         type_id: Key::default(),
         name: String::new(),
         properties: Default::default(),
-        parent: None,
-        children: Vec::new(),
+        parent_id: None,
+        child_ids: Vec::new(),
         created_at: chrono::DateTime::UNIX_EPOCH,
-        template: None,
-        session: None,
     }
 }
 
@@ -317,6 +357,11 @@ fn unreachable_node() -> NodeView {
         name = "client_id",
         ty = "Option<ID>",
         desc = "The client whose request caused it, if known."
+    ),
+    field(
+        name = "user_id",
+        ty = "Option<ID>",
+        desc = "The authenticated user whose request caused it (null when authentication is off)."
     )
 )]
 pub enum SessionEventView {

@@ -3,8 +3,10 @@
 //! Layout: `schema.rs` (Query, Mutation, Subscription roots and `build`),
 //! `types.rs` (view types), `events.rs` (the SessionEvent interface),
 //! `inputs.rs` (command inputs), `error.rs` (errors with `extensions.code`),
-//! `extension.rs` (codes for engine errors, request logging), `scalars.rs`.
+//! `extension.rs` (codes for engine errors, request logging), `scalars.rs`,
+//! `contract.rs` (checks the SDL against a contract file).
 
+pub mod contract;
 pub mod error;
 pub mod events;
 pub mod extension;
@@ -43,3 +45,13 @@ pub struct RenderOne {
 
 /// Where a render learns the (session id, since) arguments of the subscription.
 pub type Probe = std::sync::Arc<parking_lot::Mutex<Option<(uuid::Uuid, Option<u64>)>>>;
+
+/// Request data of a stream that resumes: `sessionEvents` starts after this
+/// seq (an `EventSource`'s `Last-Event-ID`), whatever its `since` says.
+#[derive(Debug, Clone, Copy)]
+pub struct ResumeFrom(pub u64);
+
+/// Request data through which `sessionEvents` tells a streaming transport the
+/// seq of each event it yields (the SSE `id:` field).
+#[derive(Debug, Clone)]
+pub struct SeqProbe(pub std::sync::Arc<std::sync::atomic::AtomicU64>);

@@ -14,8 +14,8 @@ use super::events::SessionEventView;
 use super::extension::{charge, Codes};
 use super::inputs::{check_name, check_sizes, CommandInput, CreateNodeInput};
 use super::types::{
-    hub, session, CleanupResultView, CommandResultView, GraphView, NodeView, ProjectView,
-    SessionView, TemplateErrorView, TemplateView,
+    hub, search, session, CleanupResultView, CommandResultView, GraphView, NodeView, ProjectView,
+    RoleView, SessionView, TemplateErrorView, TemplateView, ViewerView,
 };
 use super::{ConnClient, HttpClient, RenderOne};
 use crate::domain::{project_file, Command, ErrorCode};
@@ -164,7 +164,13 @@ impl Query {
         }))
     }
 
-    /// Projects kept by the server's store.
+    /// The authenticated caller (null when authentication is off).
+    async fn me(&self) -> Option<ViewerView> {
+        // Authentication is not configurable yet, so there is never a caller to name.
+        None
+    }
+
+    /// Projects kept by the server's store (with authentication on: those the caller is a member of).
     #[graphql(complexity = "child_complexity.saturating_mul(expected::PROJECTS).saturating_add(1)")]
     async fn projects(&self, ctx: &Context<'_>) -> Result<Vec<ProjectView>> {
         let projects = hub(ctx).projects();
@@ -181,7 +187,12 @@ impl Query {
     async fn graph(&self, ctx: &Context<'_>, session_id: ID) -> Result<GraphView> {
         let s = session(ctx, &session_id)?;
         s.read().project().gql()?;
-        Ok(GraphView(s))
+        GraphView::capture(ctx, &s, &ctx.look_ahead())?.ok_or_else(|| {
+            code(
+                ErrorCode::NoProject,
+                "the session's project was closed while reading it",
+            )
+        })
     }
 
     async fn node(&self, ctx: &Context<'_>, session_id: ID, id: ID) -> Result<Option<NodeView>> {
@@ -210,11 +221,15 @@ impl Query {
     ) -> Result<Vec<NodeView>> {
         let limit = limit.unwrap_or(100);
         let s = session(ctx, &session_id)?;
-        s.read().project().gql()?;
+        let nodes = s.read().project().gql()?.dispatcher.graph().len();
         let limit = count(limit, "limit")? as usize;
-        let view = GraphView(s);
-        charge(ctx, limit.min(view.len(false)), "searchNodes")?;
-        Ok(view.search(text.as_deref(), type_id.as_ref().map(|t| t.as_str()), limit))
+        charge(ctx, limit.min(nodes), "searchNodes")?;
+        Ok(search(
+            &s,
+            text.as_deref(),
+            type_id.as_ref().map(|t| t.as_str()),
+            limit,
+        ))
     }
 
     /// The session's project as a Talus Tally project file (format version 1.0).
@@ -291,6 +306,29 @@ impl Mutation {
     async fn delete_project(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let id = uuid(&id, "id")?;
         hub(ctx).delete_project(id).await.gql()
+    }
+
+    /// OWNER only. Gives userId that role on the project (replacing any role it had).
+    async fn grant_access(
+        &self,
+        ctx: &Context<'_>,
+        project_id: ID,
+        user_id: ID,
+        role: RoleView,
+    ) -> Result<ProjectView> {
+        let _ = (user_id, role);
+        sharing(ctx, &project_id)
+    }
+
+    /// OWNER only. The last owner cannot be removed.
+    async fn revoke_access(
+        &self,
+        ctx: &Context<'_>,
+        project_id: ID,
+        user_id: ID,
+    ) -> Result<ProjectView> {
+        let _ = user_id;
+        sharing(ctx, &project_id)
     }
 
     async fn close_session(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
@@ -435,6 +473,22 @@ impl Mutation {
     }
 }
 
+/// Sharing needs users: with authentication off, every caller is anonymous and
+/// may already do everything, so there is no one to grant a role to.
+fn sharing(ctx: &Context<'_>, project_id: &ID) -> Result<ProjectView> {
+    let id = uuid(project_id, "projectId")?;
+    hub(ctx).project(id).ok_or_else(|| {
+        code(
+            ErrorCode::ProjectNotFound,
+            format!("there is no project {id}"),
+        )
+    })?;
+    Err(code(
+        ErrorCode::BadUserInput,
+        "sharing needs authentication, which is off on this server: everyone may already do everything",
+    ))
+}
+
 async fn run(
     ctx: &Context<'_>,
     session_id: &ID,
@@ -473,7 +527,10 @@ impl SubscriptionRoot {
         since: Option<i32>,
     ) -> Result<BoxStream<'static, SessionEventView>> {
         let id = uuid(&session_id, "sessionId")?;
-        let since = since.map(|s| count(s, "since")).transpose()?;
+        let mut since = since.map(|s| count(s, "since")).transpose()?;
+        if let Some(resume) = ctx.data_opt::<super::ResumeFrom>() {
+            since = Some(resume.0);
+        }
         let hub = hub(ctx).clone();
         if let Some(one) = ctx.data_opt::<RenderOne>() {
             // Rendering one recorded event for the websocket transport: no subscription, no presence.
@@ -508,6 +565,7 @@ impl SubscriptionRoot {
                     id: c.id.clone(),
                     name: c.name.clone(),
                     connected_at: c.connected_at,
+                    user_id: None,
                 };
                 (Some(info), Some(slot))
             }
@@ -515,9 +573,13 @@ impl SubscriptionRoot {
         };
         let template = s.read().project.as_ref().map(|p| p.template.clone());
         let events = hub.subscribe(id, since, client).await.gql()?;
+        let probe = ctx.data_opt::<super::SeqProbe>().map(|p| p.0.clone());
         Ok(events
             .map(move |e| {
                 let _slot = &slot;
+                if let Some(probe) = &probe {
+                    probe.store(e.seq, Ordering::Release);
+                }
                 SessionEventView::from_event(e, template.clone())
             })
             .boxed())

@@ -40,7 +40,7 @@ impl TemplateView {
     }
     /// The node type a new project's root gets (feature is_root, else the first).
     async fn root_type(&self) -> NodeTypeView {
-        NodeTypeView(self.0.root_type().clone())
+        NodeTypeView::new(&self.0, self.0.root_type())
     }
     #[graphql(
         complexity = "child_complexity.saturating_mul(super::schema::expected::NODE_TYPES).saturating_add(1)"
@@ -49,46 +49,75 @@ impl TemplateView {
         self.0
             .node_types
             .iter()
-            .cloned()
-            .map(NodeTypeView)
+            .map(|t| NodeTypeView::new(&self.0, t))
             .collect()
     }
-    async fn node_type(&self, id: ID) -> Option<NodeTypeView> {
-        self.0.node_type(&id).cloned().map(NodeTypeView)
+    /// One node type by its id inside this template (`NodeType.typeId`), or null.
+    async fn node_type(&self, type_id: ID) -> Option<NodeTypeView> {
+        self.0
+            .node_type(&type_id)
+            .map(|t| NodeTypeView::new(&self.0, t))
     }
 }
 
-pub struct NodeTypeView(pub NodeType);
+/// A node type with the id of its template, which makes its `id` unique across the server.
+pub struct NodeTypeView {
+    pub template_id: String,
+    pub ty: NodeType,
+}
+
+impl NodeTypeView {
+    pub fn new(template: &Template, ty: &NodeType) -> Self {
+        NodeTypeView {
+            template_id: template.id.clone(),
+            ty: ty.clone(),
+        }
+    }
+
+    /// `<templateId>/<typeId>`: what the type's properties and options extend.
+    fn global_id(&self) -> String {
+        format!("{}/{}", self.template_id, self.ty.id)
+    }
+}
 
 #[Object(name = "NodeType")]
 impl NodeTypeView {
+    /// Unique across templates: '<templateId>/<typeId>'.
     async fn id(&self) -> ID {
-        ID(self.0.id.clone())
+        ID(self.global_id())
+    }
+    /// The type's id inside its template: what Node.typeId, allowedChildren and CreateNodeInput.typeId use.
+    async fn type_id(&self) -> ID {
+        ID(self.ty.id.clone())
     }
     /// Stable UUID of the node type, as in Talus Tally project files.
     async fn uuid(&self) -> ID {
-        ID(self.0.uuid.to_string())
+        ID(self.ty.uuid.to_string())
     }
     async fn name(&self) -> &str {
-        &self.0.name
+        &self.ty.name
     }
+    /// typeIds of the types allowed as children.
     async fn allowed_children(&self) -> Vec<ID> {
-        self.0.allowed_children.iter().cloned().map(ID).collect()
+        self.ty.allowed_children.iter().cloned().map(ID).collect()
     }
     #[graphql(
         complexity = "child_complexity.saturating_mul(super::schema::expected::PROPERTIES).saturating_add(1)"
     )]
     async fn properties(&self) -> Vec<PropertyDefView> {
-        self.0
+        let type_id = self.global_id();
+        self.ty
             .properties
             .iter()
-            .cloned()
-            .map(PropertyDefView)
+            .map(|def| PropertyDefView {
+                id: format!("{type_id}/{}", def.id),
+                def: def.clone(),
+            })
             .collect()
     }
     /// Feature flags from the template, e.g. is_root.
     async fn features(&self) -> &[String] {
-        &self.0.features
+        &self.ty.features
     }
 }
 
@@ -119,40 +148,50 @@ impl From<PropertyType> for PropertyTypeView {
     }
 }
 
-pub struct PropertyDefView(pub PropertyDef);
+/// A property definition with its server-wide id (`<templateId>/<typeId>/<propertyId>`).
+pub struct PropertyDefView {
+    pub id: String,
+    pub def: PropertyDef,
+}
 
 #[Object(name = "PropertyDef")]
 impl PropertyDefView {
+    /// Unique across templates: '<templateId>/<typeId>/<propertyId>'.
     async fn id(&self) -> ID {
-        ID(self.0.id.clone())
+        ID(self.id.clone())
+    }
+    /// The property's id inside its node type: the key in Node.properties and what updateProperty takes.
+    async fn property_id(&self) -> ID {
+        ID(self.def.id.clone())
     }
     async fn uuid(&self) -> ID {
-        ID(self.0.uuid.to_string())
+        ID(self.def.uuid.to_string())
     }
     async fn name(&self) -> &str {
-        &self.0.name
+        &self.def.name
     }
     #[graphql(name = "type")]
     async fn kind(&self) -> PropertyTypeView {
-        self.0.kind.into()
+        self.def.kind.into()
     }
     async fn required(&self) -> bool {
-        self.0.required
+        self.def.required
     }
     async fn default_value(&self) -> Option<Json<Value>> {
-        self.0.default.clone().map(Json)
+        self.def.default.clone().map(Json)
     }
     /// Only for SELECT.
     #[graphql(
         complexity = "child_complexity.saturating_mul(super::schema::expected::OPTIONS).saturating_add(1)"
     )]
     async fn options(&self) -> Option<Vec<SelectOptionView>> {
-        (self.0.kind == PropertyType::Select).then(|| {
-            self.0
+        (self.def.kind == PropertyType::Select).then(|| {
+            self.def
                 .options
                 .iter()
                 .map(|o| SelectOptionView {
-                    id: ID(o.id.clone()),
+                    id: ID(format!("{}/{}", self.id, o.id)),
+                    option_id: ID(o.id.clone()),
                     name: o.name.clone(),
                     indicator_id: o.indicator_id.clone(),
                     bullet: o.bullet.clone(),
@@ -162,10 +201,14 @@ impl PropertyDefView {
     }
 }
 
+/// id is unique across templates; optionId is what a select property stores as its value.
 #[derive(SimpleObject)]
 #[graphql(name = "SelectOption")]
 pub struct SelectOptionView {
+    /// Unique across templates: '<templateId>/<typeId>/<propertyId>/<optionId>'.
     pub id: ID,
+    /// What a select property stores as its value.
+    pub option_id: ID,
     pub name: String,
     pub indicator_id: Option<String>,
     pub bullet: Option<String>,
@@ -180,13 +223,19 @@ pub struct TemplateErrorView {
 
 pub struct ClientView(pub ClientInfo);
 
+/// A client connected to one session (no id: the same clientId can be in several sessions).
 #[Object(name = "Client")]
 impl ClientView {
-    async fn id(&self) -> ID {
+    /// The client's own name for itself (a browser tab, a device): `connection_init`'s clientId or `x-client-id`.
+    async fn client_id(&self) -> ID {
         ID(self.0.id.clone())
     }
     async fn name(&self) -> Option<&str> {
         self.0.name.as_deref()
+    }
+    /// The authenticated user behind the client (null when authentication is off).
+    async fn user_id(&self) -> Option<ID> {
+        self.0.user_id.clone().map(ID)
     }
     async fn connected_at(&self) -> Timestamp {
         Timestamp(self.0.connected_at)
@@ -229,6 +278,43 @@ impl ProjectView {
     async fn session(&self, ctx: &Context<'_>) -> Option<SessionView> {
         hub(ctx).session_of_project(self.0.id).map(SessionView)
     }
+    /// The caller's role (null when authentication is off).
+    async fn my_role(&self) -> Option<RoleView> {
+        // Authentication is not configurable yet: every caller is anonymous.
+        None
+    }
+    /// Who may see and change the project. Empty while authentication is off,
+    /// since then nobody is a member and everyone may do everything.
+    async fn members(&self) -> Vec<MemberView> {
+        Vec::new()
+    }
+}
+
+/// A user's role on one project.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(name = "Role")]
+pub enum RoleView {
+    /// Everything, sharing and delete.
+    Owner,
+    /// Read, subscribe, commands, undo/redo.
+    Editor,
+    /// Read and subscribe only.
+    Viewer,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "Member")]
+pub struct MemberView {
+    pub user_id: ID,
+    pub role: RoleView,
+}
+
+/// The authenticated caller.
+#[derive(SimpleObject)]
+#[graphql(name = "Viewer")]
+pub struct ViewerView {
+    pub user_id: ID,
+    pub name: Option<String>,
 }
 
 pub struct SessionView(pub Arc<Session>);
@@ -296,111 +382,126 @@ impl SessionView {
             .as_ref()
             .map_or(0, |p| p.dispatcher.graph().len() as i32)
     }
-    async fn graph(&self) -> Option<GraphView> {
-        self.0
-            .read()
-            .project
-            .is_some()
-            .then(|| GraphView(self.0.clone()))
+    async fn graph(&self, ctx: &Context<'_>) -> Result<Option<GraphView>> {
+        GraphView::capture(ctx, &self.0, &ctx.look_ahead())
     }
 }
 
-pub struct GraphView(pub Arc<Session>);
+/// A session's graph as one read of committed state: the version, the seq of
+/// the last event it reflects and the nodes the selection asks for are taken
+/// under one read guard, so `graph { seq nodes }` followed by
+/// `sessionEvents(since: seq)` continues it exactly. Links of a node
+/// (`parent`, `children`) resolve against the live graph.
+pub struct GraphView {
+    version: u64,
+    seq: u64,
+    node_count: usize,
+    roots: Vec<NodeView>,
+    nodes: Vec<NodeView>,
+}
 
 impl GraphView {
-    /// How many roots (or nodes) the graph has: what listing them costs.
-    pub fn len(&self, roots_only: bool) -> usize {
-        let state = self.0.read();
-        state.project.as_ref().map_or(0, |p| {
-            let graph = p.dispatcher.graph();
-            if roots_only {
-                graph.roots().len()
-            } else {
-                graph.len()
-            }
-        })
-    }
-
-    fn nodes_where(
-        &self,
-        keep: impl Fn(&Node) -> bool,
-        limit: usize,
-        roots_only: bool,
-    ) -> Vec<NodeView> {
-        let state = self.0.read();
+    /// The graph of `session` with what `selection` (the Graph field's) selects, or None without a project.
+    pub fn capture(
+        ctx: &Context<'_>,
+        session: &Arc<Session>,
+        selection: &async_graphql::Lookahead<'_>,
+    ) -> Result<Option<GraphView>> {
+        let want_roots = selection.field("roots").exists();
+        let want_nodes = selection.field("nodes").exists();
+        let state = session.read();
         let Some(project) = state.project.as_ref() else {
-            return Vec::new();
+            return Ok(None);
         };
         let graph = project.dispatcher.graph();
-        let make = |n: &Node| NodeView::live(n, &project.template, &self.0);
-        if roots_only {
-            return graph
+        // Charged before the lists are built (see `ItemBudget`).
+        if want_roots {
+            charge(ctx, graph.roots().len(), "Graph.roots")?;
+        }
+        if want_nodes {
+            charge(ctx, graph.len(), "Graph.nodes")?;
+        }
+        let make = |n: &Node| NodeView::live(n, &project.template, session);
+        let roots = if want_roots {
+            graph
                 .roots()
                 .iter()
                 .filter_map(|id| graph.get(id))
                 .map(make)
-                .collect();
-        }
-        graph
-            .preorder()
-            .filter(|n| keep(n))
-            .take(limit)
-            .map(make)
-            .collect()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let nodes = if want_nodes {
+            graph.preorder().map(make).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Some(GraphView {
+            version: project.dispatcher.version(),
+            seq: state.last_seq,
+            node_count: graph.len(),
+            roots,
+            nodes,
+        }))
     }
 }
 
 #[Object(name = "Graph")]
 impl GraphView {
     async fn version(&self) -> i32 {
-        self.0
-            .read()
-            .project
-            .as_ref()
-            .map_or(0, |p| p.dispatcher.version() as i32)
+        self.version as i32
+    }
+    /// Seq of the last event this graph reflects; read with the nodes from committed state, so subscribing with since = seq continues it exactly.
+    async fn seq(&self) -> i32 {
+        self.seq as i32
     }
     #[graphql(
         complexity = "child_complexity.saturating_mul(super::schema::expected::ROOTS).saturating_add(1)"
     )]
-    async fn roots(&self, ctx: &Context<'_>) -> Result<Vec<NodeView>> {
-        charge(ctx, self.len(true), "Graph.roots")?;
-        Ok(self.nodes_where(|_| true, usize::MAX, true))
+    async fn roots(&self) -> &[NodeView] {
+        &self.roots
     }
     /// All nodes, parents before children.
     #[graphql(
         complexity = "child_complexity.saturating_mul(super::schema::expected::NODES).saturating_add(1)"
     )]
-    async fn nodes(&self, ctx: &Context<'_>) -> Result<Vec<NodeView>> {
-        charge(ctx, self.len(false), "Graph.nodes")?;
-        Ok(self.nodes_where(|_| true, usize::MAX, false))
+    async fn nodes(&self) -> &[NodeView] {
+        &self.nodes
     }
     async fn node_count(&self) -> i32 {
-        self.0
-            .read()
-            .project
-            .as_ref()
-            .map_or(0, |p| p.dispatcher.graph().len() as i32)
+        self.node_count as i32
     }
 }
 
-impl GraphView {
-    /// Nodes whose name contains `text` (case-insensitive) and/or whose type is `type_id`.
-    pub fn search(&self, text: Option<&str>, type_id: Option<&str>, limit: usize) -> Vec<NodeView> {
-        let needle = text.map(str::to_lowercase);
-        self.nodes_where(
-            |n| {
-                needle
-                    .as_ref()
-                    .is_none_or(|t| n.name.to_lowercase().contains(t))
-                    && type_id.is_none_or(|ty| n.type_id == ty)
-            },
-            limit,
-            false,
-        )
-    }
+/// Nodes of `session` whose name contains `text` (case-insensitive) and/or whose type is `type_id`.
+pub fn search(
+    session: &Arc<Session>,
+    text: Option<&str>,
+    type_id: Option<&str>,
+    limit: usize,
+) -> Vec<NodeView> {
+    let needle = text.map(str::to_lowercase);
+    let state = session.read();
+    let Some(project) = state.project.as_ref() else {
+        return Vec::new();
+    };
+    project
+        .dispatcher
+        .graph()
+        .preorder()
+        .filter(|n| {
+            needle
+                .as_ref()
+                .is_none_or(|t| n.name.to_lowercase().contains(t))
+                && type_id.is_none_or(|ty| n.type_id == ty)
+        })
+        .take(limit)
+        .map(|n| NodeView::live(n, &project.template, session))
+        .collect()
 }
 
-/// A node: from the live graph (links resolve against it) or as recorded in an event.
+/// A node of the live graph (links resolve against it).
 pub struct NodeView {
     pub id: Uuid,
     pub type_id: Key,
@@ -409,9 +510,8 @@ pub struct NodeView {
     pub parent: Option<Uuid>,
     pub children: Vec<Uuid>,
     pub created_at: DateTime<Utc>,
-    pub template: Option<Arc<Template>>,
-    /// Set for live nodes; event nodes are immutable records and resolve no links.
-    pub session: Option<Arc<Session>>,
+    pub template: Arc<Template>,
+    pub session: Arc<Session>,
 }
 
 impl NodeView {
@@ -424,23 +524,20 @@ impl NodeView {
             parent: n.parent,
             children: n.children.clone(),
             created_at: n.created_at,
-            template: Some(template.clone()),
-            session: Some(session.clone()),
+            template: template.clone(),
+            session: session.clone(),
         }
     }
 
     fn lookup(&self, ids: &[Uuid]) -> Vec<NodeView> {
-        let Some(session) = &self.session else {
-            return Vec::new();
-        };
-        let state = session.read();
+        let state = self.session.read();
         let Some(project) = state.project.as_ref() else {
             return Vec::new();
         };
         let graph = project.dispatcher.graph();
         ids.iter()
             .filter_map(|id| graph.get(id))
-            .map(|n| NodeView::live(n, &project.template, session))
+            .map(|n| NodeView::live(n, &project.template, &self.session))
             .collect()
     }
 }
@@ -456,10 +553,8 @@ impl NodeView {
     #[graphql(name = "type")]
     async fn node_type(&self) -> Option<NodeTypeView> {
         self.template
-            .as_ref()?
             .node_type(&self.type_id)
-            .cloned()
-            .map(NodeTypeView)
+            .map(|t| NodeTypeView::new(&self.template, t))
     }
     async fn name(&self) -> &str {
         &self.name
@@ -474,8 +569,7 @@ impl NodeView {
     /// Required properties of the type that have no value.
     async fn missing_required(&self) -> Vec<ID> {
         self.template
-            .as_ref()
-            .and_then(|t| t.node_type(&self.type_id))
+            .node_type(&self.type_id)
             .map(|t| {
                 t.missing_required(&self.properties)
                     .into_iter()
@@ -487,14 +581,13 @@ impl NodeView {
     async fn parent_id(&self) -> Option<ID> {
         self.parent.map(|p| ID(p.to_string()))
     }
-    /// The parent in the live graph (null for event records).
     async fn parent(&self, ctx: &Context<'_>) -> Result<Option<NodeView>> {
         charge(ctx, 1, "Node.parent")?;
         Ok(self
             .lookup(&self.parent.into_iter().collect::<Vec<_>>())
             .pop())
     }
-    /// Children in order (empty for event records, whose children arrive as their own events).
+    /// Children in order.
     #[graphql(
         complexity = "child_complexity.saturating_mul(super::schema::expected::CHILDREN).saturating_add(1)"
     )]

@@ -14,6 +14,9 @@ pub struct ClientInfo {
     pub id: String,
     pub name: Option<String>,
     pub connected_at: DateTime<Utc>,
+    /// The authenticated user behind the client; events stored before users existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 /// What happened; the graph deltas are the domain's own.
@@ -65,6 +68,9 @@ pub struct SessionEvent {
     pub timestamp: DateTime<Utc>,
     pub command_id: Option<Uuid>,
     pub client_id: Option<String>,
+    /// The authenticated user whose request caused it; none while authentication is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
     pub kind: EventKind,
     /// Serialised form, computed once and shared by the store and every subscriber.
     #[serde(skip)]
@@ -117,6 +123,7 @@ impl SessionEvent {
             timestamp,
             command_id,
             client_id,
+            user_id: None,
             kind,
             json: OnceLock::new(),
             renders: Renders::default(),

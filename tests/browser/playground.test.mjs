@@ -126,7 +126,7 @@ test('a query run from the editor shows its result', async () => {
 });
 
 test('a subscription run in the page shows the events of a command', async () => {
-  const { templates } = (await graphql('{ templates { id rootType { id allowedChildren } } }')).data;
+  const { templates } = (await graphql('{ templates { id rootType { typeId allowedChildren } } }')).data;
   const { rootType } = templates.find((template) => template.id === 'project');
   const session = (
     await graphql(`mutation {
@@ -136,7 +136,7 @@ test('a subscription run in the page shows the events of a command', async () =>
   // Under the root if the template allows any child there, else a new root.
   const input = rootType.allowedChildren.length
     ? { parentId: session.graph.roots[0].id, typeId: rootType.allowedChildren[0], name: 'From the browser test' }
-    : { typeId: rootType.id, name: 'From the browser test' };
+    : { typeId: rootType.typeId, name: 'From the browser test' };
 
   // The third tab is the sessionEvents example; `since` replays anything
   // that happens before the server has the subscription in place.
@@ -186,7 +186,7 @@ test('a subscription run in the page shows the events of a command', async () =>
     .map((frame) => frame.payload.data.sessionEvents);
   const created = delivered.find((event) => event.__typename === 'NodeCreated');
   assert.ok(created, JSON.stringify(delivered));
-  assert.equal(created.node.id, result.nodeId);
+  assert.equal(created.node.nodeId, result.nodeId);
   assert.equal(created.node.name, input.name);
   assert.equal(created.commandId, result.commandId);
 

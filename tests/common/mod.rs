@@ -35,7 +35,7 @@ pub const EVENTS: &str = "events";
 
 /// Every event field a test looks at, for every event type.
 pub const EVENT_FIELDS: &str = "__typename seq sessionId commandId clientId
-    ... on NodeCreated { node { id name typeId parentId properties } parentId index }
+    ... on NodeCreated { node { nodeId name typeId parentId properties } parentId index }
     ... on NodeDeleted { nodeId parentId deletedIds }
     ... on NodeRenamed { nodeId oldName newName }
     ... on NodeMoved { nodeId oldParentId newParentId index }
@@ -45,8 +45,8 @@ pub const EVENT_FIELDS: &str = "__typename seq sessionId commandId clientId
     ... on CommandFailed { commandType code message }
     ... on CommandUndone { commandType version }
     ... on CommandRedone { commandType version }
-    ... on ClientJoined { client { id name } activeClients }
-    ... on ClientLeft { client { id name } activeClients }
+    ... on ClientJoined { client { clientId name } activeClients }
+    ... on ClientLeft { client { clientId name } activeClients }
     ... on ResyncRequired { reason }";
 
 /// The fields of a `CommandResult` the helpers return.
@@ -380,7 +380,7 @@ impl Http {
     /// The session's state as `Session` reports it, or null.
     pub async fn session(&self, session: &str) -> Value {
         self.query(
-            "query($s: ID!) { session(id: $s) { id activeClients clients { id name } hasProject version lastSeq canUndo canRedo nodeCount project { id name } } }",
+            "query($s: ID!) { session(id: $s) { id activeClients clients { clientId name } hasProject version lastSeq canUndo canRedo nodeCount project { id name } } }",
             json!({ "s": session }),
         )
         .await["session"]
@@ -675,7 +675,7 @@ impl Ws {
             .expect("a connection with a clientId");
         loop {
             let event = self.next_event(id).await;
-            if event["__typename"] == "ClientJoined" && event["client"]["id"] == me.as_str() {
+            if event["__typename"] == "ClientJoined" && event["client"]["clientId"] == me.as_str() {
                 self.joined = Some(event.clone());
                 return event;
             }
