@@ -120,8 +120,8 @@ struct ServeArgs {
     /// Most __schema/__type fields in a query.
     #[arg(long, env = "TALUS_MAX_INTROSPECTION_FIELDS", default_value_t = 4, value_parser = count(0, 1_000))]
     max_introspection_fields: usize,
-    /// Most list items (nodes, projects, sessions) one response may hold.
-    #[arg(long, env = "TALUS_MAX_RESULT_ITEMS", default_value_t = 250_000, value_parser = count(1, 100_000_000))]
+    /// Most nodes reached through parent/children links, search results, projects and sessions in one response.
+    #[arg(long, env = "TALUS_MAX_RESULT_ITEMS", default_value_t = 20_000, value_parser = count(1, 100_000_000))]
     max_result_items: usize,
     /// Longest node or project name, in bytes.
     #[arg(long, env = "TALUS_MAX_NAME_BYTES", default_value_t = 1024, value_parser = count(1, MIB))]

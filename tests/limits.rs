@@ -287,6 +287,9 @@ async fn a_response_with_more_list_items_than_max_result_items_is_refused() {
         )
         .await;
     assert_limit(&body, "max-result-items is 10");
+    // Refused whole: none of the lists that fitted is sent.
+    assert!(body["data"].is_null(), "{body:#}");
+    assert_eq!(body["errors"].as_array().map(Vec::len), Some(1), "{body:#}");
     let ok = app
         .request(
             "query($s: ID!) { graph(sessionId: $s) { nodes { id } } }",

@@ -118,7 +118,7 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> anyhow::Result<Report> {
         "ordinary query under attack (p99)",
         &label,
         "ordinary_p99_ms",
-        "<",
+        "<=",
         100.0,
     );
     report.target(

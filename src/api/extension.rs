@@ -49,15 +49,20 @@ impl ExtensionFactory for Codes {
     }
 }
 
-/// How many list items (nodes, projects, sessions) one request may still
-/// resolve. The complexity limit is static and cannot know that `nodes` of a
-/// big project is 100,000 items, or that `nodes { parent { children } }` is
-/// quadratic in a flat one; resolvers that build a list charge its length
-/// here first, so a request that would pass `--max-result-items` is refused
-/// before the list is built.
+/// How many list items (nodes reached through `parent`/`children`, search
+/// results, projects, sessions) one request may still resolve. The complexity
+/// limit is static and cannot know that `nodes { parent { children } }` is
+/// quadratic in a flat graph (4 million nodes for 2,000 tasks under one
+/// workstream); resolvers charge a list's length here before building it, so
+/// a request that would pass `--max-result-items` is refused before the list
+/// is built. `Graph.nodes` itself is not charged: it is built once per
+/// request and bounded by `--max-nodes-per-project`.
 pub struct ItemBudget {
     left: AtomicUsize,
     limit: usize,
+    /// Set by the first refused charge: the whole response is then refused
+    /// (see `CodesExtension::execute`), not sent with the lists that fitted.
+    exceeded: AtomicBool,
 }
 
 impl ItemBudget {
@@ -65,6 +70,7 @@ impl ItemBudget {
         ItemBudget {
             left: AtomicUsize::new(limit),
             limit,
+            exceeded: AtomicBool::new(false),
         }
     }
 
@@ -76,6 +82,7 @@ impl ItemBudget {
             })
             .map(|_| ())
             .map_err(|_| {
+                self.exceeded.store(true, Ordering::Relaxed);
                 code(
                     ErrorCode::LimitExceeded,
                     format!(
@@ -359,7 +366,19 @@ impl Extension for CodesExtension {
             return next.run(ctx, operation_name).await;
         }
         let started = Instant::now();
-        let resp = next.run(ctx, operation_name).await;
+        let mut resp = next.run(ctx, operation_name).await;
+        if let Some(budget) = ctx.data_opt::<ItemBudget>() {
+            if budget.exceeded.load(Ordering::Relaxed) {
+                // Only the refusal is sent: a response with the lists that fitted
+                // was 40 MB for `nodes { parent { children } }` of a flat graph.
+                let refusal = resp
+                    .errors
+                    .iter()
+                    .find(|e| e.message.contains("max-result-items"))
+                    .cloned();
+                resp = Response::from_errors(refusal.into_iter().collect());
+            }
+        }
         tracing::info!(
             operation = operation_name.unwrap_or("-"),
             duration_us = started.elapsed().as_micros() as u64,

@@ -43,7 +43,8 @@ pub struct ApiLimits {
     pub max_fragment_spreads: usize,
     /// Most `__schema`/`__type` fields in a document (each answers with much of the schema).
     pub max_introspection_fields: usize,
-    /// Most list items (nodes, projects, sessions) one response may hold.
+    /// Most nodes reached through links (`parent`, `children`), search results,
+    /// projects and sessions one response may hold.
     pub max_result_items: usize,
     /// Longest node or project name, in bytes.
     pub max_name_bytes: usize,
@@ -62,7 +63,7 @@ impl Default for ApiLimits {
             max_aliases: 100,
             max_fragment_spreads: 500,
             max_introspection_fields: 4,
-            max_result_items: 250_000,
+            max_result_items: 20_000,
             max_name_bytes: 1024,
             max_value_bytes: 64 * 1024,
         }
@@ -187,7 +188,7 @@ impl Query {
     async fn graph(&self, ctx: &Context<'_>, session_id: ID) -> Result<GraphView> {
         let s = session(ctx, &session_id)?;
         s.read().project().gql()?;
-        GraphView::capture(ctx, &s, &ctx.look_ahead())?.ok_or_else(|| {
+        GraphView::capture(&s, &ctx.look_ahead()).ok_or_else(|| {
             code(
                 ErrorCode::NoProject,
                 "the session's project was closed while reading it",

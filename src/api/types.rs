@@ -382,8 +382,8 @@ impl SessionView {
             .as_ref()
             .map_or(0, |p| p.dispatcher.graph().len() as i32)
     }
-    async fn graph(&self, ctx: &Context<'_>) -> Result<Option<GraphView>> {
-        GraphView::capture(ctx, &self.0, &ctx.look_ahead())
+    async fn graph(&self, ctx: &Context<'_>) -> Option<GraphView> {
+        GraphView::capture(&self.0, &ctx.look_ahead())
     }
 }
 
@@ -402,25 +402,18 @@ pub struct GraphView {
 
 impl GraphView {
     /// The graph of `session` with what `selection` (the Graph field's) selects, or None without a project.
+    ///
+    /// Not charged to the `ItemBudget`: one listing is bounded by
+    /// `--max-nodes-per-project`, and it is built once however often it is aliased.
     pub fn capture(
-        ctx: &Context<'_>,
         session: &Arc<Session>,
         selection: &async_graphql::Lookahead<'_>,
-    ) -> Result<Option<GraphView>> {
+    ) -> Option<GraphView> {
         let want_roots = selection.field("roots").exists();
         let want_nodes = selection.field("nodes").exists();
         let state = session.read();
-        let Some(project) = state.project.as_ref() else {
-            return Ok(None);
-        };
+        let project = state.project.as_ref()?;
         let graph = project.dispatcher.graph();
-        // Charged before the lists are built (see `ItemBudget`).
-        if want_roots {
-            charge(ctx, graph.roots().len(), "Graph.roots")?;
-        }
-        if want_nodes {
-            charge(ctx, graph.len(), "Graph.nodes")?;
-        }
         let make = |n: &Node| NodeView::live(n, &project.template, session);
         let roots = if want_roots {
             graph
@@ -437,13 +430,13 @@ impl GraphView {
         } else {
             Vec::new()
         };
-        Ok(Some(GraphView {
+        Some(GraphView {
             version: project.dispatcher.version(),
             seq: state.last_seq,
             node_count: graph.len(),
             roots,
             nodes,
-        }))
+        })
     }
 }
 
