@@ -1,24 +1,39 @@
 //! The axum router: GraphQL over HTTP and websockets on `/graphql`, the playground, the SDL and health.
+//!
+//! `/graphql` follows the GraphQL-over-HTTP spec: POST with an
+//! `application/json` body, GET with URL parameters for queries only, responses
+//! as `application/graphql-response+json` when the client accepts it (request
+//! errors then answer 400 without `data`) and `application/json` otherwise
+//! (always 200 for a well-formed request). Every request to it first passes
+//! the origin check (`origin::origin_allowed`), then tower-http's CORS layer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::http::WebSocketProtocols;
-use async_graphql::BatchRequest;
+use async_graphql::{BatchRequest, BatchResponse};
 use axum::body::{Body, Bytes};
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use serde_json::json;
+use serde_json::{json, Map, Value};
 use tokio::sync::watch;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
+use crate::api::guard::{selects_mutation, ReadOnly};
 use crate::api::{AppSchema, HttpClient};
+use crate::origin::{origin_allowed, OriginPolicy};
 use crate::sse::{StreamSettings, Streaming};
 
 /// Read buffer of a websocket; larger client messages are read in several steps.
 const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// How long a browser may cache a CORS preflight answer.
+const CORS_MAX_AGE: Duration = Duration::from_secs(600);
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -29,22 +44,210 @@ pub struct AppState {
     pub ws_ping_interval: Duration,
     pub ws_timeout: Duration,
     pub shutdown: watch::Receiver<bool>,
+    /// Which `Origin`s may call `/graphql` (HTTP and websocket upgrades).
+    pub origins: Arc<OriginPolicy>,
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/graphql", get(graphql_get).post(graphql_post))
+    let policy = state.origins.clone();
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |_, parts| {
+            origin_allowed(&policy, &parts.headers)
+        }))
+        .allow_methods([Method::GET, Method::POST])
+        // Any header an allowed origin asks for (content-type, x-client-id,
+        // apollo-require-preflight, ...): the origin is trusted already.
+        .allow_headers(AllowHeaders::mirror_request())
+        .max_age(CORS_MAX_AGE);
+    let graphql = Router::new()
+        .route(
+            "/graphql",
+            get(graphql_get).head(graphql_head).post(graphql_post),
+        )
         // graphql-sse clients' conventional path; the same as /graphql with Accept: text/event-stream.
-        .route("/graphql/stream", get(graphql_get).post(graphql_post))
+        .route(
+            "/graphql/stream",
+            get(graphql_get).head(graphql_head).post(graphql_post),
+        )
+        .layer(cors)
+        // Outermost: a foreign origin is refused before anything else, its
+        // preflight included.
+        .layer(middleware::from_fn_with_state(state.clone(), check_origin));
+    Router::new()
+        .merge(graphql)
         .route("/schema.graphql", get(sdl))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .merge(crate::playground::router())
         .with_state(state)
 }
 
-fn error_response(status: StatusCode, code: &str, message: String) -> Response {
+/// Refuses a request whose `Origin` is neither the server's own nor allowed (403).
+async fn check_origin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if origin_allowed(&state.origins, request.headers()) {
+        return next.run(request).await;
+    }
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    tracing::info!(%origin, "refused a request from a foreign origin");
+    let media = MediaType::negotiate(request.headers()).unwrap_or(MediaType::Json);
+    error_response(
+        media,
+        StatusCode::FORBIDDEN,
+        "FORBIDDEN",
+        format!(
+            "requests from the origin {origin} are not allowed; the server's operator can allow it with --cors-origins"
+        ),
+    )
+}
+
+/// The two media types a GraphQL response can be sent as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MediaType {
+    /// `application/graphql-response+json`: status codes say whether the request ran.
+    GraphQlResponse,
+    /// `application/json`: the legacy type, 200 for every well-formed request.
+    Json,
+}
+
+impl MediaType {
+    fn content_type(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            MediaType::GraphQlResponse => "application/graphql-response+json; charset=utf-8",
+            MediaType::Json => "application/json; charset=utf-8",
+        })
+    }
+
+    /// The response type the `Accept` header prefers, `application/json` when
+    /// there is none or it accepts anything (what the GraphQL-over-HTTP audit
+    /// and legacy clients expect), or None when it accepts neither (406).
+    fn negotiate(headers: &HeaderMap) -> Option<MediaType> {
+        let ranges: Vec<&str> = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .collect();
+        if ranges.is_empty() {
+            return Some(MediaType::Json);
+        }
+        // For each type: (q, specificity, -position) of the most specific range that matches it.
+        let mut best: [Option<(u32, u8, i64)>; 2] = [None, None];
+        for (position, range) in ranges.iter().enumerate() {
+            let mut parts = range.split(';').map(str::trim);
+            let essence = parts.next().unwrap_or("").to_ascii_lowercase();
+            let mut q = 1000;
+            let mut utf8 = true;
+            for param in parts {
+                let (k, v) = param.split_once('=').unwrap_or((param, ""));
+                let v = v.trim().trim_matches('"');
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "q" => q = parse_q(v),
+                    "charset" => utf8 = v.eq_ignore_ascii_case("utf-8"),
+                    _ => {}
+                }
+            }
+            if !utf8 {
+                continue;
+            }
+            for (i, exact) in ["application/graphql-response+json", "application/json"]
+                .iter()
+                .enumerate()
+            {
+                let specificity = if essence == *exact {
+                    2
+                } else if essence == "application/*" {
+                    1
+                } else if essence == "*/*" {
+                    0
+                } else {
+                    continue;
+                };
+                let candidate = (q, specificity, -(position as i64));
+                // The most specific range decides a type's q (RFC 9110 12.5.1).
+                if best[i].is_none_or(|b| (specificity, -(position as i64)) > (b.1, b.2)) {
+                    best[i] = Some(candidate);
+                }
+            }
+        }
+        let score = |b: Option<(u32, u8, i64)>| b.filter(|b| b.0 > 0);
+        match (score(best[0]), score(best[1])) {
+            (None, None) => None,
+            (Some(_), None) => Some(MediaType::GraphQlResponse),
+            (None, Some(_)) => Some(MediaType::Json),
+            // A wildcard alone means application/json; otherwise the higher q,
+            // then the one named exactly, then the one listed first.
+            (Some(g), Some(j)) if g.1 > 0 && (g.0, g.1, g.2) > (j.0, j.1, j.2) => {
+                Some(MediaType::GraphQlResponse)
+            }
+            _ => Some(MediaType::Json),
+        }
+    }
+}
+
+/// A `q` parameter as thousandths (0 to 1000); a malformed one counts as 0.
+fn parse_q(v: &str) -> u32 {
+    v.parse::<f64>()
+        .ok()
+        .filter(|q| (0.0..=1.0).contains(q))
+        .map_or(0, |q| (q * 1000.0).round() as u32)
+}
+
+fn error_response(media: MediaType, status: StatusCode, code: &str, message: String) -> Response {
     let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
-    (status, axum::Json(body)).into_response()
+    json_response(media, status, &body)
+}
+
+fn json_response(media: MediaType, status: StatusCode, body: &impl serde::Serialize) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = (status, bytes).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, media.content_type());
+    response
+}
+
+/// The media type of a non-streamed answer (None: 406); a streamed one has its
+/// own, and its errors before the stream starts are `application/json`.
+fn response_media(headers: &HeaderMap, streaming: Option<Streaming>) -> Option<MediaType> {
+    match streaming {
+        Some(_) => Some(MediaType::Json),
+        None => MediaType::negotiate(headers),
+    }
+}
+
+fn not_acceptable() -> Response {
+    error_response(
+        MediaType::Json,
+        StatusCode::NOT_ACCEPTABLE,
+        "BAD_USER_INPUT",
+        "the Accept header allows neither application/graphql-response+json nor application/json"
+            .to_string(),
+    )
+}
+
+fn bad_request(media: MediaType, message: String) -> Response {
+    error_response(media, StatusCode::BAD_REQUEST, "BAD_USER_INPUT", message)
+}
+
+/// 405 for a mutation sent with another method than POST.
+fn mutation_not_allowed(media: MediaType, method: &Method) -> Response {
+    let mut response = error_response(
+        media,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "BAD_USER_INPUT",
+        format!("mutations must be sent with POST, not {method}"),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    response
 }
 
 fn http_client(headers: &HeaderMap) -> Option<HttpClient> {
@@ -56,13 +259,115 @@ fn http_client(headers: &HeaderMap) -> Option<HttpClient> {
         .map(|v| HttpClient(v.to_string()))
 }
 
-async fn execute(state: &AppState, headers: &HeaderMap, request: BatchRequest) -> Response {
+/// The GraphQL-over-HTTP request parameters, checked for their types: `query`
+/// a string (absent only for a persisted query's hash), `operationName` a
+/// string, `variables` and `extensions` maps; `null` is the same as absent.
+fn graphql_request(params: &Map<String, Value>) -> Result<async_graphql::Request, String> {
+    let present = |key: &str| params.get(key).filter(|v| !v.is_null());
+    let extensions = match present("extensions") {
+        None => None,
+        Some(Value::Object(map)) => Some(map),
+        Some(other) => return Err(format!("extensions must be a map, got {}", kind(other))),
+    };
+    let query = match present("query") {
+        Some(Value::String(q)) => q.as_str(),
+        Some(other) => return Err(format!("query must be a string, got {}", kind(other))),
+        None if extensions.is_some_and(|e| e.contains_key("persistedQuery")) => "",
+        None => return Err("the request has no query: send {\"query\": \"{ ... }\"}".to_string()),
+    };
+    let operation_name = match present("operationName") {
+        None => None,
+        Some(Value::String(name)) if name.is_empty() => None,
+        Some(Value::String(name)) => Some(name.clone()),
+        Some(other) => {
+            return Err(format!(
+                "operationName must be a string, got {}",
+                kind(other)
+            ))
+        }
+    };
+    let mut request = async_graphql::Request::new(query);
+    match present("variables") {
+        None => {}
+        Some(v @ Value::Object(_)) => {
+            request = request.variables(async_graphql::Variables::from_json(v.clone()))
+        }
+        Some(other) => return Err(format!("variables must be a map, got {}", kind(other))),
+    }
+    if let Some(name) = operation_name {
+        request = request.operation_name(name);
+    }
+    if let Some(extensions) = extensions {
+        for (key, value) in extensions {
+            let value = async_graphql::Value::from_json(value.clone())
+                .map_err(|e| format!("extensions.{key} is not a GraphQL value: {e}"))?;
+            request.extensions.insert(key.clone(), value);
+        }
+    }
+    Ok(request)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a map",
+    }
+}
+
+/// Whether a response is a GraphQL request error: it failed before execution
+/// (parse, validation, operation selection, variable coercion, an unknown
+/// persisted query). Those have no `data` and their errors no `path`; a field
+/// error always has a path, even when it nulls the whole `data`.
+fn is_request_error(response: &async_graphql::Response) -> bool {
+    response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty())
+}
+
+/// A response as the body of `media`: under graphql-response+json a request
+/// error has no `data` entry.
+fn response_body(media: MediaType, response: &async_graphql::Response) -> Value {
+    let mut body = serde_json::to_value(response).unwrap_or_else(|_| json!({}));
+    if media == MediaType::GraphQlResponse && is_request_error(response) {
+        if let Some(map) = body.as_object_mut() {
+            map.remove("data");
+        }
+    }
+    body
+}
+
+async fn execute(
+    state: &AppState,
+    headers: &HeaderMap,
+    media: MediaType,
+    request: BatchRequest,
+) -> Response {
     let mut request = request;
     if let Some(client) = http_client(headers) {
         request = request.data(client);
     }
     let response = state.schema.execute_batch(request).await;
-    let mut out = axum::Json(&response).into_response();
+    let (status, body) = match &response {
+        BatchResponse::Single(one) => {
+            let status = if media == MediaType::GraphQlResponse && is_request_error(one) {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::OK
+            };
+            (status, response_body(media, one))
+        }
+        // The spec does not cover batches: each answer is shaped for the media
+        // type, and the batch as a whole ran, so 200.
+        BatchResponse::Batch(all) => (
+            StatusCode::OK,
+            Value::Array(all.iter().map(|r| response_body(media, r)).collect()),
+        ),
+    };
+    let mut out = json_response(media, status, &body);
     if let Some(cache) = response.cache_control().value() {
         if let Ok(v) = cache.parse() {
             out.headers_mut().insert(header::CACHE_CONTROL, v);
@@ -71,11 +376,53 @@ async fn execute(state: &AppState, headers: &HeaderMap, request: BatchRequest) -
     out
 }
 
+/// Whether a POST body's `Content-Type` is one this server reads: JSON, UTF-8.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mut parts = value.split(';').map(str::trim);
+    let essence = parts.next().unwrap_or("").to_ascii_lowercase();
+    let charset_ok = parts.all(|p| match p.split_once('=') {
+        Some((k, v)) if k.trim().eq_ignore_ascii_case("charset") => {
+            v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+        }
+        _ => true,
+    });
+    charset_ok
+        && matches!(
+            essence.as_str(),
+            "application/json" | "application/graphql-response+json"
+        )
+}
+
 async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let streaming = Streaming::requested(&headers);
+    let Some(media) = response_media(&headers, streaming) else {
+        return not_acceptable();
+    };
+    // Only JSON bodies: a form, multipart or text/plain POST is what a page
+    // on another site can send without a CORS preflight.
+    if !json_content_type(&headers) {
+        let got = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none");
+        return error_response(
+            media,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "BAD_USER_INPUT",
+            format!("a POST body must be application/json (UTF-8); the Content-Type was {got}"),
+        );
+    }
     let bytes: Bytes = match axum::body::to_bytes(body, state.max_body_bytes).await {
         Ok(b) => b,
         Err(_) => {
             return error_response(
+                media,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "LIMIT_EXCEEDED",
                 format!(
@@ -85,27 +432,75 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
             )
         }
     };
-    let request: BatchRequest = match serde_json::from_slice(&bytes) {
-        Ok(r) => r,
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return bad_request(
+            media,
+            "the body is empty: send a GraphQL request as JSON ({\"query\": ...})".to_string(),
+        );
+    }
+    let body: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
         Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "BAD_USER_INPUT",
+            return bad_request(
+                media,
                 format!("the body must be a GraphQL request as JSON ({{\"query\": ...}}): {e}"),
             )
         }
     };
-    if let Some(kind) = Streaming::requested(&headers) {
-        let BatchRequest::Single(request) = request else {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "BAD_USER_INPUT",
-                "a streamed response carries one operation, not a batch".to_string(),
-            );
-        };
-        return stream(&state, &headers, request, kind);
+    let request = match &body {
+        Value::Object(params) => graphql_request(params).map(BatchRequest::Single),
+        Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::Object(params) => {
+                    graphql_request(params).map_err(|e| format!("request {i} of the batch: {e}"))
+                }
+                other => Err(format!(
+                    "request {i} of the batch is {}, not a map",
+                    kind(other)
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(BatchRequest::Batch),
+        other => Err(format!(
+            "the body must be a GraphQL request (a map) or a list of them, got {}",
+            kind(other)
+        )),
+    };
+    match (request, streaming) {
+        (Err(message), _) => bad_request(media, message),
+        (Ok(BatchRequest::Single(request)), Some(kind)) => stream(&state, &headers, request, kind),
+        (Ok(_), Some(_)) => bad_request(
+            media,
+            "a streamed response carries one operation, not a batch".to_string(),
+        ),
+        (Ok(request), None) => execute(&state, &headers, media, request).await,
     }
-    execute(&state, &headers, request).await
+}
+
+/// The GraphQL-over-HTTP parameters of a GET's query string: `variables` and
+/// `extensions` as JSON text, an empty `operationName` as none, other
+/// parameters ignored; a parameter given twice is refused.
+fn get_params(query: &str) -> Result<Map<String, Value>, String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|e| format!("the query string is not URL-encoded parameters: {e}"))?;
+    let mut params = Map::new();
+    for (key, value) in pairs {
+        let value = match key.as_str() {
+            "query" => Value::String(value),
+            "operationName" if value.is_empty() => Value::Null,
+            "operationName" => Value::String(value),
+            "variables" | "extensions" if value.is_empty() => Value::Null,
+            "variables" | "extensions" => serde_json::from_str(&value)
+                .map_err(|e| format!("{key} must be a map as JSON: {e}"))?,
+            _ => continue,
+        };
+        if params.insert(key.clone(), value).is_some() {
+            return Err(format!("the parameter {key} is given more than once"));
+        }
+    }
+    Ok(params)
 }
 
 /// Streams an operation's results over SSE or multipart HTTP (src/sse.rs).
@@ -141,6 +536,7 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
             });
         let Some(protocol) = protocol else {
             return error_response(
+                MediaType::Json,
                 StatusCode::BAD_REQUEST,
                 "BAD_USER_INPUT",
                 "websocket clients must ask for the graphql-transport-ws or graphql-ws subprotocol"
@@ -164,41 +560,91 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
             .on_upgrade(move |socket| crate::ws::serve(socket, state, protocol))
             .into_response();
     }
-    let query = parts.uri.query().unwrap_or("");
-    let request = match async_graphql::http::parse_query_string(query) {
+    let streaming = Streaming::requested(&parts.headers);
+    let Some(media) = response_media(&parts.headers, streaming) else {
+        return not_acceptable();
+    };
+    let params = parts.uri.query().unwrap_or("");
+    let request = match get_params(params).and_then(|p| graphql_request(&p)) {
         Ok(r) => r,
         Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "BAD_USER_INPUT",
-                format!(
-                    "GET /graphql needs ?query=... (and optional variables, operationName): {e}"
-                ),
+            return bad_request(
+                media,
+                format!("GET /graphql needs ?query=... (and optional variables, operationName, extensions): {e}"),
             )
         }
     };
-    if parts.method == Method::GET && has_mutation(&request.query) {
-        return error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "BAD_USER_INPUT",
-            "mutations must be sent with POST".to_string(),
-        );
-    }
-    if let Some(kind) = Streaming::requested(&parts.headers) {
+    // The engine refuses a mutation (also one found by a persisted query's
+    // hash) and says so through the marker; GET is for queries only.
+    let read_only = ReadOnly::new(request.operation_name.as_deref());
+    let request = request.data(read_only.clone());
+    if let Some(kind) = streaming {
+        // A stream cannot turn into a 405 once it has started: a mutation's
+        // text is refused here, and one found by its hash inside the engine
+        // (an error event; it does not run).
+        let mutation = !request.query.is_empty()
+            && async_graphql::parser::parse_query(&request.query)
+                .is_ok_and(|doc| selects_mutation(&doc, request.operation_name.as_deref()));
+        if mutation {
+            return mutation_not_allowed(media, &parts.method);
+        }
         return stream(&state, &parts.headers, request, kind);
     }
-    execute(&state, &parts.headers, BatchRequest::Single(request)).await
+    let response = execute(&state, &parts.headers, media, BatchRequest::Single(request)).await;
+    if read_only.refused() {
+        return mutation_not_allowed(media, &parts.method);
+    }
+    response
 }
 
-/// Whether a document holds a mutation, wherever it stands (after comments or
-/// fragments too). A document that does not parse is left to the executor,
-/// which reports it as BAD_USER_INPUT.
-fn has_mutation(query: &str) -> bool {
-    async_graphql::parser::parse_query(query).is_ok_and(|doc| {
-        doc.operations
-            .iter()
-            .any(|(_, op)| op.node.ty == async_graphql::parser::types::OperationType::Mutation)
-    })
+/// HEAD never executes anything (axum would otherwise run the GET handler and
+/// drop the body, mutations included): 405, with `Allow: POST` for a mutation.
+async fn graphql_head(request: Request) -> Response {
+    let media = MediaType::negotiate(request.headers()).unwrap_or(MediaType::Json);
+    let mutation = get_params(request.uri().query().unwrap_or(""))
+        .ok()
+        .and_then(|p| {
+            let query = p.get("query")?.as_str()?.to_string();
+            let name = p
+                .get("operationName")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            Some((query, name))
+        })
+        .is_some_and(|(query, name)| {
+            async_graphql::parser::parse_query(&query)
+                .is_ok_and(|doc| selects_mutation(&doc, name.as_deref()))
+        });
+    if mutation {
+        return mutation_not_allowed(media, &Method::HEAD);
+    }
+    let mut response = error_response(
+        media,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "BAD_USER_INPUT",
+        "HEAD runs nothing: send queries with GET or POST".to_string(),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+    response
+}
+
+/// Prometheus metrics (text exposition format); see src/metrics.rs for what is counted.
+async fn metrics(State(state): State<AppState>) -> Response {
+    if let Some(hub) = state.schema.data::<std::sync::Arc<crate::session::Hub>>() {
+        metrics::gauge!(crate::metrics::names::SESSIONS).set(hub.sessions().len() as f64);
+    }
+    let handle = crate::metrics::handle();
+    handle.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+        .into_response()
 }
 
 async fn sdl(State(state): State<AppState>) -> Response {

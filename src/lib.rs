@@ -3,6 +3,8 @@ pub mod api;
 pub mod conn_limit;
 pub mod domain;
 pub mod http;
+pub mod metrics;
+pub mod origin;
 pub mod playground;
 pub mod server;
 pub mod session;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use talus_tally::api::ApiLimits;
+use talus_tally::origin::AllowedOrigin;
 use talus_tally::server::{self, Config};
 
 /// glibc's malloc spent about a third of the server's CPU time under load; mimalloc is several times cheaper here.
@@ -26,6 +27,8 @@ struct Cli {
     serve: ServeArgs,
 }
 
+// Parsed once at startup: the size of the serve variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the GraphQL API, playground and subscriptions (the default).
@@ -141,6 +144,27 @@ struct ServeArgs {
     /// Most open TCP connections from one IP address.
     #[arg(long, env = "TALUS_MAX_CONNECTIONS_PER_IP", default_value_t = 1024, value_parser = count(1, 10_000_000))]
     max_connections_per_ip: usize,
+    /// Distinct GraphQL operation names /metrics labels; further names count as `other`.
+    #[arg(long, env = "TALUS_METRICS_MAX_OPERATION_NAMES", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    metrics_max_operation_names: u32,
+    /// Web origins allowed to call the API besides the server's own, comma-separated:
+    /// scheme://host[:port], or scheme://host:* for any port. While the server listens on
+    /// loopback, http://localhost:* and http://127.0.0.1:* are allowed too.
+    #[arg(long, env = "TALUS_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    cors_origins: Vec<AllowedOrigin>,
+    /// Documents the Automatic Persisted Queries cache keeps (least recently used go first).
+    #[arg(long, env = "TALUS_APQ_CACHE_ENTRIES", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    apq_cache_entries: u32,
+    /// Longest query (bytes) the persisted-query cache keeps; longer ones run uncached.
+    #[arg(long, env = "TALUS_APQ_MAX_QUERY_BYTES", default_value_t = 16 * 1024,
+          value_parser = clap::value_parser!(u32).range(1..=16 * 1024 * 1024))]
+    apq_max_query_bytes: u32,
+}
+
+fn parse_origin(s: &str) -> Result<AllowedOrigin, String> {
+    s.parse()
 }
 
 impl ServeArgs {
@@ -179,7 +203,11 @@ impl ServeArgs {
             max_result_items: self.max_result_items,
             max_name_bytes: self.max_name_bytes,
             max_value_bytes: self.max_value_bytes,
+            max_metric_operation_names: self.metrics_max_operation_names as usize,
+            apq_cache_entries: self.apq_cache_entries as usize,
+            apq_max_query_bytes: self.apq_max_query_bytes as usize,
         };
+        c.cors_origins = self.cors_origins.clone();
         c
     }
 }

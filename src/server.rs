@@ -12,9 +12,13 @@ use tokio::sync::watch;
 
 use crate::api::{self, ApiLimits, AppSchema};
 use crate::http::{self, AppState};
+use crate::origin::{AllowedOrigin, OriginPolicy};
 use crate::session::{Hub, SessionConfig};
 use crate::store::{sqlite::SqliteOptions, MemoryStore, SqliteStore, Store};
 use crate::templates::TemplateCatalog;
+
+/// How often histogram samples are folded into the metrics registry.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// Everything the server can be told.
 #[derive(Debug, Clone)]
@@ -30,6 +34,8 @@ pub struct Config {
     pub ws_timeout: Duration,
     /// Open TCP connections one IP address may hold (`conn_limit`).
     pub max_connections_per_ip: usize,
+    /// Origins allowed to call the API besides the server's own (`--cors-origins`).
+    pub cors_origins: Vec<AllowedOrigin>,
 }
 
 impl Default for Config {
@@ -45,6 +51,7 @@ impl Default for Config {
             ws_ping_interval: Duration::from_secs(10),
             ws_timeout: Duration::from_secs(30),
             max_connections_per_ip: 1024,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -66,7 +73,7 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
-/// The templates a config asks for, with load errors logged.
+/// The templates a config asks for, with load errors and warnings logged.
 pub fn load_templates(config: &Config) -> TemplateCatalog {
     let catalog = match &config.templates_dir {
         Some(dir) => TemplateCatalog::load_dir(dir),
@@ -74,6 +81,9 @@ pub fn load_templates(config: &Config) -> TemplateCatalog {
     };
     for e in catalog.errors() {
         tracing::warn!(file = %e.file, "template not loaded: {}", e.message);
+    }
+    for w in catalog.warnings() {
+        tracing::warn!(file = %w.file, "template loaded with a warning: {}", w.message);
     }
     catalog
 }
@@ -108,7 +118,9 @@ pub async fn start(
     let hub = Hub::start(config.session.clone(), store, templates).await?;
     let schema = api::build(hub.clone(), &config.limits);
     let (stop, stop_rx) = watch::channel(false);
+    let addr = listener.local_addr()?;
     let state = AppState {
+        origins: Arc::new(OriginPolicy::new(&config.cors_origins, addr)),
         schema: schema.clone(),
         max_body_bytes: config.max_body_bytes,
         ws_ping_interval: config.ws_ping_interval,
@@ -116,8 +128,20 @@ pub async fn start(
         shutdown: stop_rx.clone(),
     };
     let app = http::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
-    let addr = listener.local_addr()?;
     let listener = crate::conn_limit::PerAddressLimit::new(listener, config.max_connections_per_ip);
+    // Histogram samples wait in the recorder until upkeep folds them in; without
+    // a scrape they would pile up, so fold them in on a timer too.
+    let metrics = crate::metrics::handle().clone();
+    let mut upkeep_stop = stop_rx.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(METRICS_UPKEEP);
+        loop {
+            tokio::select! {
+                _ = every.tick() => metrics.run_upkeep(),
+                _ = upkeep_stop.wait_for(|s| *s) => return,
+            }
+        }
+    });
     let task_hub = hub.clone();
     let mut signal = stop_rx.clone();
     let task = tokio::spawn(async move {

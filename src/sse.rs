@@ -164,6 +164,7 @@ async fn pump(
     probe: SeqProbe,
     tx: mpsc::Sender<Bytes>,
 ) {
+    let _open = crate::metrics::GaugeGuard::new(crate::metrics::names::HTTP_STREAMS);
     let mut results = schema.execute_stream(request);
     let mut heartbeat = tokio::time::interval(settings.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -2,8 +2,10 @@
 //!
 //! Loading never fails as a whole: a file that cannot be read or does not
 //! validate becomes a `TemplateError` entry (served as `templateErrors`) and
-//! the other templates load as usual. A catalog is immutable once built;
-//! share it behind an `Arc`.
+//! the other templates load as usual. A template that loads with warnings (a
+//! property type this server does not know, kept as opaque JSON) is served,
+//! and its warnings are kept beside the errors (`warnings`) and logged. A
+//! catalog is immutable once built; share it behind an `Arc`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -29,11 +31,19 @@ const BUILTIN: [(&str, &str, &str); 2] = [
 /// A template file larger than this is refused unread; real templates are a few kilobytes.
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
-/// Templates by id, and the files that failed to load.
+/// Templates by id, the files that failed to load, and warnings about files that loaded.
 #[derive(Debug, Clone, Default)]
 pub struct TemplateCatalog {
     templates: BTreeMap<String, Arc<Template>>,
     errors: Vec<TemplateError>,
+    warnings: Vec<TemplateWarning>,
+}
+
+/// Something about a template that loaded which deserves a look: which file, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateWarning {
+    pub file: String,
+    pub message: String,
 }
 
 impl TemplateCatalog {
@@ -43,6 +53,7 @@ impl TemplateCatalog {
         for (id, file, text) in BUILTIN {
             match Template::from_yaml(id, file, text) {
                 Ok(template) => {
+                    catalog.keep_warnings(file, &template);
                     catalog.insert(template);
                 }
                 // A test keeps this from happening; a broken build should still start.
@@ -109,6 +120,7 @@ impl TemplateCatalog {
             {
                 Ok(template) => {
                     from_dir.insert(id.to_owned(), file.clone());
+                    catalog.keep_warnings(&file, &template);
                     catalog.insert(template);
                 }
                 Err(message) => catalog.errors.push(fail(message)),
@@ -135,6 +147,19 @@ impl TemplateCatalog {
     /// The files that failed to load, in the order they were read.
     pub fn errors(&self) -> &[TemplateError] {
         &self.errors
+    }
+
+    /// Warnings about templates that loaded, in the order the files were read.
+    pub fn warnings(&self) -> &[TemplateWarning] {
+        &self.warnings
+    }
+
+    fn keep_warnings(&mut self, file: &str, template: &Template) {
+        self.warnings
+            .extend(template.warnings.iter().map(|message| TemplateWarning {
+                file: file.to_owned(),
+                message: message.clone(),
+            }));
     }
 }
 
@@ -165,23 +190,128 @@ mod tests {
     fn builtin_catalog_holds_project_and_restomod_without_errors() {
         let catalog = TemplateCatalog::builtin();
         assert_eq!(catalog.errors(), &[]);
+        assert_eq!(catalog.warnings(), &[]);
         assert_eq!(ids(&catalog), ["project", "restomod"]);
         assert_eq!(catalog.get("restomod").unwrap().name, "Restomod Creator");
         assert!(catalog.get("nope").is_none());
     }
 
     #[test]
-    fn builtin_restomod_is_byte_identical_to_the_original() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/data/templates/restomod.yaml"
+    fn builtin_restomod_keeps_the_original_types_properties_and_options() {
+        let restomod = TemplateCatalog::builtin().get("restomod").unwrap();
+        assert_eq!(restomod.alias.as_deref(), Some("restomod_v1"));
+        assert_eq!(restomod.version, "1.0");
+        assert!(restomod.warnings.is_empty());
+        /// (type id, name, allowed children, (property id, type)).
+        type Shape<'a> = (&'a str, &'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>);
+        let shape: Vec<Shape> = restomod
+            .node_types
+            .iter()
+            .map(|t| {
+                (
+                    t.id.as_str(),
+                    t.name.as_str(),
+                    t.allowed_children.iter().map(String::as_str).collect(),
+                    t.properties
+                        .iter()
+                        .map(|p| (p.id.as_str(), p.kind.as_str()))
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (
+                    "project_root",
+                    "Project",
+                    vec!["phase"],
+                    vec![("vehicle", "text"), ("vin", "text"), ("budget", "currency")]
+                ),
+                (
+                    "phase",
+                    "Phase",
+                    vec!["job"],
+                    vec![("status", "select"), ("start_date", "date")]
+                ),
+                (
+                    "job",
+                    "Job",
+                    vec!["task"],
+                    vec![("priority", "select"), ("description", "text")]
+                ),
+                (
+                    "task",
+                    "Task",
+                    vec!["part"],
+                    vec![
+                        ("status", "select"),
+                        ("cost", "currency"),
+                        ("impact", "number"),
+                        ("effort", "number"),
+                        ("estimated_hours", "number"),
+                        ("notes", "text")
+                    ]
+                ),
+                (
+                    "part",
+                    "Part",
+                    vec![],
+                    vec![
+                        ("sku", "text"),
+                        ("supplier", "text"),
+                        ("status", "select"),
+                        ("cost", "currency"),
+                        ("quantity", "number"),
+                        ("link", "text")
+                    ]
+                ),
+            ]
         );
-        let original = fs::read_to_string(path).expect("the shared restomod.yaml is readable");
-        assert_eq!(BUILTIN[1].2, original);
+        let options = |type_id: &str| -> Vec<String> {
+            let t = restomod.node_type(type_id).unwrap();
+            let status = t.property("status").or(t.property("priority")).unwrap();
+            status
+                .options
+                .iter()
+                .map(|o| format!("{} {}", o.bullet.as_deref().unwrap_or("-"), o.name))
+                .collect()
+        };
+        assert_eq!(
+            options("phase"),
+            ["◯ Planned", "◐ In Progress", "✓ Completed"]
+        );
+        assert_eq!(
+            options("job"),
+            ["- Low", "- Medium", "- High", "- Critical"]
+        );
+        assert_eq!(
+            options("task"),
+            ["◯ Not Started", "◐ In Progress", "● Blocked", "✓ Done"]
+        );
+        assert_eq!(
+            options("part"),
+            [
+                "◯ Need to Order",
+                "◐ Ordered",
+                "◐ Shipped",
+                "● Received",
+                "✓ Installed"
+            ]
+        );
+        let required: Vec<&str> = restomod
+            .node_types
+            .iter()
+            .flat_map(|t| t.properties.iter().filter(|p| p.required))
+            .map(|p| p.id.as_str())
+            .collect();
+        assert_eq!(required, ["vehicle"]);
+        let quantity = restomod.node_type("part").unwrap().property("quantity");
+        assert_eq!(quantity.unwrap().default, Some(serde_json::json!(1)));
     }
 
     #[test]
-    fn builtin_project_template_uses_every_property_type_and_nests_workstreams() {
+    fn builtin_project_template_uses_every_original_property_type_and_nests_workstreams() {
         let project = TemplateCatalog::builtin().get("project").unwrap();
         assert_eq!(project.root_type().id, "project");
         assert!((4..=6).contains(&project.node_types.len()));
@@ -192,10 +322,9 @@ mod tests {
             .iter()
             .flat_map(|t| t.properties.iter().map(|p| p.kind))
             .collect();
-        for kind in PropertyType::ALL {
-            if kind != PropertyType::Person {
-                assert!(kinds.contains(&kind), "project.yaml has no {kind} property");
-            }
+        use PropertyType::*;
+        for kind in [Text, Number, Currency, Boolean, Date, Select] {
+            assert!(kinds.contains(&kind), "project.yaml has no {kind} property");
         }
         let task = project.node_type("task").unwrap();
         let initial = task.initial_properties();
@@ -247,6 +376,39 @@ mod tests {
                 "template id 'kanban' is already defined by kanban.yaml"
             )
         );
+    }
+
+    #[test]
+    fn load_dir_serves_a_template_with_an_unknown_property_type_and_keeps_the_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("future.yaml"),
+            "name: Future\nnode_types:\n  - id: item\n    properties:\n      - {id: spot, type: geo_point}\n      - {id: n, type: string}\n",
+        )
+        .unwrap();
+        for fixture in ["budget.yaml", "studio.yaml", "garage.yaml"] {
+            let text = fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fixtures/templates")
+                    .join(fixture),
+            )
+            .unwrap();
+            fs::write(dir.path().join(fixture), text).unwrap();
+        }
+        let catalog = TemplateCatalog::load_dir(dir.path());
+        assert_eq!(catalog.errors(), &[]);
+        assert_eq!(
+            ids(&catalog),
+            ["budget", "future", "garage", "project", "restomod", "studio"]
+        );
+        let future = catalog.get("future").unwrap();
+        let spot = future.node_types[0].property("spot").unwrap();
+        assert_eq!(spot.kind, PropertyType::Opaque);
+        assert_eq!(catalog.warnings().len(), 1, "{:?}", catalog.warnings());
+        assert_eq!(catalog.warnings()[0].file, "future.yaml");
+        assert!(catalog.warnings()[0]
+            .message
+            .contains("property 'spot' has unknown type 'geo_point'"));
     }
 
     #[test]

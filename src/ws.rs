@@ -63,6 +63,11 @@ struct Plan {
 
 /// Recognises a subscription whose only root field is `sessionEvents`.
 fn plan(payload: &Value) -> Option<Plan> {
+    // Automatic Persisted Queries (register, look up, hash check) run in the
+    // engine's extensions, so such a subscription is left to the engine.
+    if payload.pointer("/extensions/persistedQuery").is_some() {
+        return None;
+    }
     let query = payload.get("query")?.as_str()?;
     let operation_name = payload
         .get("operationName")
@@ -230,6 +235,8 @@ async fn run(link: Link, id: String, raw: Vec<u8>, plan: Plan) {
         frame.push('}');
         frame
     };
+    crate::metrics::count_operation("subscription", plan.operation_name.as_deref(), true);
+    let _active = crate::metrics::GaugeGuard::new(crate::metrics::names::SUBSCRIPTIONS);
     let mut events = std::pin::pin!(events);
     let mut ended = false;
     while let Some(event) = events.next().await {
@@ -246,6 +253,7 @@ async fn run(link: Link, id: String, raw: Vec<u8>, plan: Plan) {
                 None => break,
             }
         }
+        metrics::counter!(crate::metrics::names::EVENTS_DELIVERED).increment(frames.len() as u64);
         if link.out.send(frames).is_err() {
             return;
         }
@@ -284,6 +292,7 @@ impl Drop for Tasks {
 
 /// Serves one websocket connection until it closes, stops answering pings, or the server shuts down.
 pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtocols) {
+    let _open = crate::metrics::GaugeGuard::new(crate::metrics::names::WEBSOCKETS);
     let legacy = matches!(protocol, WebSocketProtocols::SubscriptionsTransportWS);
     let (mut sink, mut stream) = socket.split();
     let (engine_tx, engine_rx) = mpsc::unbounded_channel::<Vec<u8>>();

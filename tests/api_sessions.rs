@@ -328,25 +328,23 @@ async fn closing_a_session_completes_its_subscriptions_on_both_protocols_and_kee
         .any(|p| p["id"] == project.as_str()));
 }
 
-/// A temp dir holding a copy of the reference budget template, and a copy of the reference project file.
-fn budget_fixture() -> (tempfile::TempDir, Value) {
-    let shared = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data");
+/// The project's own test fixtures (tests/fixtures/README.md).
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// A temp dir holding copies of the fixture templates (budget, studio, garage), and the named fixture project file.
+fn fixture(project: &str) -> (tempfile::TempDir, Value) {
     let dir = tempfile::tempdir().unwrap();
     let templates = dir.path().join("templates");
     std::fs::create_dir(&templates).unwrap();
-    std::fs::copy(
-        format!("{shared}/templates/budget_smoke_test.yaml"),
-        templates.join("budget_smoke_test.yaml"),
-    )
-    .unwrap();
-    let file = dir.path().join("budget_smoke_test_project.json");
-    std::fs::copy(
-        format!("{shared}/projects/budget_smoke_test_project.json"),
-        &file,
-    )
-    .unwrap();
-    let project = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-    (dir, project)
+    for name in ["budget.yaml", "studio.yaml", "garage.yaml"] {
+        std::fs::copy(format!("{FIXTURES}/templates/{name}"), templates.join(name)).unwrap();
+    }
+    let text = std::fs::read_to_string(format!("{FIXTURES}/projects/{project}")).unwrap();
+    (dir, serde_json::from_str(&text).unwrap())
+}
+
+fn budget_fixture() -> (tempfile::TempDir, Value) {
+    fixture("budget_project.json")
 }
 
 #[tokio::test]
@@ -366,7 +364,7 @@ async fn the_budget_project_imports_with_its_eleven_nodes_and_its_export_imports
     let first = &data["importProject"];
     assert_eq!(first["nodeCount"], 11);
     assert_eq!(first["project"]["nodeCount"], 11);
-    assert_eq!(first["project"]["templateId"], "budget_smoke_test");
+    assert_eq!(first["project"]["templateId"], "budget");
     let session = str_of(&first["id"]);
     let graph = app.graph(&session).await;
     assert_eq!(graph["nodeCount"], 11);
@@ -380,7 +378,7 @@ async fn the_budget_project_imports_with_its_eleven_nodes_and_its_export_imports
         .await["exportProject"]
         .clone();
     assert_eq!(export["version"], "1.0");
-    assert_eq!(export["templates"], json!(["budget_smoke_test"]));
+    assert_eq!(export["templates"], json!(["budget"]));
     assert_eq!(export["nodes"].as_object().unwrap().len(), 11);
 
     let data = app
@@ -468,4 +466,259 @@ async fn the_reaper_closes_idle_sessions_without_clients_but_spares_watched_ones
         names.contains(&"Idle".to_string()),
         "the reaped session's project is kept: {names:?}"
     );
+}
+
+// The current-format fixture's node ids (tests/fixtures/projects/studio_project.json).
+const FILM: &str = "42562d79-57cb-4c40-981a-897418b4e1e0";
+const HARBOUR: &str = "2b1713c3-7929-4c4a-b626-5aca78ca4b42";
+const DAWN: &str = "bde68d66-b5cc-4429-af66-c8751f749e30";
+const WAVE: &str = "be675749-f3b8-4966-bdb9-4156858e3e34";
+const CAPSIZE: &str = "f58058f5-4699-4595-b98a-c9bb89846220";
+const RESCUE: &str = "abe0fe5a-7fb7-4fd2-baf8-a6d2e8b220e2";
+const MIRA: &str = "eebbe5b6-773e-4a98-99eb-fb4c0e8f969a";
+const JONAS: &str = "e8e0241a-583a-469a-858d-370b1012d33c";
+const LEA: &str = "4eb05d04-660a-4115-a3f1-052bbc608335";
+
+const IMPORT: &str =
+    "mutation($f: JSON!, $t: ID, $n: String) { importProject(file: $f, templateId: $t, name: $n) {
+    id nodeCount project { name templateId nodeCount } } }";
+
+/// A server with the fixture templates and the studio project imported: (fixture dir, app, session id).
+async fn studio_session() -> (tempfile::TempDir, App, String) {
+    let (fixture, file) = fixture("studio_project.json");
+    let templates = fixture.path().join("templates");
+    let app = App::start_with(|c| c.templates_dir = Some(templates)).await;
+    let data = app.query(IMPORT, json!({ "f": file })).await;
+    let session = str_of(&data["importProject"]["id"]);
+    (fixture, app, session)
+}
+
+/// The node of `graph` (as `App::graph` returns it) with this id.
+fn node_of<'g>(graph: &'g Value, id: &str) -> &'g Value {
+    graph["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == id)
+        .unwrap_or_else(|| panic!("node {id} in {graph:#}"))
+}
+
+#[tokio::test]
+async fn a_current_format_project_imports_through_the_api_with_every_node_type_order_and_value() {
+    let (fixture, file) = fixture("studio_project.json");
+    let templates = fixture.path().join("templates");
+    let app = App::start_with(|c| c.templates_dir = Some(templates)).await;
+    let errors = app
+        .query("{ templateErrors { file message } }", json!({}))
+        .await;
+    assert_eq!(errors["templateErrors"], json!([]));
+    let studio = app
+        .query(
+            "{ template(id: \"studio\") { nodeTypes { name properties { name type required defaultValue } } } }",
+            json!({}),
+        )
+        .await;
+    let shot = &studio["template"]["nodeTypes"][2];
+    assert_eq!(shot["name"], "Shot");
+    let types: Vec<&str> = shot["properties"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "TEXT",
+            "TEXT",
+            "NUMBER",
+            "CURRENCY",
+            "SELECT",
+            "CHECKBOX",
+            "DATE",
+            "EDITOR",
+            "PERSON",
+            "NODE_REFERENCE",
+            "NODE_REFERENCE",
+            "OBJECT"
+        ]
+    );
+    assert_eq!(shot["properties"][11]["defaultValue"], json!({}));
+
+    let data = app.query(IMPORT, json!({ "f": file })).await;
+    let first = &data["importProject"];
+    assert_eq!(first["nodeCount"], 11);
+    assert_eq!(first["project"]["templateId"], "studio");
+    assert_eq!(first["project"]["name"], "Paper Boats");
+    let session = str_of(&first["id"]);
+    let graph = app.graph(&session).await;
+    assert_eq!(graph["nodeCount"], 11);
+    assert_eq!(graph["roots"], json!([{ "id": FILM }]));
+    assert_eq!(
+        node_of(&graph, FILM)["childIds"],
+        json!([
+            HARBOUR,
+            "21e0d858-bb85-4778-a03b-d16c2c60e4e3",
+            MIRA,
+            JONAS,
+            LEA
+        ])
+    );
+    let rescue = node_of(&graph, RESCUE);
+    assert_eq!(rescue["typeId"], "shot");
+    assert_eq!(rescue["name"], "Rescue");
+    assert_eq!(
+        rescue["properties"],
+        json!({"name": "Rescue", "code": "ST-030", "frames": 420, "cost": "8800.25", "status": "todo",
+               "approved": false, "brief": "<h2>Rescue</h2>\n<p>The lighthouse keeper's rowing boat.</p>",
+               "supervisor": LEA, "artists": [LEA, JONAS, MIRA],
+               "after": [CAPSIZE, WAVE], "allocation": {"2026-07-20": {JONAS: 3}}})
+    );
+    // Every node and value is what the file says, read with the same template by the domain.
+    let template = talus_tally::domain::Template::from_yaml(
+        "studio",
+        "studio.yaml",
+        &std::fs::read_to_string(format!("{FIXTURES}/templates/studio.yaml")).unwrap(),
+    )
+    .unwrap();
+    let expected = talus_tally::domain::project_file::import(&file, &template, chrono::Utc::now())
+        .unwrap()
+        .graph;
+    let served = graph["nodes"].as_array().unwrap();
+    assert_eq!(served.len(), expected.len());
+    for node in expected.preorder() {
+        let at = node_of(&graph, &node.id.to_string());
+        assert_eq!(at["typeId"], node.type_id.as_str());
+        assert_eq!(at["name"], node.name.as_str());
+        assert_eq!(
+            at["properties"],
+            serde_json::to_value(&node.properties).unwrap()
+        );
+        let children: Vec<String> = node.children.iter().map(|c| c.to_string()).collect();
+        assert_eq!(at["childIds"], json!(children));
+    }
+
+    let export = app
+        .query(
+            "query($s: ID!) { exportProject(sessionId: $s) }",
+            json!({ "s": session }),
+        )
+        .await["exportProject"]
+        .clone();
+    assert_eq!(export["templates"], json!(["studio"]));
+    assert_eq!(export["nodes"].as_object().unwrap().len(), 11);
+    let data = app.query(IMPORT, json!({ "f": export })).await;
+    let again = str_of(&data["importProject"]["id"]);
+    assert_eq!(app.graph(&again).await, graph);
+}
+
+const DELETE: &str = "mutation($s: ID!, $n: ID!) { deleteNode(sessionId: $s, nodeId: $n) { version events { __typename
+    ... on PropertyChanged { nodeId propertyId oldValue newValue } ... on NodeDeleted { nodeId deletedIds } } } }";
+
+#[tokio::test]
+async fn node_references_must_name_existing_nodes_of_the_target_type_and_change_nothing_otherwise()
+{
+    let (_fixture, app, session) = studio_session().await;
+    let before = app.graph(&session).await;
+    let set = "mutation($s: ID!, $n: ID!, $p: ID!, $v: JSON) { updateProperty(sessionId: $s, nodeId: $n, propertyId: $p, value: $v) { version } }";
+    let missing = "00000000-0000-0000-0000-00000000beef";
+    let cases = [
+        (
+            json!([MIRA, missing]),
+            format!("references node {missing}, which does not exist"),
+        ),
+        (
+            json!([HARBOUR]),
+            format!("references node {HARBOUR}, a 'sequence'; it must be a 'person'"),
+        ),
+        (
+            json!([MIRA, MIRA]),
+            format!("each node once; {MIRA} is listed twice"),
+        ),
+        (
+            json!(["Mira"]),
+            "expects a list of ids of 'person' nodes".to_owned(),
+        ),
+    ];
+    for (value, message) in cases {
+        let error = app
+            .error(
+                set,
+                json!({ "s": session, "n": CAPSIZE, "p": "artists", "v": value }),
+            )
+            .await;
+        assert_eq!(common::code_of(&error), "INVALID_PROPERTY_VALUE", "{error}");
+        assert!(
+            error["message"].as_str().unwrap().contains(&message),
+            "{error}"
+        );
+    }
+    assert_eq!(
+        app.graph(&session).await,
+        before,
+        "a refused write changes nothing"
+    );
+
+    // Without a target type any node of the project will do; a single id is a list of one.
+    let data = app
+        .query(
+            set,
+            json!({ "s": session, "n": CAPSIZE, "p": "after", "v": HARBOUR }),
+        )
+        .await;
+    assert_eq!(data["updateProperty"]["version"], 1);
+    let graph = app.graph(&session).await;
+    assert_eq!(
+        node_of(&graph, CAPSIZE)["properties"]["after"],
+        json!([HARBOUR])
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_referenced_node_removes_it_from_every_reference_and_undo_restores_them() {
+    let (_fixture, app, session) = studio_session().await;
+    let before = app.graph(&session).await;
+    let data = app.query(DELETE, json!({ "s": session, "n": MIRA })).await;
+    let events: Vec<Value> = data["deleteNode"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["__typename"] != "CommandExecuting" && e["__typename"] != "CommandExecuted")
+        .cloned()
+        .collect();
+    let changed = |node: &str, old: Value, new: Value| json!({"__typename": "PropertyChanged", "nodeId": node, "propertyId": "artists", "oldValue": old, "newValue": new});
+    assert_eq!(
+        events,
+        [
+            changed(DAWN, json!([MIRA, JONAS]), json!([JONAS])),
+            changed(WAVE, json!([LEA, MIRA]), json!([LEA])),
+            changed(RESCUE, json!([LEA, JONAS, MIRA]), json!([LEA, JONAS])),
+            json!({"__typename": "NodeDeleted", "nodeId": MIRA, "deletedIds": [MIRA]}),
+        ]
+    );
+    let after = app.graph(&session).await;
+    assert_eq!(after["nodeCount"], 10);
+    let dawn = node_of(&after, DAWN);
+    assert_eq!(dawn["properties"]["artists"], json!([JONAS]));
+    // A person property is a plain id (syntax only) and an object is opaque to the server: both stay.
+    assert_eq!(dawn["properties"]["supervisor"], json!(MIRA));
+    assert_eq!(
+        dawn["properties"]["allocation"]["2026-06-01"][MIRA],
+        json!(6)
+    );
+
+    let undone = app.undo(&session).await;
+    assert_eq!(undone["version"], 2);
+    let mut restored = app.graph(&session).await;
+    assert_eq!(restored["version"], 2);
+    restored["version"] = before["version"].clone();
+    assert_eq!(
+        restored, before,
+        "undo puts the node and every reference back"
+    );
+
+    app.redo(&session).await;
+    let mut redone = app.graph(&session).await;
+    redone["version"] = after["version"].clone();
+    assert_eq!(redone, after);
 }

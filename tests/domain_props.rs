@@ -190,6 +190,12 @@ fn good_value(def: &PropertyDef, sel: usize) -> Value {
         PropertyType::Date => vec![json!("2024-02-29"), json!("2026-12-31")],
         PropertyType::Select => def.options.iter().map(|o| json!(o.name)).collect(),
         PropertyType::Person => vec![json!(Uuid::from_u128(1).to_string())],
+        // Not in restomod; values that need no particular graph, should a template here use them.
+        PropertyType::Editor => vec![json!("<p>rich</p>\ntext")],
+        PropertyType::Checkbox => vec![json!(true), json!(false)],
+        PropertyType::NodeReference => vec![json!([])],
+        PropertyType::Object => vec![json!({}), json!({"k": [1]})],
+        PropertyType::Opaque => vec![json!([1, "two"])],
     };
     let mut choices = choices;
     choices.push(Value::Null);

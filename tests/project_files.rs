@@ -1,4 +1,4 @@
-//! Project file import and export: the real Talus Tally budget project, 1.0 round trips, and files that must be refused.
+//! Project file import and export: the project's own fixtures in the 1.0, later and current Talus Tally formats, round trips, and files that must be refused.
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{json, Value};
@@ -8,22 +8,15 @@ use talus_tally::domain::{
 };
 use uuid::Uuid;
 
-const BUDGET_TEMPLATE: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/templates/budget_smoke_test.yaml"
-));
-const BUDGET_PROJECT: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/projects/budget_smoke_test_project.json"
-));
+const BUDGET_TEMPLATE: &str = include_str!("fixtures/templates/budget.yaml");
+const BUDGET_PROJECT: &str = include_str!("fixtures/projects/budget_project.json");
+const GARAGE_TEMPLATE: &str = include_str!("fixtures/templates/garage.yaml");
+const GARAGE_PROJECT: &str = include_str!("fixtures/projects/garage_v1.json");
+const STUDIO_TEMPLATE: &str = include_str!("fixtures/templates/studio.yaml");
+const STUDIO_PROJECT: &str = include_str!("fixtures/projects/studio_project.json");
 
 fn budget_template() -> Template {
-    Template::from_yaml(
-        "budget_smoke_test",
-        "budget_smoke_test.yaml",
-        BUDGET_TEMPLATE,
-    )
-    .unwrap()
+    Template::from_yaml("budget", "budget.yaml", BUDGET_TEMPLATE).unwrap()
 }
 
 fn budget_project() -> Value {
@@ -66,18 +59,19 @@ fn refused(file: &Value, template: &Template) -> DomainError {
     }
 }
 
-const ROOT: &str = "c9aecf4d-4ca8-40d1-a67e-492b2e692dd2";
-const ENGINEERING: &str = "11a11e89-6ff7-47a9-94ff-3f53b69d8702";
-const MARKETING: &str = "a3df6ffa-e0a1-413f-8a18-63d61bff83e0";
-const ALICE: &str = "4b7b7187-a20b-4468-a7fa-ef77f0b04770";
-const BOB: &str = "89ab5140-9a48-4176-a375-646745c20511";
-const BACKEND: &str = "fe7a0372-cb33-4a1f-993f-7fa4b9d0c939";
-const FRONTEND: &str = "45a874b2-82f6-4e3e-87d2-8d38d5c6e315";
-const TESTING: &str = "9e58245b-e69f-4814-9152-60ade4c87c58";
-const TRADE_SHOW: &str = "76c04fae-8988-49ff-8039-29243594aa35";
+const ROOT: &str = "480ca7d5-2cb2-4814-87a5-b4b0c2bcb999";
+const STAGE: &str = "5344d417-ac93-4cb9-a01c-1ac713b33d2f";
+const CATERING: &str = "d57fbfcd-b14d-458c-a4d6-16c304663c56";
+const INES: &str = "5d2c28a1-c3b4-4d95-b328-3aa3ec1420a3";
+const TOMAS: &str = "9790b0c8-6058-4d74-928f-a3bb98a16e4b";
+const BUILD: &str = "e5f7cb2d-bf52-4143-9fb7-aa444aafe561";
+const SOUND: &str = "1f5e2b96-29f1-4dc9-aa05-bbd6e73fe980";
+const LIGHTS: &str = "01d3dd5b-1a1c-49be-afba-2ec550ecdeab";
+const TASTING: &str = "f0d0a18f-cbc5-4b4a-ada6-f8f53f2fd11c";
+const STAFF: &str = "a9cbed40-0e64-4ef4-94e5-826f9afa960d";
 
 // ---------------------------------------------------------------------------
-// the real budget project (later format, keyed by stable uuids)
+// the budget project (later format, keyed by stable uuids)
 
 #[test]
 fn the_budget_project_imports_with_all_eleven_nodes_and_their_types() {
@@ -88,14 +82,11 @@ fn the_budget_project_imports_with_all_eleven_nodes_and_their_types() {
     assert_eq!(g.roots(), &[id(ROOT)]);
     let type_of = |n: &str| g.node(&id(n)).unwrap().type_id.clone();
     assert_eq!(type_of(ROOT), "project_root");
-    assert_eq!(type_of(ENGINEERING), "department");
-    assert_eq!(type_of(BACKEND), "task");
-    assert_eq!(type_of(ALICE), "person");
+    assert_eq!(type_of(STAGE), "team");
+    assert_eq!(type_of(BUILD), "task");
+    assert_eq!(type_of(INES), "person");
     let count = |t: &str| g.nodes().filter(|n| n.type_id == t).count();
-    assert_eq!(
-        (count("department"), count("task"), count("person")),
-        (2, 6, 2)
-    );
+    assert_eq!((count("team"), count("task"), count("person")), (2, 6, 2));
     assert!(imported.orphaned.is_empty(), "{:?}", imported.orphaned);
     assert!(imported.warnings.is_empty(), "{:?}", imported.warnings);
 }
@@ -114,26 +105,22 @@ fn the_budget_project_keeps_child_order_and_takes_names_from_the_name_property()
     };
     assert_eq!(
         names(ROOT),
-        ["Engineering", "Marketing", "Alice Chen", "Bob Martinez"]
+        ["Stage", "Catering", "Ines Duarte", "Tomas Berg"]
     );
     assert_eq!(
-        names(ENGINEERING),
-        [
-            "Backend API Development",
-            "Frontend UI Build",
-            "Testing & QA"
-        ]
+        names(STAGE),
+        ["Build the Stage", "Sound Check", "Lighting Rig"]
     );
     assert_eq!(
-        names(MARKETING),
-        ["Campaign Design", "Social Media Launch", "Trade Show Prep"]
+        names(CATERING),
+        ["Menu Tasting", "Order Supplies", "Hire Staff"]
     );
     assert_eq!(
         g.node(&id(ROOT)).unwrap().children,
-        vec![id(ENGINEERING), id(MARKETING), id(ALICE), id(BOB)]
+        vec![id(STAGE), id(CATERING), id(INES), id(TOMAS)]
     );
-    assert_eq!(g.node(&id(BACKEND)).unwrap().parent, Some(id(ENGINEERING)));
-    assert_eq!(imported.name.as_deref(), Some("Budget Smoke Test Project"));
+    assert_eq!(g.node(&id(BUILD)).unwrap().parent, Some(id(STAGE)));
+    assert_eq!(imported.name.as_deref(), Some("Harbour Festival"));
 }
 
 #[test]
@@ -143,36 +130,37 @@ fn the_budget_project_keeps_every_value_under_property_ids() {
     let props = |n: &str| g.node(&id(n)).unwrap().properties.clone();
 
     let root = props(ROOT);
-    assert_eq!(root["name"], json!("Budget Smoke Test Project"));
-    assert_eq!(root["estimated_cost"], json!("50000"));
-    assert_eq!(root["actual_cost"], json!("0"));
+    assert_eq!(root["name"], json!("Harbour Festival"));
+    assert_eq!(root["planned"], json!("42000"));
+    assert_eq!(root["spent"], json!("0"));
     assert_eq!(root.len(), 3);
 
-    assert_eq!(props(ENGINEERING)["status"], json!("in_progress"));
-    assert_eq!(props(ENGINEERING)["estimated_cost"], json!("30000"));
+    assert_eq!(props(STAGE)["state"], json!("busy"));
+    assert_eq!(props(STAGE)["planned"], json!("26000"));
+    assert_eq!(props(STAGE)["spent"], json!("1250.5"));
 
-    let backend = props(BACKEND);
-    assert_eq!(backend["estimated_cost"], json!("12000"));
-    assert_eq!(backend["actual_cost"], json!("8500"));
-    assert_eq!(backend["estimated_hours"], json!(120));
-    assert_eq!(backend["status"], json!("in_progress"));
-    assert_eq!(backend["start_date"], json!("2025-01-20"));
-    assert_eq!(backend["end_date"], json!("2025-03-15"));
-    assert_eq!(backend["assigned_to"], json!(ALICE));
-    assert_eq!(backend.len(), 8);
+    let build = props(BUILD);
+    assert_eq!(build["planned"], json!("15000"));
+    assert_eq!(build["spent"], json!("1250.5"));
+    assert_eq!(build["hours"], json!(160));
+    assert_eq!(build["state"], json!("busy"));
+    assert_eq!(build["begins"], json!("2026-05-04"));
+    assert_eq!(build["ends"], json!("2026-05-29"));
+    assert_eq!(build["lead"], json!(INES));
+    assert_eq!(build.len(), 8);
 
-    let testing = props(TESTING);
-    assert_eq!(testing["status"], json!("to_do"));
-    assert!(
-        !testing.contains_key("assigned_to"),
-        "not assigned in the file"
-    );
-    assert_eq!(props(FRONTEND)["status"], json!("done"));
-    assert_eq!(props(TRADE_SHOW)["end_date"], json!("2025-05-31"));
+    let lights = props(LIGHTS);
+    assert_eq!(lights["state"], json!("open"));
+    assert_eq!(lights["hours"], json!(40.5));
+    assert!(!lights.contains_key("lead"), "no lead in the file");
+    assert_eq!(props(SOUND)["lead"], json!(TOMAS));
+    assert_eq!(props(TASTING)["state"], json!("closed"));
+    assert_eq!(props(STAFF)["ends"], json!("2026-04-30"));
 
-    let alice = props(ALICE);
-    assert_eq!(alice["email"], json!("alice@example.com"));
-    assert_eq!(alice["daily_capacity"], json!(8));
+    let ines = props(INES);
+    assert_eq!(ines["email"], json!("ines@example.org"));
+    assert_eq!(ines["hours_per_day"], json!(7.5));
+    assert_eq!(props(TOMAS)["hours_per_day"], json!(8));
     // Every value of the file arrives: 3 + 4 + 4 + 8 + 8 + 7 + 8 + 8 + 7 + 3 + 3.
     let total: usize = g.nodes().map(|n| n.properties.len()).sum();
     assert_eq!(total, 63);
@@ -188,7 +176,7 @@ fn nodes_of_the_later_format_get_the_import_time_as_created_at() {
 fn the_template_hint_names_the_file_template() {
     assert_eq!(
         project_file::template_hint(&budget_project()).as_deref(),
-        Some("budget_smoke_test")
+        Some("budget")
     );
     assert_eq!(
         project_file::template_hint(
@@ -216,7 +204,7 @@ fn values_the_template_does_not_define_are_kept_and_reported_as_orphaned() {
                 value: json!("X-1"),
             },
             Orphan {
-                node_id: id(ALICE),
+                node_id: id(INES),
                 key: "0a0b0c0d-0000-0000-0000-000000000000".into(),
                 value: json!(42),
             },
@@ -230,15 +218,15 @@ fn values_the_template_does_not_define_are_kept_and_reported_as_orphaned() {
 #[test]
 fn values_that_do_not_parse_are_kept_as_they_are_with_a_warning() {
     let mut file = budget_project();
-    // Node 3 is "Backend API Development"; its estimated_hours key is 8cb6d24b-...
-    file["graph"]["nodes"][3]["properties"]["8cb6d24b-34bf-d30e-3ec5-2df02aec825d"] = json!("lots");
+    // Node 3 is "Build the Stage"; its hours key is a5bf976e-... (stable uuid of property.task:hours).
+    file["graph"]["nodes"][3]["properties"]["a5bf976e-7f0e-4fe3-0393-c9b8f2d215d3"] = json!("lots");
     let imported = import_budget(&file);
-    let backend = imported.graph.node(&id(BACKEND)).unwrap();
-    assert_eq!(backend.properties["estimated_hours"], json!("lots"));
+    let build = imported.graph.node(&id(BUILD)).unwrap();
+    assert_eq!(build.properties["hours"], json!("lots"));
     assert_eq!(imported.warnings.len(), 1, "{:?}", imported.warnings);
-    assert_eq!(imported.warnings[0].node_id, Some(id(BACKEND)));
+    assert_eq!(imported.warnings[0].node_id, Some(id(BUILD)));
     assert!(
-        imported.warnings[0].message.contains("estimated_hours"),
+        imported.warnings[0].message.contains("hours"),
         "{:?}",
         imported.warnings
     );
@@ -248,21 +236,21 @@ fn values_that_do_not_parse_are_kept_as_they_are_with_a_warning() {
 #[test]
 fn an_explicit_name_wins_over_the_name_property_and_types_without_one_use_the_type_name() {
     let mut file = budget_project();
-    file["graph"]["nodes"][1]["name"] = json!("R&D");
+    file["graph"]["nodes"][1]["name"] = json!("Main Stage");
     let imported = import_budget(&file);
-    assert_eq!(imported.graph.node(&id(ENGINEERING)).unwrap().name, "R&D");
+    assert_eq!(imported.graph.node(&id(STAGE)).unwrap().name, "Main Stage");
 
     let restomod_file = json!({
         "template_id": "restomod",
         "graph": {"nodes": [
-            {"id": ROOT, "type": "project_root", "properties": {"vehicle": "Mustang"}, "children": [ENGINEERING]},
-            {"id": ENGINEERING, "type": "phase", "properties": {"status": "Completed"}, "children": []}
+            {"id": ROOT, "type": "project_root", "properties": {"vehicle": "Mustang"}, "children": [STAGE]},
+            {"id": STAGE, "type": "phase", "properties": {"status": "Completed"}, "children": []}
         ]}
     });
     let imported = project_file::import(&restomod_file, &restomod(), now()).unwrap();
     let g = &imported.graph;
     assert_eq!(g.node(&id(ROOT)).unwrap().name, "Project");
-    assert_eq!(g.node(&id(ENGINEERING)).unwrap().name, "Phase");
+    assert_eq!(g.node(&id(STAGE)).unwrap().name, "Phase");
     let completed = restomod()
         .node_type("phase")
         .unwrap()
@@ -273,7 +261,7 @@ fn an_explicit_name_wins_over_the_name_property_and_types_without_one_use_the_ty
         .id
         .clone();
     assert_eq!(
-        g.node(&id(ENGINEERING)).unwrap().properties["status"],
+        g.node(&id(STAGE)).unwrap().properties["status"],
         json!(completed)
     );
 }
@@ -290,30 +278,26 @@ fn a_file_made_for_another_template_imports_with_a_warning() {
 #[test]
 fn a_child_the_template_does_not_allow_is_kept_with_a_warning() {
     let mut file = budget_project();
-    // Bob (a person) listed under Engineering, which only allows tasks.
+    // Tomas (a person) listed under Stage, a team, which only allows tasks.
     let nodes = file["graph"]["nodes"].as_array_mut().unwrap();
-    nodes[0]["children"] = json!([ENGINEERING, MARKETING, ALICE]);
+    nodes[0]["children"] = json!([STAGE, CATERING, INES]);
     nodes[1]["children"]
         .as_array_mut()
         .unwrap()
-        .push(json!(BOB));
+        .push(json!(TOMAS));
     let imported = import_budget(&file);
     assert_eq!(
-        imported.graph.node(&id(BOB)).unwrap().parent,
-        Some(id(ENGINEERING))
+        imported.graph.node(&id(TOMAS)).unwrap().parent,
+        Some(id(STAGE))
     );
     assert_eq!(imported.warnings.len(), 1);
-    assert_eq!(imported.warnings[0].node_id, Some(id(BOB)));
+    assert_eq!(imported.warnings[0].node_id, Some(id(TOMAS)));
 }
 
 #[test]
 fn the_budget_project_survives_export_and_import() {
     let imported = import_budget(&budget_project());
-    let exported = project_file::export_named(
-        &imported.graph,
-        "budget_smoke_test",
-        imported.name.as_deref(),
-    );
+    let exported = project_file::export_named(&imported.graph, "budget", imported.name.as_deref());
     let text = serde_json::to_string(&exported).unwrap();
     let again = import_budget(&serde_json::from_str(&text).unwrap());
     assert_eq!(again.format, Format::V1);
@@ -575,8 +559,8 @@ fn a_node_of_a_type_the_template_lacks_is_refused_with_node_type_not_found() {
     file["graph"]["nodes"][4]["type"] = json!("00000000-0000-0000-0000-000000000001");
     let e = refused(&file, &budget_template());
     assert_eq!(e.code, ErrorCode::NodeTypeNotFound);
-    assert!(e.message.contains(FRONTEND), "{}", e.message);
-    // The budget project read with the restomod template: no type matches.
+    assert!(e.message.contains(SOUND), "{}", e.message);
+    // The budget project read with the restomod template: its root type matches, its team type does not.
     let e = refused(&budget_project(), &restomod());
     assert_eq!(e.code, ErrorCode::NodeTypeNotFound);
 }
@@ -603,7 +587,7 @@ fn a_child_listed_twice_is_refused() {
     file["graph"]["nodes"][2]["children"]
         .as_array_mut()
         .unwrap()
-        .push(json!(BACKEND));
+        .push(json!(BUILD));
     let e = refused(&file, &budget_template());
     assert_eq!(e.code, ErrorCode::BadUserInput);
     assert!(e.message.contains("twice"), "{}", e.message);
@@ -637,7 +621,7 @@ fn duplicate_node_ids_are_refused() {
     let e = refused(&file, &budget_template());
     assert_eq!(e.code, ErrorCode::BadUserInput);
     assert!(
-        e.message.contains(BOB) && e.message.contains("more than once"),
+        e.message.contains(TOMAS) && e.message.contains("more than once"),
         "{}",
         e.message
     );
@@ -678,4 +662,331 @@ fn roots_that_name_a_child_or_an_unknown_node_are_refused() {
     assert_eq!(refused(&file, &restomod()).code, ErrorCode::BadUserInput);
     file["roots"] = json!([A]);
     assert!(project_file::import(&file, &restomod(), now()).is_ok());
+}
+
+// ---------------------------------------------------------------------------
+// a 1.0 project file written by hand (not by this server's export)
+
+const EASTSIDE: &str = "0fd8aade-f16d-4167-8149-d389561e503f";
+const VESPA: &str = "2e1ea779-088d-4721-8fab-53522f825bd3";
+const VOLVO: &str = "14bf2c03-efa4-4e2d-b735-f0ab04f063a1";
+const CARB: &str = "f9472e1d-84f5-4ed9-b752-3815a134b2b0";
+const BRAKES: &str = "457f62ba-01d5-4d07-9dd0-3eb6dfdee211";
+const NEEDLE: &str = "feefd15b-e143-4c09-9ebc-58cf21488541";
+const GASKET: &str = "b803d446-23a6-44e8-aa61-eec68e4c12ae";
+const BELT: &str = "226b6ffe-c65f-4b53-9c2e-184eb2b9a0b5";
+
+fn garage() -> Template {
+    Template::from_yaml("garage", "garage.yaml", GARAGE_TEMPLATE).unwrap()
+}
+
+fn option_id(template: &Template, type_id: &str, property: &str, name: &str) -> Value {
+    let def = template
+        .node_type(type_id)
+        .unwrap()
+        .property(property)
+        .unwrap();
+    json!(def.option(name).unwrap().id)
+}
+
+#[test]
+fn the_1_0_garage_file_imports_with_every_node_in_order_and_its_created_at_times() {
+    let template = garage();
+    assert_eq!(template.alias.as_deref(), Some("garage_v1"));
+    let file: Value = serde_json::from_str(GARAGE_PROJECT).unwrap();
+    let imported = project_file::import(&file, &template, now()).unwrap();
+    imported.graph.check_invariants().unwrap();
+    assert!(imported.warnings.is_empty(), "{:?}", imported.warnings);
+    assert!(imported.orphaned.is_empty(), "{:?}", imported.orphaned);
+    let g = &imported.graph;
+    assert_eq!(imported.format, Format::V1);
+    assert_eq!(imported.name.as_deref(), Some("Eastside Garage, January"));
+    assert_eq!(g.len(), 8);
+    assert_eq!(g.roots(), &[id(EASTSIDE)]);
+    let preorder: Vec<(String, String)> = g
+        .preorder()
+        .map(|n| (n.type_id.to_string(), n.name.clone()))
+        .collect();
+    let expected = [
+        ("workshop", "Eastside Garage"),
+        ("vehicle", "Vespa 1978"),
+        ("repair", "Carburettor Rebuild"),
+        ("part", "Float Needle"),
+        ("part", "Gasket Set"),
+        ("repair", "Brake Cables"),
+        ("vehicle", "Volvo 240"),
+        ("repair", "Timing Belt"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(t, n)| (t.to_string(), n.to_string()))
+        .collect();
+    assert_eq!(preorder, expected);
+    assert_eq!(
+        g.node(&id(VESPA)).unwrap().children,
+        vec![id(CARB), id(BRAKES)]
+    );
+    assert_eq!(
+        g.node(&id(CARB)).unwrap().children,
+        vec![id(NEEDLE), id(GASKET)]
+    );
+    assert_eq!(g.node(&id(BELT)).unwrap().parent, Some(id(VOLVO)));
+    let created = |n: &str| g.node(&id(n)).unwrap().created_at;
+    assert_eq!(
+        created(VESPA),
+        Utc.with_ymd_and_hms(2026, 1, 5, 9, 10, 0).unwrap() + chrono::Duration::milliseconds(250)
+    );
+    // An offset is read and kept as the same instant in UTC.
+    assert_eq!(
+        created(BRAKES),
+        Utc.with_ymd_and_hms(2026, 1, 6, 9, 0, 0).unwrap()
+    );
+}
+
+#[test]
+fn the_1_0_garage_file_keeps_every_value_normalised_and_select_names_become_option_ids() {
+    let template = garage();
+    let file: Value = serde_json::from_str(GARAGE_PROJECT).unwrap();
+    let g = project_file::import(&file, &template, now()).unwrap().graph;
+    let props = |n: &str| {
+        let node = g.node(&id(n)).unwrap();
+        let map: serde_json::Map<String, Value> = node
+            .properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        Value::Object(map)
+    };
+    assert_eq!(
+        props(EASTSIDE),
+        json!({"owner": "Ruth Okafor", "opened": "2019-04-01"})
+    );
+    assert_eq!(
+        props(VESPA),
+        json!({"plate": "VS-1978", "year": 1978, "insured": true, "quote": "480.00",
+               "stage": option_id(&template, "vehicle", "stage", "On the Lift")})
+    );
+    assert_eq!(
+        props(CARB),
+        json!({"urgency": option_id(&template, "repair", "urgency", "Today"), "hours": 3.5,
+               "labour": "157.50", "due": "2026-02-02", "warranty": false,
+               "notes": "Idles rough\nwhen cold"})
+    );
+    assert_eq!(
+        props(NEEDLE),
+        json!({"part_no": "DELL-12", "price": "8.90", "count": 2, "arrived": true})
+    );
+    assert_eq!(
+        props(GASKET),
+        json!({"part_no": "GS-44", "price": "14", "count": 1, "arrived": false})
+    );
+    assert_eq!(
+        props(BRAKES),
+        json!({"urgency": option_id(&template, "repair", "urgency", "Soon"), "hours": 1, "labour": "45"})
+    );
+    assert_eq!(
+        props(VOLVO),
+        json!({"plate": "V-240", "year": 1988, "insured": false, "quote": "1200",
+               "stage": option_id(&template, "vehicle", "stage", "Waiting")})
+    );
+    assert_eq!(
+        props(BELT),
+        json!({"urgency": option_id(&template, "repair", "urgency", "Whenever"), "due": "2026-03-15"})
+    );
+    let total: usize = g.nodes().map(|n| n.properties.len()).sum();
+    assert_eq!(total, 31);
+}
+
+#[test]
+fn the_1_0_garage_file_survives_export_and_import() {
+    let template = garage();
+    let file: Value = serde_json::from_str(GARAGE_PROJECT).unwrap();
+    let first = project_file::import(&file, &template, now()).unwrap();
+    let exported = project_file::export_named(&first.graph, "garage", first.name.as_deref());
+    let text = serde_json::to_string(&exported).unwrap();
+    let again =
+        project_file::import(&serde_json::from_str(&text).unwrap(), &template, now()).unwrap();
+    assert_eq!(again.graph, first.graph);
+    assert_eq!(again.name, first.name);
+}
+
+// ---------------------------------------------------------------------------
+// the current format: every property type, view state beside the graph
+
+const FILM: &str = "42562d79-57cb-4c40-981a-897418b4e1e0";
+const HARBOUR: &str = "2b1713c3-7929-4c4a-b626-5aca78ca4b42";
+const STORM: &str = "21e0d858-bb85-4778-a03b-d16c2c60e4e3";
+const DAWN: &str = "bde68d66-b5cc-4429-af66-c8751f749e30";
+const LAUNCH: &str = "e1cd637f-0fd5-4f9c-9d75-070a0b214a8a";
+const WAVE: &str = "be675749-f3b8-4966-bdb9-4156858e3e34";
+const CAPSIZE: &str = "f58058f5-4699-4595-b98a-c9bb89846220";
+const RESCUE: &str = "abe0fe5a-7fb7-4fd2-baf8-a6d2e8b220e2";
+const MIRA: &str = "eebbe5b6-773e-4a98-99eb-fb4c0e8f969a";
+const JONAS: &str = "e8e0241a-583a-469a-858d-370b1012d33c";
+const LEA: &str = "4eb05d04-660a-4115-a3f1-052bbc608335";
+/// The stable uuid of `property.shot:artists`, the key of that property in the file.
+const ARTISTS_KEY: &str = "d8b294e2-862d-d9f8-1feb-9a71e76b9e37";
+
+fn studio() -> Template {
+    Template::from_yaml("studio", "studio.yaml", STUDIO_TEMPLATE).unwrap()
+}
+
+fn studio_project() -> Value {
+    serde_json::from_str(STUDIO_PROJECT).unwrap()
+}
+
+fn import_studio(file: &Value) -> Imported {
+    let imported = project_file::import(file, &studio(), now()).expect("the file imports");
+    imported.graph.check_invariants().unwrap();
+    imported
+}
+
+#[test]
+fn the_current_format_project_imports_with_every_node_type_and_order() {
+    let file = studio_project();
+    assert!(file.get("expanded_map").is_some() && file.get("filter_sets").is_some());
+    let imported = import_studio(&file);
+    assert!(imported.warnings.is_empty(), "{:?}", imported.warnings);
+    assert!(imported.orphaned.is_empty(), "{:?}", imported.orphaned);
+    assert_eq!(imported.format, Format::Graph);
+    assert_eq!(imported.name.as_deref(), Some("Paper Boats"));
+    let g = &imported.graph;
+    assert_eq!(g.len(), 11);
+    let preorder: Vec<(NodeId, String, String)> = g
+        .preorder()
+        .map(|n| (n.id, n.type_id.to_string(), n.name.clone()))
+        .collect();
+    let expected = [
+        (FILM, "project_root", "Paper Boats"),
+        (HARBOUR, "sequence", "Harbour"),
+        (DAWN, "shot", "Dawn Pan"),
+        (LAUNCH, "shot", "Boat Launch"),
+        (STORM, "sequence", "Storm"),
+        (WAVE, "shot", "First Wave"),
+        (CAPSIZE, "shot", "Capsize"),
+        (RESCUE, "shot", "Rescue"),
+        (MIRA, "person", "Mira Sato"),
+        (JONAS, "person", "Jonas Weber"),
+        (LEA, "person", "Lea Marin"),
+    ];
+    let expected: Vec<(NodeId, String, String)> = expected
+        .iter()
+        .map(|(i, t, n)| (id(i), t.to_string(), n.to_string()))
+        .collect();
+    assert_eq!(preorder, expected);
+}
+
+#[test]
+fn the_current_format_project_keeps_every_value_of_every_property_type() {
+    let template = studio();
+    let imported = import_studio(&studio_project());
+    let g = &imported.graph;
+    let props = |n: &str| {
+        let map: serde_json::Map<String, Value> = g
+            .node(&id(n))
+            .unwrap()
+            .properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        Value::Object(map)
+    };
+    assert_eq!(
+        props(FILM),
+        json!({"name": "Paper Boats",
+               "logline": "<p>Two kids race <em>paper boats</em> across a harbour.</p>\n<p>Then the storm comes.</p>",
+               "budget": "125000.00", "greenlit": true})
+    );
+    assert_eq!(
+        props(HARBOUR),
+        json!({"name": "Harbour", "mood": option_id(&template, "sequence", "mood", "Calm")})
+    );
+    assert_eq!(
+        props(STORM),
+        json!({"name": "Storm", "mood": option_id(&template, "sequence", "mood", "Tense")})
+    );
+    assert_eq!(
+        props(DAWN),
+        json!({"name": "Dawn Pan", "code": "HB-010", "frames": 240, "cost": "3200", "status": "final",
+               "approved": true, "due": "2026-06-05",
+               "brief": "# Dawn\n\nWide pan over the **harbour**, fog lifting.\n\n- gulls\n- one lit window",
+               "supervisor": MIRA, "artists": [MIRA, JONAS], "after": [],
+               "allocation": {"2026-06-01": {MIRA: 6, JONAS: 2}, "2026-06-02": {MIRA: 8}}})
+    );
+    assert_eq!(
+        props(LAUNCH),
+        json!({"name": "Boat Launch", "code": "HB-020", "frames": 180, "cost": "2750.50", "status": "wip",
+               "approved": false, "due": "2026-06-12", "brief": "<p>Close on hands &amp; the boat.</p>",
+               "artists": [JONAS], "after": [DAWN], "allocation": {}})
+    );
+    assert_eq!(
+        props(WAVE),
+        json!({"name": "First Wave", "code": "ST-010", "frames": 96, "cost": "5100", "status": "wip",
+               "approved": false, "due": "2026-07-01", "brief": "",
+               "supervisor": LEA, "artists": [LEA, MIRA], "after": [LAUNCH],
+               "allocation": {"2026-06-15": {LEA: 8, MIRA: 4}}})
+    );
+    assert_eq!(
+        props(CAPSIZE),
+        json!({"name": "Capsize", "code": "ST-020", "frames": 300, "status": "todo",
+               "due": "2026-07-10", "artists": [], "after": [WAVE]})
+    );
+    assert_eq!(
+        props(RESCUE),
+        json!({"name": "Rescue", "code": "ST-030", "frames": 420, "cost": "8800.25", "status": "todo",
+               "approved": false, "brief": "<h2>Rescue</h2>\n<p>The lighthouse keeper's rowing boat.</p>",
+               "supervisor": LEA, "artists": [LEA, JONAS, MIRA], "after": [CAPSIZE, WAVE],
+               "allocation": {"2026-07-20": {JONAS: 3}}})
+    );
+    assert_eq!(
+        props(MIRA),
+        json!({"name": "Mira Sato", "email": "mira@example.org", "daily_hours": 8, "on_leave": false})
+    );
+    assert_eq!(
+        props(JONAS),
+        json!({"name": "Jonas Weber", "email": "jonas@example.org", "daily_hours": 6, "on_leave": false})
+    );
+    assert_eq!(
+        props(LEA),
+        json!({"name": "Lea Marin", "email": "lea@example.org", "daily_hours": 7.5, "on_leave": true})
+    );
+    let total: usize = g.nodes().map(|n| n.properties.len()).sum();
+    assert_eq!(total, 73);
+}
+
+#[test]
+fn the_current_format_project_survives_export_and_import() {
+    let imported = import_studio(&studio_project());
+    let exported = project_file::export_named(&imported.graph, "studio", imported.name.as_deref());
+    let text = serde_json::to_string(&exported).unwrap();
+    let again = import_studio(&serde_json::from_str(&text).unwrap());
+    assert_eq!(again.format, Format::V1);
+    assert_eq!(again.graph, imported.graph);
+    assert!(again.warnings.is_empty(), "{:?}", again.warnings);
+}
+
+#[test]
+fn references_to_nodes_the_file_lacks_or_of_the_wrong_type_are_kept_with_a_warning() {
+    let mut file = studio_project();
+    // Node 3 is the shot "Dawn Pan".
+    file["graph"]["nodes"][3]["properties"][ARTISTS_KEY] = json!([MIRA, A, HARBOUR]);
+    let imported = import_studio(&file);
+    let dawn = imported.graph.node(&id(DAWN)).unwrap();
+    assert_eq!(dawn.properties["artists"], json!([MIRA, A, HARBOUR]));
+    let messages: Vec<&str> = imported
+        .warnings
+        .iter()
+        .map(|w| w.message.as_str())
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            format!("kept the value of 'artists' as it is: it references node {A}, which is not in the file"),
+            format!("kept the value of 'artists' as it is: it references node {HARBOUR}, a 'sequence' rather than a 'person'"),
+        ]
+    );
+    assert!(imported
+        .warnings
+        .iter()
+        .all(|w| w.node_id == Some(id(DAWN))));
 }

@@ -189,6 +189,20 @@ struct CodesExtension {
     document: Mutex<Option<Document>>,
 }
 
+impl CodesExtension {
+    /// Marks this extension as serving a subscription (see `subscription`).
+    fn note_subscription(&self, doc: &ExecutableDocument) {
+        let subscription = doc
+            .operations
+            .iter()
+            .all(|(_, op)| op.node.ty == OperationType::Subscription);
+        if subscription {
+            self.subscription.store(true, Ordering::Relaxed);
+            tracing::info!("graphql subscription started");
+        }
+    }
+}
+
 fn limit(message: String) -> ServerError {
     with_code(ServerError::new(message, None), "LIMIT_EXCEEDED")
 }
@@ -266,6 +280,16 @@ impl Extension for CodesExtension {
         request: Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
+        // A persisted query's document (found by its hash) is handed over
+        // parsed; the engine's own checks would walk it before `parse_query`
+        // sees it, so its shape is checked here.
+        let mut request = request;
+        if request.query.is_empty() {
+            // Without a parsed document this parses "" and fails; the engine reports that.
+            if let Ok(doc) = request.parsed_query() {
+                super::shape::check(doc, &self.limits)?;
+            }
+        }
         let request = request.data(ItemBudget::new(self.limits.max_result_items));
         next.run(ctx, request).await
     }
@@ -285,10 +309,10 @@ impl Extension for CodesExtension {
 
     async fn parse_query(
         &self,
-        _ctx: &ExtensionContext<'_>,
+        ctx: &ExtensionContext<'_>,
         query: &str,
-        _variables: &Variables,
-        _next: NextParseQuery<'_>,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let max = self.limits.max_document_bytes;
         if query.len() > max {
@@ -296,6 +320,17 @@ impl Extension for CodesExtension {
                 "the query text is {} bytes long (the limit max-document-bytes is {max})",
                 query.len()
             )));
+        }
+        // A persisted query (APQ) arrives already parsed and without its text;
+        // the text is this cache's key, so it must not be cached (under "").
+        // `prepare_request` has checked that document's shape already.
+        if query.is_empty() {
+            let doc = next.run(ctx, query, variables).await.map_err(|e| {
+                let code = engine_code(&e);
+                with_code(e, code)
+            })?;
+            self.note_subscription(&doc);
+            return Ok(doc);
         }
         let (doc, document) = match self.parsed.get(query) {
             Some(Cached {
@@ -321,14 +356,7 @@ impl Extension for CodesExtension {
             }
         };
         *self.document.lock() = Some(document);
-        let subscription = doc
-            .operations
-            .iter()
-            .all(|(_, op)| op.node.ty == OperationType::Subscription);
-        if subscription {
-            self.subscription.store(true, Ordering::Relaxed);
-            tracing::info!("graphql subscription started");
-        }
+        self.note_subscription(&doc);
         Ok(doc)
     }
 

@@ -3,14 +3,17 @@
 //! Layout: `schema.rs` (Query, Mutation, Subscription roots and `build`),
 //! `types.rs` (view types), `events.rs` (the SessionEvent interface),
 //! `inputs.rs` (command inputs), `error.rs` (errors with `extensions.code`),
-//! `extension.rs` (codes for engine errors, request logging), `scalars.rs`,
+//! `extension.rs` (codes for engine errors, request logging), `guard.rs` (no
+//! mutations over GET, persisted-query admission, `__schema.description`), `scalars.rs`,
 //! `contract.rs` (checks the SDL against a contract file).
 
 pub mod contract;
 pub mod error;
 pub mod events;
 pub mod extension;
+pub mod guard;
 pub mod inputs;
+pub mod metrics;
 pub mod scalars;
 pub mod schema;
 pub mod shape;

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::error::{code, count, gql, uuid, OrGql, Result};
 use super::events::SessionEventView;
 use super::extension::{charge, Codes};
+use super::guard::Guard;
 use super::inputs::{check_name, check_sizes, CommandInput, CreateNodeInput};
 use super::types::{
     hub, search, session, CleanupResultView, CommandResultView, GraphView, NodeView, ProjectView,
@@ -50,6 +51,12 @@ pub struct ApiLimits {
     pub max_name_bytes: usize,
     /// Longest property value (as JSON), in bytes.
     pub max_value_bytes: usize,
+    /// Distinct operation names kept as metric labels (the rest count as `other`).
+    pub max_metric_operation_names: usize,
+    /// Documents the Automatic Persisted Queries cache keeps (least recently used go first).
+    pub apq_cache_entries: usize,
+    /// Longest query text the APQ cache keeps; longer ones run but are not remembered.
+    pub apq_max_query_bytes: usize,
 }
 
 impl Default for ApiLimits {
@@ -66,6 +73,9 @@ impl Default for ApiLimits {
             max_result_items: 20_000,
             max_name_bytes: 1024,
             max_value_bytes: 64 * 1024,
+            max_metric_operation_names: 256,
+            apq_cache_entries: 1000,
+            apq_max_query_bytes: 16 * 1024,
         }
     }
 }
@@ -94,6 +104,13 @@ pub fn build(hub: Arc<Hub>, limits: &ApiLimits) -> AppSchema {
         .data(limits.clone())
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
+        .extension(super::metrics::OperationMetrics::new(
+            limits.max_metric_operation_names,
+        ))
+        .extension(Guard::new(
+            limits.apq_cache_entries,
+            limits.apq_max_query_bytes,
+        ))
         .extension(Codes::new(limits.clone()))
         .finish()
 }
@@ -575,9 +592,12 @@ impl SubscriptionRoot {
         let template = s.read().project.as_ref().map(|p| p.template.clone());
         let events = hub.subscribe(id, since, client).await.gql()?;
         let probe = ctx.data_opt::<super::SeqProbe>().map(|p| p.0.clone());
+        let active = crate::metrics::GaugeGuard::new(crate::metrics::names::SUBSCRIPTIONS);
         Ok(events
             .map(move |e| {
                 let _slot = &slot;
+                let _active = &active;
+                metrics::counter!(crate::metrics::names::EVENTS_DELIVERED).increment(1);
                 if let Some(probe) = &probe {
                     probe.store(e.seq, Ordering::Release);
                 }

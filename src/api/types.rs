@@ -132,6 +132,16 @@ pub enum PropertyTypeView {
     Select,
     /// The id of a node (usually a person); from later Talus Tally templates.
     Person,
+    /// Rich text: a string that keeps its markup and newlines.
+    Editor,
+    /// A boolean shown as a checkbox.
+    Checkbox,
+    /// A list of ids of nodes of the same project (of the property's target type, if it has one).
+    NodeReference,
+    /// A JSON object.
+    Object,
+    /// A type this server does not know (from a newer template): any JSON value, kept as it is.
+    Opaque,
 }
 
 impl From<PropertyType> for PropertyTypeView {
@@ -144,6 +154,11 @@ impl From<PropertyType> for PropertyTypeView {
             PropertyType::Date => PropertyTypeView::Date,
             PropertyType::Select => PropertyTypeView::Select,
             PropertyType::Person => PropertyTypeView::Person,
+            PropertyType::Editor => PropertyTypeView::Editor,
+            PropertyType::Checkbox => PropertyTypeView::Checkbox,
+            PropertyType::NodeReference => PropertyTypeView::NodeReference,
+            PropertyType::Object => PropertyTypeView::Object,
+            PropertyType::Opaque => PropertyTypeView::Opaque,
         }
     }
 }

@@ -9,7 +9,10 @@
 //! Import keeps data rather than judging it: property values the template does
 //! not define are kept under their original key and listed in
 //! `Imported::orphaned`; values of defined properties that do not parse are
-//! kept as they were and listed in `Imported::warnings`.
+//! kept as they were and listed in `Imported::warnings`, as are node references
+//! to nodes the file does not have. Keys the server has no use for (the
+//! current format's `expanded_map`, `blocking_relationships`, `filter_sets`,
+//! and per-node view keys such as `icon_id` or `schema_color`) are ignored.
 
 use std::collections::{HashMap, HashSet};
 
@@ -19,7 +22,7 @@ use uuid::Uuid;
 
 use super::error::{err, DomainError, ErrorCode};
 use super::graph::{Delta, Graph, NodeData, NodeId, Properties};
-use super::template::Template;
+use super::template::{PropertyType, Template};
 
 /// The version string of the format `export` writes.
 pub const FORMAT_VERSION: &str = "1.0";
@@ -200,6 +203,7 @@ pub fn import(
         })?;
     }
     debug_assert_eq!(graph.check_invariants(), Ok(()));
+    dangling_references(&graph, template, &mut warnings);
 
     let name = match obj.get("name") {
         Some(Value::String(n)) if !n.trim().is_empty() => Some(n.clone()),
@@ -216,6 +220,46 @@ pub fn import(
         orphaned,
         warnings,
     })
+}
+
+/// Warns about node references to nodes the file does not have (or of another type than the target); they are kept as they are.
+fn dangling_references(graph: &Graph, template: &Template, warnings: &mut Vec<Warning>) {
+    if !template.has_node_references() {
+        return;
+    }
+    for node in graph.preorder() {
+        let Some(ty) = template.node_type(&node.type_id) else {
+            continue;
+        };
+        for def in ty
+            .properties
+            .iter()
+            .filter(|p| p.kind == PropertyType::NodeReference)
+        {
+            let Some(Value::Array(items)) = node.properties.get(def.id.as_str()) else {
+                continue;
+            };
+            for id in items
+                .iter()
+                .filter_map(|i| i.as_str().and_then(|s| Uuid::parse_str(s).ok()))
+            {
+                let problem = match (graph.get(&id), &def.target_type) {
+                    (None, _) => format!("node {id}, which is not in the file"),
+                    (Some(target), Some(want)) if target.type_id != want.as_str() => {
+                        format!("node {id}, a '{}' rather than a '{want}'", target.type_id)
+                    }
+                    _ => continue,
+                };
+                warnings.push(Warning {
+                    node_id: Some(node.id),
+                    message: format!(
+                        "kept the value of '{}' as it is: it references {problem}",
+                        def.id
+                    ),
+                });
+            }
+        }
+    }
 }
 
 type ReadNodes<'f> = (Format, Vec<RawNode<'f>>, Option<Vec<NodeId>>);

@@ -146,6 +146,43 @@ pub fn uuid_to_json(id: Uuid) -> Value {
     Value::String(id.hyphenated().to_string())
 }
 
+/// Why a value is not a list of node references, for the error message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferenceProblem {
+    /// Not a UUID string nor a list of them.
+    NotIds,
+    /// The same node listed twice.
+    Twice(Uuid),
+}
+
+/// A node reference property: a list of node ids (UUID strings), each once, in the given order.
+///
+/// A single id string is read as a list of one, since that is what a
+/// person-like field sends. Whether the nodes exist is the command's check
+/// (it needs the graph); this is syntax only. A list without duplicates of
+/// nodes that exist is never longer than the graph, which bounds it.
+pub fn node_references(raw: &Value) -> Result<Vec<Uuid>, ReferenceProblem> {
+    let items = match raw {
+        Value::String(_) => std::slice::from_ref(raw),
+        Value::Array(items) => items.as_slice(),
+        _ => return Err(ReferenceProblem::NotIds),
+    };
+    let mut ids: Vec<Uuid> = Vec::with_capacity(items.len());
+    for item in items {
+        let id = uuid(item).ok_or(ReferenceProblem::NotIds)?;
+        if ids.contains(&id) {
+            return Err(ReferenceProblem::Twice(id));
+        }
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// The stored form of node references: a JSON list of hyphenated lower-case UUIDs.
+pub fn node_references_to_json(ids: &[Uuid]) -> Value {
+    Value::Array(ids.iter().map(|id| uuid_to_json(*id)).collect())
+}
+
 /// A short rendering of a rejected value for an error message: its JSON, cut at 60 characters.
 pub fn describe(raw: &Value) -> String {
     const LIMIT: usize = 60;
@@ -253,6 +290,33 @@ mod tests {
             Some(json!("4b7b7187-a20b-4468-a7fa-ef77f0b04770"))
         );
         assert_eq!(uuid(&json!("bob")), None);
+    }
+
+    #[test]
+    fn node_references_are_lists_of_distinct_uuids_and_a_single_id_is_a_list_of_one() {
+        let a = "4B7B7187-A20B-4468-A7FA-EF77F0B04770";
+        let b = "89ab5140-9a48-4176-a375-646745c20511";
+        let stored = |raw: Value| node_references(&raw).map(|ids| node_references_to_json(&ids));
+        assert_eq!(stored(json!([a, b])), Ok(json!([a.to_lowercase(), b])));
+        assert_eq!(stored(json!(b)), Ok(json!([b])));
+        assert_eq!(stored(json!([])), Ok(json!([])));
+        assert_eq!(
+            node_references(&json!([b, a, b])),
+            Err(ReferenceProblem::Twice(Uuid::parse_str(b).unwrap()))
+        );
+        for raw in [
+            json!(["bob"]),
+            json!([1]),
+            json!(7),
+            json!({"id": b}),
+            json!([[b]]),
+        ] {
+            assert_eq!(
+                node_references(&raw),
+                Err(ReferenceProblem::NotIds),
+                "{raw}"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod nodes;
 mod properties;
+mod references;
 mod structure;
 
 use chrono::{DateTime, Utc};
@@ -300,7 +301,7 @@ fn run_in(command: &Command, tx: &mut Tx<'_>, ctx: &mut Ctx<'_>) -> Result<(), D
                 id: *id,
             },
         ),
-        Command::DeleteNode { node_id } => nodes::delete(tx, *node_id),
+        Command::DeleteNode { node_id } => nodes::delete(tx, ctx, *node_id),
         Command::RenameNode { node_id, name } => nodes::rename(tx, *node_id, name),
         Command::ApplyKit {
             target_id,

@@ -1,8 +1,10 @@
 //! Commands that create, delete, rename and copy nodes.
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value};
 
-use super::{check_allowed, position, Ctx, Tx};
+use super::{check_allowed, position, references, Ctx, Tx};
 use crate::domain::error::{err, DomainError, ErrorCode};
 use crate::domain::graph::{Delta, NodeData, NodeId};
 use crate::domain::template::NodeType;
@@ -72,17 +74,20 @@ pub(super) fn create(
         Some(n) => clean_name(n)?,
         None => ty.name.clone(),
     };
-    tx.reserve_nodes(1, &ctx.limits)?;
     let mut properties = ty.initial_properties();
     if let Some(given) = new.properties {
         for (key, raw) in given {
             let def = ty.property(key).ok_or_else(|| unknown_property(ty, key))?;
             match def.parse_value(raw)? {
-                Some(v) => properties.insert(def.id.as_str().into(), v),
+                Some(v) => {
+                    references::check(graph, def, &v)?;
+                    properties.insert(def.id.as_str().into(), v)
+                }
                 None => properties.remove(def.id.as_str()),
             };
         }
     }
+    tx.reserve_nodes(1, &ctx.limits)?;
     tx.apply(Delta::NodeCreated {
         node: NodeData {
             id,
@@ -112,15 +117,18 @@ pub(super) fn unknown_property(ty: &NodeType, key: &str) -> DomainError {
     )
 }
 
-pub(super) fn delete(tx: &mut Tx<'_>, node_id: NodeId) -> Result<(), DomainError> {
+/// Deletes the node with its subtree; references to those nodes from elsewhere are removed first (see `references.rs`).
+pub(super) fn delete(tx: &mut Tx<'_>, ctx: &Ctx<'_>, node_id: NodeId) -> Result<(), DomainError> {
     let graph = tx.graph();
     let node = graph.node(&node_id)?;
-    let delta = Delta::NodeDeleted {
+    let parent_id = node.parent;
+    let deleted_ids = graph.subtree(&node_id);
+    references::release(tx, ctx.template, &deleted_ids)?;
+    tx.apply(Delta::NodeDeleted {
         node_id,
-        parent_id: node.parent,
-        deleted_ids: graph.subtree(&node_id),
-    };
-    tx.apply(delta)
+        parent_id,
+        deleted_ids,
+    })
 }
 
 pub(super) fn rename(tx: &mut Tx<'_>, node_id: NodeId, name: &str) -> Result<(), DomainError> {
@@ -173,6 +181,7 @@ pub(super) fn apply_kit(
     // Plan every copy before applying any, so copying a kit into itself terminates.
     let first_index = graph.node(&target_id)?.children.len();
     let mut plan: Vec<Delta> = Vec::new();
+    let mut copies: HashMap<NodeId, NodeId> = HashMap::new();
     let mut stack: Vec<(NodeId, NodeId, usize)> = kit
         .children
         .iter()
@@ -183,6 +192,7 @@ pub(super) fn apply_kit(
     while let Some((source, new_parent, index)) = stack.pop() {
         let node = graph.node(&source)?;
         let copy_id = (ctx.new_id)();
+        copies.insert(source, copy_id);
         stack.extend(
             node.children
                 .iter()
@@ -202,6 +212,7 @@ pub(super) fn apply_kit(
             index,
         });
     }
+    references::point_at_copies(&mut plan, &copies, ctx.template);
     for delta in plan {
         tx.apply(delta)?;
     }

@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use super::nodes::unknown_property;
-use super::{Ctx, Tx};
+use super::{references, Ctx, Tx};
 use crate::domain::error::{err, DomainError, ErrorCode};
 use crate::domain::graph::{Delta, NodeId};
 use crate::domain::template::NodeType;
@@ -33,6 +33,9 @@ pub(super) fn update(
         .property(property_id)
         .ok_or_else(|| unknown_property(ty, property_id))?;
     let new_value = def.parse_value(value)?;
+    if let Some(v) = &new_value {
+        references::check(tx.graph(), def, v)?;
+    }
     let delta = Delta::PropertyChanged {
         node_id,
         property_id: def.id.as_str().into(),

@@ -1,0 +1,170 @@
+//! An async-graphql extension that counts operations (by type, name and
+//! outcome), times queries and mutations, counts errors by code, and runs each
+//! request inside a `graphql` tracing span naming its operation.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextRequest,
+    NextSubscribe,
+};
+use async_graphql::parser::types::{ExecutableDocument, OperationType};
+use async_graphql::{Response, ServerResult, Variables};
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tracing::Instrument;
+
+use super::RenderOne;
+use crate::metrics::names;
+
+/// Counts every operation; one per schema.
+pub struct OperationMetrics;
+
+impl OperationMetrics {
+    /// Keeps at most `max_names` operation names as labels.
+    pub fn new(max_names: usize) -> Self {
+        crate::metrics::handle();
+        crate::metrics::keep_operation_names(max_names);
+        OperationMetrics
+    }
+}
+
+impl ExtensionFactory for OperationMetrics {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(Counting {
+            operation: Arc::default(),
+        })
+    }
+}
+
+/// What the request's document turned out to run.
+#[derive(Default, Clone)]
+struct Operation {
+    kind: Option<&'static str>,
+    name: Option<String>,
+    /// The document's operations, to find the type of the one executed by name.
+    all: Vec<(Option<String>, &'static str)>,
+    /// A rendering of a recorded event for the websocket fast path, not a client's operation.
+    render: bool,
+}
+
+fn kind(ty: OperationType) -> &'static str {
+    match ty {
+        OperationType::Query => "query",
+        OperationType::Mutation => "mutation",
+        OperationType::Subscription => "subscription",
+    }
+}
+
+/// One per request (or per subscription stream).
+struct Counting {
+    /// Shared with the stream a `subscribe` hook returns, which outlives the hook.
+    operation: Arc<Mutex<Operation>>,
+}
+
+/// Records one finished operation (or a subscription's first result).
+fn record(op: &Mutex<Operation>, response: &Response, started: Option<Instant>) {
+    {
+        let op = op.lock();
+        let kind = op.kind.unwrap_or("unknown");
+        crate::metrics::count_operation(kind, op.name.as_deref(), response.errors.is_empty());
+        if let Some(started) = started {
+            metrics::histogram!(names::OPERATION_SECONDS, "type" => kind)
+                .record(started.elapsed().as_secs_f64());
+        }
+    }
+    for e in &response.errors {
+        let code = e
+            .extensions
+            .as_ref()
+            .and_then(|x| x.get("code"))
+            .and_then(|c| match c {
+                async_graphql::Value::String(s) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "NONE".to_string());
+        metrics::counter!(names::ERRORS, "code" => code).increment(1);
+    }
+}
+
+#[async_trait::async_trait]
+impl Extension for Counting {
+    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
+        let started = Instant::now();
+        let span = tracing::info_span!("graphql");
+        let response = next.run(ctx).instrument(span).await;
+        record(&self.operation, &response, Some(started));
+        response
+    }
+
+    fn subscribe<'s>(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        stream: BoxStream<'s, Response>,
+        next: NextSubscribe<'_>,
+    ) -> BoxStream<'s, Response> {
+        let stream = next.run(ctx, stream);
+        // Websocket and HTTP streams run every operation this way: count each
+        // once, at its first result (a subscription's is its first event).
+        let started = Instant::now();
+        let operation = self.operation.clone();
+        let mut first = true;
+        stream
+            .map(move |response| {
+                if first && !operation.lock().render {
+                    first = false;
+                    // The document is known by now: parse_query ran before the first result.
+                    let timed = operation.lock().kind != Some("subscription");
+                    record(&operation, &response, timed.then_some(started));
+                }
+                response
+            })
+            .boxed()
+    }
+
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let doc = next.run(ctx, query, variables).await?;
+        let all: Vec<_> = doc
+            .operations
+            .iter()
+            .map(|(name, op)| (name.map(|n| n.to_string()), kind(op.node.ty)))
+            .collect();
+        let mut op = self.operation.lock();
+        // Request data is attached by now (it is not yet when `subscribe` runs).
+        op.render = ctx.data_opt::<RenderOne>().is_some();
+        if let [(name, kind)] = all.as_slice() {
+            op.kind = Some(kind);
+            op.name = name.clone();
+        }
+        op.all = all;
+        Ok(doc)
+    }
+
+    async fn execute(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: NextExecute<'_>,
+    ) -> Response {
+        if let Some(name) = operation_name {
+            let mut op = self.operation.lock();
+            if op.kind.is_none() {
+                op.kind = op
+                    .all
+                    .iter()
+                    .find(|(n, _)| n.as_deref() == Some(name))
+                    .map(|(_, k)| *k);
+                op.name = Some(name.to_string());
+            }
+        }
+        next.run(ctx, operation_name).await
+    }
+}
