@@ -44,6 +44,8 @@ pub struct AppState {
     pub ws_ping_interval: Duration,
     pub ws_timeout: Duration,
     pub shutdown: watch::Receiver<bool>,
+    /// Every websocket connection, so a shutdown waits for them to end.
+    pub connections: tokio_util::task::TaskTracker,
     /// Which `Origin`s may call `/graphql` (HTTP and websocket upgrades).
     pub origins: Arc<OriginPolicy>,
 }
@@ -557,7 +559,10 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
             // every read attempt: the default 128 KiB cost a 128 KiB memset per
             // poll and 128 KiB of RSS per connection (talus-bench, BENCHMARKS.md).
             .read_buffer_size(WS_READ_BUFFER_BYTES)
-            .on_upgrade(move |socket| crate::ws::serve(socket, state, protocol))
+            .on_upgrade(move |socket| {
+                let connections = state.connections.clone();
+                connections.track_future(crate::ws::serve(socket, state, protocol))
+            })
             .into_response();
     }
     let streaming = Streaming::requested(&parts.headers);

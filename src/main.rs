@@ -47,16 +47,16 @@ fn count(lo: u64, hi: u64) -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::<usize>::new().range(lo..=hi)
 }
 
-/// `--idle-hours`: a finite number of hours from 0 to ten years (larger ones
+/// `--idle-hours`: a finite number of hours from 0 to a century (larger ones
 /// overflowed the clock arithmetic: 1e20 panicked at start, 1e13 killed the reaper).
 fn hours(s: &str) -> Result<f64, String> {
-    const MAX_HOURS: f64 = 87_600.0;
+    const MAX_HOURS: f64 = 876_000.0;
     let h: f64 = s
         .parse()
         .map_err(|_| format!("'{s}' is not a number of hours"))?;
     if !(h.is_finite() && (0.0..=MAX_HOURS).contains(&h)) {
         return Err(format!(
-            "{s} is out of range: give a number of hours from 0 to {MAX_HOURS} (ten years)"
+            "{s} is out of range: give a number of hours from 0 to {MAX_HOURS} (a century)"
         ));
     }
     Ok(h)
@@ -78,23 +78,27 @@ struct ServeArgs {
     /// Keep everything in memory (nothing survives a restart).
     #[arg(long, env = "TALUS_IN_MEMORY")]
     in_memory: bool,
-    /// Undo steps kept per project.
-    #[arg(long, env = "TALUS_HISTORY_LIMIT", default_value_t = 1000, value_parser = count(1, 1_000_000))]
-    history_limit: usize,
-    /// Ops between snapshots of a project's state.
-    #[arg(long, env = "TALUS_SNAPSHOT_INTERVAL", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    /// Undo steps kept per project (1 to 1,000,000).
+    #[arg(long, env = "TALUS_HISTORY_LIMIT", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    history_limit: u64,
+    /// Ops between snapshots of a project's state (1 to 10,000,000).
+    #[arg(long, env = "TALUS_SNAPSHOT_INTERVAL", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     snapshot_interval: u64,
-    /// Keep only this many newest events per session (default: all).
-    #[arg(long, env = "TALUS_EVENT_RETENTION", value_parser = clap::value_parser!(u64).range(1..))]
+    /// Keep only this many newest events per session (default: all; at least the newest is always kept).
+    #[arg(long, env = "TALUS_EVENT_RETENTION")]
     event_retention: Option<u64>,
-    /// Close sessions without clients idle longer than this many hours (0 to 87600).
+    /// Close sessions without clients idle longer than this many hours (0 to 876000).
     #[arg(long, env = "TALUS_IDLE_HOURS", default_value_t = 24.0, value_parser = hours)]
     idle_hours: f64,
-    /// How often the idle-session reaper runs, in seconds.
-    #[arg(long, env = "TALUS_REAPER_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    /// How often the idle-session reaper runs, in seconds (1 to 31,536,000, a year).
+    #[arg(long, env = "TALUS_REAPER_SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     reaper_secs: u64,
-    /// Drop websockets silent (no pong) for this many seconds.
-    #[arg(long, env = "TALUS_WS_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..=3_600))]
+    /// Drop websockets silent (no pong) for this many seconds (2 to 86,400).
+    #[arg(long, env = "TALUS_WS_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(2..=86_400))]
     ws_timeout_secs: u64,
     /// Largest request body in bytes.
     #[arg(long, env = "TALUS_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024, value_parser = count(1024, 1024 * MIB))]
@@ -168,7 +172,7 @@ fn parse_origin(s: &str) -> Result<AllowedOrigin, String> {
 }
 
 impl ServeArgs {
-    fn config(&self) -> Config {
+    fn config(&self) -> anyhow::Result<Config> {
         let mut c = Config {
             addr: self.addr,
             data_dir: self.data_dir.clone(),
@@ -179,10 +183,11 @@ impl ServeArgs {
             ..Config::default()
         };
         // Every value is within its flag's range (clap refused the rest), so none of this can overflow.
-        c.session.history_limit = self.history_limit;
+        c.session.history_limit = usize::try_from(self.history_limit)?;
         c.session.snapshot_interval = self.snapshot_interval;
-        c.session.event_retention = self.event_retention;
-        c.session.idle_limit = Duration::from_secs_f64(self.idle_hours * 3600.0);
+        // 0 would delete every event; the newest one is always kept.
+        c.session.event_retention = self.event_retention.map(|keep| keep.max(1));
+        c.session.idle_limit = Duration::try_from_secs_f64(self.idle_hours * 3600.0)?;
         c.session.reaper_interval = Duration::from_secs(self.reaper_secs);
         c.session.command_limits = talus_tally::domain::command::Limits {
             max_batch_commands: self.max_batch_commands,
@@ -208,7 +213,7 @@ impl ServeArgs {
             apq_max_query_bytes: self.apq_max_query_bytes as usize,
         };
         c.cors_origins = self.cors_origins.clone();
-        c
+        Ok(c)
     }
 }
 
@@ -265,7 +270,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,tower_http=warn".into()),
         )
         .init();
-    let config = serve.config();
+    let config = serve.config()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

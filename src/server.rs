@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiLimits, AppSchema};
 use crate::http::{self, AppState};
@@ -58,6 +60,12 @@ impl Default for Config {
 
 /// The store a config asks for: SQLite in the data dir, or memory.
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    open_store_for(config, None)
+}
+
+/// `open_store` for a server listening on `addr`, which a second process on
+/// the same data dir is told (the data dir is locked while the store is open).
+pub fn open_store_for(config: &Config, addr: Option<SocketAddr>) -> anyhow::Result<Arc<dyn Store>> {
     if config.in_memory {
         return Ok(Arc::new(MemoryStore::new()));
     }
@@ -68,8 +76,19 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         )
     })?;
     let path = config.data_dir.join("talus.db");
-    let store = SqliteStore::open(&path, SqliteOptions::default())
-        .map_err(|e| anyhow::anyhow!("could not open {}: {e}", path.display()))?;
+    let mut options = SqliteOptions::default();
+    if let Some(addr) = addr {
+        options.holder = format!(
+            "talus-tally pid {}, listening on {addr}",
+            std::process::id()
+        );
+    }
+    let store = SqliteStore::open(&path, options).map_err(|e| {
+        anyhow::anyhow!(
+            "could not open the data dir {}: {e:#}",
+            config.data_dir.display()
+        )
+    })?;
     Ok(Arc::new(store))
 }
 
@@ -93,14 +112,14 @@ pub struct Running {
     pub addr: SocketAddr,
     pub hub: Arc<Hub>,
     pub schema: AppSchema,
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Running {
-    /// Stops accepting, ends subscriptions, flushes the store and waits (at most 10 s).
+    /// Stops gracefully (see `start`) and waits for it, at most 10 s.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.stop.send_replace(true);
+        self.stop.cancel();
         match tokio::time::timeout(Duration::from_secs(10), self.task).await {
             Ok(joined) => joined.context("the server task failed")?,
             Err(_) => anyhow::bail!("the server did not stop within 10 s"),
@@ -109,6 +128,12 @@ impl Running {
 }
 
 /// Starts serving on `listener` with `store`; returns once it accepts connections.
+///
+/// A shutdown is a sequence, each step waiting for the one before: stop
+/// accepting and tell websockets to close; wait for every in-flight HTTP
+/// request and every websocket connection to finish; end every subscription
+/// and wait for each stream to end (queueing its ClientLeft); close every
+/// session and wait for its last commit; close the store.
 pub async fn start(
     config: Config,
     listener: TcpListener,
@@ -117,7 +142,9 @@ pub async fn start(
     let templates = Arc::new(load_templates(&config));
     let hub = Hub::start(config.session.clone(), store, templates).await?;
     let schema = api::build(hub.clone(), &config.limits);
-    let (stop, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
+    let (ws_stop, ws_stop_rx) = watch::channel(false);
+    let connections = TaskTracker::new();
     let addr = listener.local_addr()?;
     let state = AppState {
         origins: Arc::new(OriginPolicy::new(&config.cors_origins, addr)),
@@ -125,14 +152,15 @@ pub async fn start(
         max_body_bytes: config.max_body_bytes,
         ws_ping_interval: config.ws_ping_interval,
         ws_timeout: config.ws_timeout,
-        shutdown: stop_rx.clone(),
+        shutdown: ws_stop_rx.clone(),
+        connections: connections.clone(),
     };
     let app = http::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
     let listener = crate::conn_limit::PerAddressLimit::new(listener, config.max_connections_per_ip);
     // Histogram samples wait in the recorder until upkeep folds them in; without
     // a scrape they would pile up, so fold them in on a timer too.
     let metrics = crate::metrics::handle().clone();
-    let mut upkeep_stop = stop_rx.clone();
+    let mut upkeep_stop = ws_stop_rx.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(METRICS_UPKEEP);
         loop {
@@ -143,20 +171,22 @@ pub async fn start(
         }
     });
     let task_hub = hub.clone();
-    let mut signal = stop_rx.clone();
+    let stopping = stop.clone();
+    let signal_hub = hub.clone();
     let task = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = signal.wait_for(|s| *s).await;
+            stopping.cancelled().await;
+            // Subscriptions are not requests in flight: they end now, so
+            // websockets can send their last frames. Websockets are not
+            // drained by axum: they are told to close.
+            signal_hub.end_subscriptions();
+            ws_stop.send_replace(true);
         });
-        let mut after = stop_rx;
-        let ended = tokio::spawn(async move {
-            let _ = after.wait_for(|s| *s).await;
-            // Subscriptions end first so open websockets can close.
-            task_hub.shutdown().await;
-        });
-        serve.await.context("serving failed")?;
-        let _ = ended.await;
-        Ok(())
+        let served = serve.await.context("serving failed");
+        connections.close();
+        connections.wait().await;
+        task_hub.shutdown().await;
+        served
     });
     Ok(Running {
         addr,
@@ -169,10 +199,10 @@ pub async fn start(
 
 /// Runs until `shutdown` completes, then stops gracefully.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let store = open_store(&config)?;
     let listener = TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("could not listen on {}", config.addr))?;
+    let store = open_store_for(&config, Some(listener.local_addr()?))?;
     let durable = !config.in_memory;
     let running = start(config.clone(), listener, store).await?;
     tracing::info!(

@@ -347,7 +347,6 @@ fn a_flag_out_of_range_is_refused_by_the_binary_with_a_clear_message_and_exit_co
         ("--idle-hours", "1e13"),
         ("--idle-hours", "NaN"),
         ("--reaper-secs", "0"),
-        ("--event-retention", "0"),
         ("--ws-timeout-secs", "99999999999"),
         ("--max-depth", "100000"),
         ("--max-batch-commands", "0"),

@@ -122,6 +122,15 @@ async fn metrics_count_operations_errors_connections_subscriptions_and_deliverie
         delta("talus_events_delivered_total", &[]) >= received,
         "at least the {received} events the websocket read"
     );
+    assert!(
+        delta("talus_events_published_total", &[]) >= 9.0 + 1.0,
+        "three commands of three events, and a join"
+    );
+    assert!(
+        delta("talus_commit_duration_seconds_count", &[]) >= 4.0,
+        "each command's group was committed and timed"
+    );
+    assert!(delta("talus_commit_group_size_count", &[]) >= 4.0);
     // The closed websocket and its subscription are gone from the gauges.
     for _ in 0..100 {
         if get(&scrape(&app).await, "talus_websocket_connections") == 0.0 {

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use talus_tally::store::{
-    MemoryStore, ProjectRecord, SessionRecord, SqliteOptions, SqliteStore, Store, StoredEvent,
-    Write,
+    MemoryStore, ProjectRecord, SessionRecord, SqliteOptions, SqliteStore, Store, StoreError,
+    StoredEvent, Write,
 };
 use uuid::Uuid;
 
@@ -37,6 +37,7 @@ fn session(id: Uuid, project_id: Option<Uuid>, secs: i64) -> SessionRecord {
         project_id,
         created_at: at(secs, 0),
         last_activity: at(secs + 10, 999_999_999),
+        last_seq: secs as u64,
     }
 }
 
@@ -117,8 +118,6 @@ async fn every_write_round_trips_exactly_as_in_the_memory_store() {
             op(p1, 4),
             Write::UpsertProject(project(p1, "Bus renamed", 4)),
         ],
-        // A repeated op version or event seq replaces the earlier one.
-        vec![op(p1, 4), events(s1, [6])],
         vec![Write::Snapshot {
             project_id: p1,
             version: 4,
@@ -148,6 +147,12 @@ async fn every_write_round_trips_exactly_as_in_the_memory_store() {
         vec![op(p2, 1), Write::DeleteProject(p2)],
         vec![Write::DeleteSession(s3)],
         vec![Write::UpsertProject(project(p3, "Late record", 1))],
+        // A snapshot older than the stored one leaves the stored one.
+        vec![Write::Snapshot {
+            project_id: p1,
+            version: 3,
+            state: r#"{"graph":"at 3"}"#.into(),
+        }],
     ];
 
     let projects = [p1, p2, p3];
@@ -176,6 +181,24 @@ async fn every_write_round_trips_exactly_as_in_the_memory_store() {
     // Seqs are SQLite integers, so nothing is stored after i64::MAX.
     assert_eq!(sqlite.events(s1, u64::MAX, 10).await.unwrap(), vec![]);
     assert!(sqlite.is_durable());
+
+    // A repeated op version or event seq is a conflict in both stores, and
+    // the whole commit is refused: nothing of it (not even the new op 6) is kept.
+    for store in [&sqlite as &dyn Store, &memory] {
+        store.commit(vec![op(p1, 5)]).await.unwrap();
+    }
+    for writes in [vec![op(p1, 6), op(p1, 5)], vec![op(p1, 6), events(s1, [6])]] {
+        for store in [&sqlite as &dyn Store, &memory] {
+            let error = store.commit(writes.clone()).await.unwrap_err();
+            assert!(matches!(error, StoreError::Conflict(_)), "{error:?}");
+        }
+    }
+    assert_eq!(
+        everything(&sqlite, &projects, &sessions).await,
+        everything(&memory, &projects, &sessions).await,
+        "after the refused commits"
+    );
+
     sqlite.close().await;
 }
 
@@ -243,7 +266,7 @@ async fn a_database_from_a_newer_version_is_refused_and_left_untouched() {
 
     assert_eq!(
         format!("{error:#}").rsplit(": ").next().unwrap(),
-        "talus.db was written by a newer Talus Tally (schema 99, this binary knows up to 1); refusing to open it"
+        "talus.db was written by a newer Talus Tally (schema 99, this binary knows up to 2); refusing to open it"
     );
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
@@ -335,9 +358,10 @@ async fn commits_fail_while_another_process_locks_the_file_then_recover_by_thems
     let other = rusqlite::Connection::open(&path).unwrap();
     other.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let error = store.commit(vec![events(s, [2])]).await.unwrap_err();
+    // Busy: the caller may retry.
     assert_eq!(
-        error.to_string(),
-        "store unavailable: the database is locked by another process"
+        error,
+        StoreError::Busy("the database is locked by another connection".into())
     );
     assert_eq!(
         store.events(s, 0, 10).await.unwrap().len(),

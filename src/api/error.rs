@@ -64,3 +64,34 @@ pub fn count(i: i32, what: &str) -> Result<u64> {
         )
     })
 }
+
+/// A count, seq or version as the API's `Int`, or INTERNAL if it does not fit:
+/// a number past 2^31 is never wrapped into a wrong (negative) one.
+pub fn int<T>(value: T) -> Result<i32>
+where
+    T: TryInto<i32> + Copy + std::fmt::Display,
+{
+    value.try_into().map_err(|_| {
+        code(
+            ErrorCode::Internal,
+            format!("{value} does not fit in a GraphQL Int; the server cannot report it"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_integer_past_the_graphql_int_range_is_internal_not_wrapped() {
+        assert_eq!(int(5u64).unwrap(), 5);
+        assert_eq!(int(i32::MAX as u64).unwrap(), i32::MAX);
+        let error = int(1u64 << 31).unwrap_err();
+        assert_eq!(
+            error.extensions.as_ref().and_then(|e| e.get("code")),
+            Some(&async_graphql::Value::from("INTERNAL"))
+        );
+        assert!(int(usize::MAX).is_err());
+    }
+}

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use async_graphql::{Interface, Json, Object, ID};
 use serde_json::Value;
 
+use super::error::{int, Result};
 use super::scalars::Timestamp;
 use super::types::ClientView;
 use crate::domain::{Delta, Key, Template};
@@ -31,8 +32,8 @@ macro_rules! event_type {
         #[Object]
         impl $name {
             /// Per-session sequence number, strictly increasing by 1 with no gaps.
-            async fn seq(&self) -> i32 {
-                self.0.event.seq as i32
+            async fn seq(&self) -> Result<i32> {
+                int(self.0.event.seq)
             }
             async fn session_id(&self) -> ID {
                 id(&self.0.event.session_id)
@@ -122,8 +123,8 @@ event_type!(NodeCreated {
     async fn parent_id(&self) -> Option<ID> {
         field!(self, EventKind::Delta(Delta::NodeCreated { parent_id, .. }) => parent_id.as_ref().map(id), None)
     }
-    async fn index(&self) -> i32 {
-        field!(self, EventKind::Delta(Delta::NodeCreated { index, .. }) => *index as i32, 0)
+    async fn index(&self) -> Result<i32> {
+        field!(self, EventKind::Delta(Delta::NodeCreated { index, .. }) => int(*index), Ok(0))
     }
 });
 
@@ -161,8 +162,8 @@ event_type!(
     async fn child_id(&self) -> ID {
         field!(self, EventKind::Delta(Delta::NodeLinked { child_id, .. }) => id(child_id), ID::default())
     }
-    async fn index(&self) -> i32 {
-        field!(self, EventKind::Delta(Delta::NodeLinked { index, .. }) => *index as i32, 0)
+    async fn index(&self) -> Result<i32> {
+        field!(self, EventKind::Delta(Delta::NodeLinked { index, .. }) => int(*index), Ok(0))
     }
 });
 
@@ -174,8 +175,8 @@ event_type!(NodeUnlinked {
         field!(self, EventKind::Delta(Delta::NodeUnlinked { child_id, .. }) => id(child_id), ID::default())
     }
     /// Position of the detached node among the roots.
-    async fn index(&self) -> i32 {
-        field!(self, EventKind::Delta(Delta::NodeUnlinked { root_index, .. }) => *root_index as i32, 0)
+    async fn index(&self) -> Result<i32> {
+        field!(self, EventKind::Delta(Delta::NodeUnlinked { root_index, .. }) => int(*root_index), Ok(0))
     }
 });
 
@@ -189,8 +190,8 @@ event_type!(NodeMoved {
     async fn new_parent_id(&self) -> Option<ID> {
         field!(self, EventKind::Delta(Delta::NodeMoved { new_parent_id, .. }) => new_parent_id.as_ref().map(id), None)
     }
-    async fn index(&self) -> i32 {
-        field!(self, EventKind::Delta(Delta::NodeMoved { index, .. }) => *index as i32, 0)
+    async fn index(&self) -> Result<i32> {
+        field!(self, EventKind::Delta(Delta::NodeMoved { index, .. }) => int(*index), Ok(0))
     }
 });
 
@@ -220,12 +221,12 @@ fn command_type(kind: &EventKind) -> &str {
     }
 }
 
-fn version(kind: &EventKind) -> i32 {
+fn version(kind: &EventKind) -> Result<i32> {
     match kind {
         EventKind::CommandExecuted { version, .. }
         | EventKind::CommandUndone { version, .. }
-        | EventKind::CommandRedone { version, .. } => *version as i32,
-        _ => 0,
+        | EventKind::CommandRedone { version, .. } => int(*version),
+        _ => Ok(0),
     }
 }
 
@@ -239,7 +240,7 @@ event_type!(CommandExecuted {
     async fn command_type(&self) -> &str {
         command_type(&self.0.event.kind)
     }
-    async fn version(&self) -> i32 {
+    async fn version(&self) -> Result<i32> {
         version(&self.0.event.kind)
     }
 });
@@ -260,7 +261,7 @@ event_type!(CommandUndone {
     async fn command_type(&self) -> &str {
         command_type(&self.0.event.kind)
     }
-    async fn version(&self) -> i32 {
+    async fn version(&self) -> Result<i32> {
         version(&self.0.event.kind)
     }
 });
@@ -269,7 +270,7 @@ event_type!(CommandRedone {
     async fn command_type(&self) -> &str {
         command_type(&self.0.event.kind)
     }
-    async fn version(&self) -> i32 {
+    async fn version(&self) -> Result<i32> {
         version(&self.0.event.kind)
     }
 });
@@ -292,8 +293,8 @@ event_type!(ClientJoined {
     async fn client(&self) -> ClientView {
         ClientView(presence(&self.0.event.kind).map_or_else(unknown_client, |(c, _)| c.clone()))
     }
-    async fn active_clients(&self) -> i32 {
-        presence(&self.0.event.kind).map_or(0, |(_, n)| n as i32)
+    async fn active_clients(&self) -> Result<i32> {
+        presence(&self.0.event.kind).map_or(Ok(0), |(_, n)| int(n))
     }
 });
 
@@ -301,8 +302,8 @@ event_type!(ClientLeft {
     async fn client(&self) -> ClientView {
         ClientView(presence(&self.0.event.kind).map_or_else(unknown_client, |(c, _)| c.clone()))
     }
-    async fn active_clients(&self) -> i32 {
-        presence(&self.0.event.kind).map_or(0, |(_, n)| n as i32)
+    async fn active_clients(&self) -> Result<i32> {
+        presence(&self.0.event.kind).map_or(Ok(0), |(_, n)| int(n))
     }
 });
 

@@ -9,7 +9,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use super::error::{code, count, gql, uuid, OrGql, Result};
+use super::error::{code, count, gql, int, uuid, OrGql, Result};
 use super::events::SessionEventView;
 use super::extension::{charge, Codes};
 use super::guard::Guard;
@@ -253,13 +253,26 @@ impl Query {
     /// The session's project as a Talus Tally project file (format version 1.0).
     async fn export_project(&self, ctx: &Context<'_>, session_id: ID) -> Result<Json<Value>> {
         let s = session(ctx, &session_id)?;
-        let state = s.read();
-        let project = state.project().gql()?;
-        Ok(Json(project_file::export_named(
-            project.dispatcher.graph(),
-            &project.record.template_id,
-            Some(&project.record.name),
-        )))
+        // A copy under the lock, the file built off it on a blocking thread:
+        // the session's writer waits for the copy only.
+        let (graph, template_id, name) = {
+            let state = s.read();
+            let project = state.project().gql()?;
+            (
+                project.dispatcher.graph().clone(),
+                project.record.template_id.clone(),
+                project.record.name.clone(),
+            )
+        };
+        let file = tokio::task::spawn_blocking(move || {
+            project_file::export_named(&graph, &template_id, Some(&name))
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "exporting a project failed");
+            code(ErrorCode::Internal, "the export failed; see the server log")
+        })?;
+        Ok(Json(file))
     }
 }
 
@@ -370,8 +383,8 @@ impl Mutation {
         let idle = Duration::from_secs_f64((max_inactive_hours * 3600.0).min(1e12));
         let r = hub(ctx).cleanup(idle).await.gql()?;
         Ok(CleanupResultView {
-            sessions_removed: r.sessions_removed as i32,
-            active_sessions: r.active_sessions as i32,
+            sessions_removed: int(r.sessions_removed)?,
+            active_sessions: int(r.active_sessions)?,
         })
     }
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::error::{uuid, OrGql, Result};
+use super::error::{int, uuid, OrGql, Result};
 use super::events::SessionEventView;
 use super::extension::charge;
 use super::scalars::Timestamp;
@@ -282,12 +282,12 @@ impl ProjectView {
     async fn updated_at(&self) -> Timestamp {
         Timestamp(self.0.updated_at)
     }
-    async fn node_count(&self) -> i32 {
-        self.0.node_count as i32
+    async fn node_count(&self) -> Result<i32> {
+        int(self.0.node_count)
     }
     /// Graph version: +1 for every applied command, undo or redo.
-    async fn version(&self) -> i32 {
-        self.0.version as i32
+    async fn version(&self) -> Result<i32> {
+        int(self.0.version)
     }
     /// The live session that has this project open, if any.
     async fn session(&self, ctx: &Context<'_>) -> Option<SessionView> {
@@ -345,8 +345,8 @@ impl SessionView {
     async fn last_activity(&self) -> Timestamp {
         Timestamp(self.0.last_activity())
     }
-    async fn active_clients(&self) -> i32 {
-        self.0.read().active_clients() as i32
+    async fn active_clients(&self) -> Result<i32> {
+        int(self.0.read().active_clients())
     }
     #[graphql(
         complexity = "child_complexity.saturating_mul(super::schema::expected::CLIENTS).saturating_add(1)"
@@ -365,16 +365,16 @@ impl SessionView {
             .map(|p| ProjectView(p.record.clone()))
     }
     /// Graph version: +1 for every applied command, undo or redo.
-    async fn version(&self) -> i32 {
+    async fn version(&self) -> Result<i32> {
         self.0
             .read()
             .project
             .as_ref()
-            .map_or(0, |p| p.dispatcher.version() as i32)
+            .map_or(Ok(0), |p| int(p.dispatcher.version()))
     }
     /// Seq of the newest event of this session (0 if none).
-    async fn last_seq(&self) -> i32 {
-        self.0.read().last_seq as i32
+    async fn last_seq(&self) -> Result<i32> {
+        int(self.0.read().last_seq)
     }
     async fn can_undo(&self) -> bool {
         self.0
@@ -390,12 +390,12 @@ impl SessionView {
             .as_ref()
             .is_some_and(|p| p.dispatcher.can_redo())
     }
-    async fn node_count(&self) -> i32 {
+    async fn node_count(&self) -> Result<i32> {
         self.0
             .read()
             .project
             .as_ref()
-            .map_or(0, |p| p.dispatcher.graph().len() as i32)
+            .map_or(Ok(0), |p| int(p.dispatcher.graph().len()))
     }
     async fn graph(&self, ctx: &Context<'_>) -> Option<GraphView> {
         GraphView::capture(&self.0, &ctx.look_ahead())
@@ -457,12 +457,12 @@ impl GraphView {
 
 #[Object(name = "Graph")]
 impl GraphView {
-    async fn version(&self) -> i32 {
-        self.version as i32
+    async fn version(&self) -> Result<i32> {
+        int(self.version)
     }
     /// Seq of the last event this graph reflects; read with the nodes from committed state, so subscribing with since = seq continues it exactly.
-    async fn seq(&self) -> i32 {
-        self.seq as i32
+    async fn seq(&self) -> Result<i32> {
+        int(self.seq)
     }
     #[graphql(
         complexity = "child_complexity.saturating_mul(super::schema::expected::ROOTS).saturating_add(1)"
@@ -477,8 +477,8 @@ impl GraphView {
     async fn nodes(&self) -> &[NodeView] {
         &self.nodes
     }
-    async fn node_count(&self) -> i32 {
-        self.node_count as i32
+    async fn node_count(&self) -> Result<i32> {
+        int(self.node_count)
     }
 }
 
@@ -622,8 +622,8 @@ impl CommandResultView {
         ID(self.outcome.command_id.to_string())
     }
     /// Session graph version after the command.
-    async fn version(&self) -> i32 {
-        self.outcome.version as i32
+    async fn version(&self) -> Result<i32> {
+        int(self.outcome.version)
     }
     /// The node created by a createNode (first created node of a batch or kit), else null.
     async fn node_id(&self) -> Option<ID> {

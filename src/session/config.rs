@@ -26,6 +26,42 @@ pub struct SessionConfig {
     pub reaper_interval: Duration,
     /// What one command may do (batch length, nodes created, nodes per project).
     pub command_limits: Limits,
+    /// Test fault: which commands panic or fail to serialise while applied.
+    #[cfg(any(test, feature = "test-support"))]
+    pub apply_fault: Option<ApplyFault>,
+}
+
+/// What an injected fault does to a command being applied.
+#[cfg(any(test, feature = "test-support"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The actor panics while applying it.
+    Panic,
+    /// Its op fails to serialise.
+    Unserialisable,
+}
+
+/// Decides, per command, whether applying it fails (tests only).
+#[cfg(any(test, feature = "test-support"))]
+#[derive(Clone)]
+pub struct ApplyFault(pub std::sync::Arc<FaultFn>);
+
+/// The decision of an `ApplyFault`.
+#[cfg(any(test, feature = "test-support"))]
+pub type FaultFn = dyn Fn(&crate::domain::Command) -> Option<FaultKind> + Send + Sync;
+
+#[cfg(any(test, feature = "test-support"))]
+impl ApplyFault {
+    pub fn check(&self, command: &crate::domain::Command) -> Option<FaultKind> {
+        (self.0)(command)
+    }
+}
+
+#[cfg(any(test, feature = "test-support"))]
+impl std::fmt::Debug for ApplyFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApplyFault")
+    }
 }
 
 impl Default for SessionConfig {
@@ -40,6 +76,8 @@ impl Default for SessionConfig {
             idle_limit: Duration::from_secs(24 * 3600),
             reaper_interval: Duration::from_secs(600),
             command_limits: Limits::default(),
+            #[cfg(any(test, feature = "test-support"))]
+            apply_fault: None,
         }
     }
 }

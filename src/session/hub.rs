@@ -9,28 +9,33 @@ use futures_util::Stream;
 use parking_lot::RwLock;
 use serde_json::Value;
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::config::SessionConfig;
 use super::event::{ClientInfo, SessionEvent};
-use super::live::{OpenProject, Session};
+use super::live::{parse_op, OpenProject, Session};
 use super::{subscribe, ProjectIndex};
 use crate::domain::command::clean_name;
 use crate::domain::error::err;
 use crate::domain::graph::NodeData;
-use crate::domain::history::Op;
 use crate::domain::{project_file, Delta, Dispatcher, DomainError, ErrorCode, Graph, Template};
 use crate::store::{ProjectRecord, SessionRecord, Store, StoreError, Write};
 use crate::templates::TemplateCatalog;
 
 fn store_error(e: StoreError) -> DomainError {
-    err(
-        ErrorCode::StoreUnavailable,
-        format!(
-            "the store could not be used ({}); nothing changed, retry later",
-            e.0
+    match e {
+        StoreError::Conflict(_) | StoreError::Corrupt(_) => {
+            internal("the store refused the change", e)
+        }
+        _ => err(
+            ErrorCode::StoreUnavailable,
+            format!(
+                "the store could not be used ({}); nothing changed, retry later",
+                e.message()
+            ),
         ),
-    )
+    }
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> DomainError {
@@ -54,9 +59,14 @@ pub struct Hub {
     sessions: RwLock<HashMap<Uuid, Arc<Session>>>,
     /// Project id -> the session that has it open.
     open: RwLock<HashMap<Uuid, Uuid>>,
-    /// Serialises opening and closing, so a project is never open in two sessions.
+    /// Serialises every lifecycle operation (create, open, import, delete,
+    /// close, cleanup): each checks and acts under it, so a project is never
+    /// open in two sessions, nor reopened while it is being deleted.
     lifecycle: tokio::sync::Mutex<()>,
     stop: watch::Sender<bool>,
+    /// Every subscriber stream, so a shutdown can wait until each has ended
+    /// (and queued its ClientLeft) before the sessions close.
+    streams: TaskTracker,
 }
 
 impl Hub {
@@ -75,6 +85,7 @@ impl Hub {
             open: RwLock::new(HashMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
             stop: watch::channel(false).0,
+            streams: TaskTracker::new(),
         });
         for record in hub.store.projects().await? {
             hub.index.upsert(record);
@@ -84,13 +95,18 @@ impl Hub {
                 Some(pid) => match hub.load_project(pid).await {
                     Ok(p) => Some(p),
                     Err(e) => {
-                        tracing::warn!(session = %record.id, project = %pid, error = %e, "could not reopen the session's project");
-                        None
+                        // The session stays stored as it is (not re-registered
+                        // without its project); openProject reports the error.
+                        tracing::error!(session = %record.id, project = %pid, error = %e, "could not reopen the session's project; the session is not restored");
+                        continue;
                     }
                 },
                 None => None,
             };
-            let last_seq = hub.store.event_range(record.id).await?.map_or(0, |r| r.1);
+            // The record keeps the newest seq even when retention pruned the
+            // whole log; the log may be ahead of a record written before it.
+            let logged = hub.store.event_range(record.id).await?.map_or(0, |r| r.1);
+            let last_seq = record.last_seq.max(logged);
             hub.register(&record, project, last_seq);
         }
         let weak = Arc::downgrade(&hub);
@@ -214,6 +230,7 @@ impl Hub {
             project_id,
             created_at: now,
             last_activity: now,
+            last_seq: 0,
         }
     }
 
@@ -343,22 +360,49 @@ impl Hub {
                 )
             })?;
         let template = self.template(&loaded.record.template_id)?;
-        let limit = self.config.history_limit;
+        let limit = self.config.history_limit.max(1);
         tokio::task::spawn_blocking(move || {
+            let name = &loaded.record.name;
+            let corrupt = |what: String, e: &dyn std::fmt::Display| {
+                internal(
+                    &format!("project {project_id} ('{name}') cannot be loaded: {what}"),
+                    e,
+                )
+            };
             let mut dispatcher = match &loaded.snapshot {
-                Some((_, json)) => serde_json::from_str::<Dispatcher>(json)
-                    .map_err(|e| internal("a stored project snapshot could not be read", e))?,
+                Some((version, json)) => {
+                    let d = serde_json::from_str::<Dispatcher>(json).map_err(|e| {
+                        corrupt(
+                            format!("its snapshot at version {version} is unreadable"),
+                            &e,
+                        )
+                    })?;
+                    d.graph().check_invariants().map_err(|e| {
+                        corrupt(
+                            format!(
+                                "its snapshot at version {version} breaks the graph's invariants"
+                            ),
+                            &e,
+                        )
+                    })?;
+                    d
+                }
                 None => Dispatcher::new(Graph::new()),
             };
-            dispatcher.set_history_limit(limit);
             let tail = loaded.tail.len() as u64;
             for (version, json) in &loaded.tail {
-                let op: Op = serde_json::from_str(json)
-                    .map_err(|e| internal("a stored op could not be read", e))?;
-                dispatcher.replay(op).map_err(|e| {
-                    internal(&format!("stored op {version} could not be replayed"), e)
-                })?;
+                let (op, applied_under) = parse_op(json)
+                    .map_err(|e| corrupt(format!("its op {version} is unreadable"), &e))?;
+                // Each op replays under the history limit it was applied
+                // under, so undo and redo come back exactly whatever the
+                // limit is now; ops stored before limits were recorded
+                // replay without evicting anything.
+                dispatcher.set_history_limit(applied_under.unwrap_or(usize::MAX));
+                dispatcher
+                    .replay(op)
+                    .map_err(|e| corrupt(format!("its op {version} could not be replayed"), &e))?;
             }
+            dispatcher.set_history_limit(limit);
             let mut record = loaded.record;
             record.version = dispatcher.version();
             record.node_count = dispatcher.graph().len() as u64;
@@ -392,6 +436,7 @@ impl Hub {
 
     /// Deletes a stored project; refused while people are working in it.
     pub async fn delete_project(&self, project_id: Uuid) -> Result<bool, DomainError> {
+        let _guard = self.lifecycle.lock().await;
         if self.index.get(&project_id).is_none() {
             return Err(err(
                 ErrorCode::ProjectNotFound,
@@ -412,9 +457,8 @@ impl Hub {
                     ),
                 ));
             }
-            self.close_session(session.id).await?;
+            self.close_locked(session.id).await?;
         }
-        let _guard = self.lifecycle.lock().await;
         self.store
             .commit(vec![Write::DeleteProject(project_id)])
             .await
@@ -426,6 +470,11 @@ impl Hub {
     /// Closes a session: its subscriptions end; its project stays stored.
     pub async fn close_session(&self, id: Uuid) -> Result<bool, DomainError> {
         let _guard = self.lifecycle.lock().await;
+        self.close_locked(id).await
+    }
+
+    /// `close_session` for a caller that holds the lifecycle lock.
+    async fn close_locked(&self, id: Uuid) -> Result<bool, DomainError> {
         let session = self.find_session(id).ok_or_else(|| {
             err(
                 ErrorCode::SessionNotFound,
@@ -451,8 +500,13 @@ impl Hub {
 
     /// Closes sessions with no active client idle for longer than `max_idle`.
     pub async fn cleanup(&self, max_idle: Duration) -> Result<CleanupResult, DomainError> {
-        let cutoff =
-            Utc::now() - chrono::Duration::from_std(max_idle).unwrap_or(chrono::Duration::MAX);
+        // Chosen and closed under the lock, so no open or delete slips in between.
+        let _guard = self.lifecycle.lock().await;
+        // Saturating: an idle limit longer than the calendar reaches closes nothing.
+        let cutoff = chrono::Duration::from_std(max_idle)
+            .ok()
+            .and_then(|d| Utc::now().checked_sub_signed(d))
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
         let idle: Vec<Uuid> = self
             .sessions()
             .into_iter()
@@ -461,7 +515,7 @@ impl Hub {
             .collect();
         let mut removed = 0;
         for id in idle {
-            if self.close_session(id).await.is_ok() {
+            if self.close_locked(id).await.is_ok() {
                 removed += 1;
             }
         }
@@ -479,6 +533,12 @@ impl Hub {
         client: Option<ClientInfo>,
     ) -> Result<impl Stream<Item = Arc<SessionEvent>>, DomainError> {
         let session = self.session(session_id)?;
+        if *self.stop.borrow() {
+            return Err(err(
+                ErrorCode::StoreUnavailable,
+                "the server is shutting down; subscribe again once it is back",
+            ));
+        }
         let rx = session.sender().subscribe();
         let start = session.read().last_seq;
         if let Some(since) = since {
@@ -490,7 +550,11 @@ impl Hub {
             }
         }
         let client_id = client.as_ref().map(|c| c.id.clone());
+        // Taken before joining, so a shutdown that starts meanwhile waits for this stream too.
+        let token = self.streams.token();
         if let Some(client) = client {
+            // Fails only if the session closed; a ClientJoined that cannot be
+            // stored does not fail the subscription (presence is best effort).
             session.join(client).await?;
         }
         Ok(subscribe::stream(
@@ -500,15 +564,39 @@ impl Hub {
             rx,
             start,
             self.stop.subscribe(),
+            token,
         ))
     }
 
-    /// Ends every subscription, persists every session's record and closes the store.
-    pub async fn shutdown(&self) {
+    /// Ends every subscription (and refuses new ones); the first step of a shutdown.
+    pub fn end_subscriptions(&self) {
         self.stop.send_replace(true);
-        for session in self.sessions() {
-            if let Err(e) = session.flush().await {
-                tracing::warn!(session = %session.id, error = %e, "could not persist the session on shutdown");
+    }
+
+    /// Stops in order: ends every subscription and waits until each stream
+    /// has ended (queueing its ClientLeft), closes every session and waits
+    /// until its last group is committed, stores every session's record, and
+    /// closes the store. Call it once no request is in flight any more.
+    pub async fn shutdown(&self) {
+        self.end_subscriptions();
+        self.streams.close();
+        self.streams.wait().await;
+        let _guard = self.lifecycle.lock().await;
+        let sessions = self.sessions();
+        for session in &sessions {
+            session.close_for_shutdown();
+        }
+        for session in &sessions {
+            session.stopped().await;
+        }
+        // Last activity moves with reads too; store it once more.
+        let records = sessions
+            .iter()
+            .map(|s| Write::UpsertSession(s.record()))
+            .collect::<Vec<_>>();
+        if !records.is_empty() {
+            if let Err(e) = self.store.commit(records).await {
+                tracing::warn!(error = %e, "could not store the sessions' last activity on shutdown");
             }
         }
         self.store.close().await;

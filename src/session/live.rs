@@ -1,11 +1,18 @@
 //! One live session: its open project, its single writer (the actor), its event log and broadcast.
 //!
 //! Every change to a session goes through its actor task, one group of jobs
-//! at a time: the actor applies the group to the in-memory state, commits the
-//! group's ops and events to the store in one call, and only then publishes
-//! the events and answers the callers. If the commit fails, every change of
-//! the group is reverted exactly (`Dispatcher::revert`), so memory never runs
-//! ahead of the disk.
+//! at a time. Under the state's write lock the actor applies the group (to
+//! validate it and compute its ops and events), then takes it back exactly
+//! (`Dispatcher::revert`), so readers only ever see committed state. It
+//! commits the group's ops and events to the store in one call and only then,
+//! again under one write lock, replays the group's ops and advances
+//! `last_seq`: a reader sees the group's whole effect together with its
+//! events' seqs, or none of it. Then it publishes and answers the callers. A
+//! failed commit therefore needs no revert and leaves no trace; a panic or a
+//! serialisation failure while applying fails the whole group with INTERNAL.
+//!
+//! Snapshots are taken off the lock: a blocking thread copies the dispatcher
+//! under a read lock and serialises the copy, while the actor goes on.
 //!
 //! The actor runs only while there is work: the first job queued to an idle
 //! session spawns it, and it ends as soon as it finds the queue empty. An idle
@@ -15,6 +22,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
+use tracing::Instrument;
 
 use chrono::{DateTime, TimeZone, Utc};
 use parking_lot::{Mutex, RwLock};
@@ -27,16 +35,16 @@ use super::subscribe::StorePages;
 use super::ProjectIndex;
 use crate::domain::error::err;
 use crate::domain::history::Revert;
-use crate::domain::{Command, Ctx, Dispatcher, DomainError, ErrorCode, Template};
-use crate::store::{ProjectRecord, SessionRecord, Store, StoredEvent, Write};
+use crate::domain::{Command, Ctx, Dispatcher, DomainError, ErrorCode, Op, Template};
+use crate::store::{ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write};
 
 /// The project a session has open.
 pub struct OpenProject {
     pub record: ProjectRecord,
     pub template: Arc<Template>,
     pub dispatcher: Dispatcher,
-    /// Ops committed since the last snapshot.
-    ops_since_snapshot: u64,
+    /// Version of the newest snapshot stored (or being stored).
+    snapshot_version: u64,
 }
 
 impl OpenProject {
@@ -46,11 +54,12 @@ impl OpenProject {
         dispatcher: Dispatcher,
         ops_since_snapshot: u64,
     ) -> Self {
+        let snapshot_version = dispatcher.version().saturating_sub(ops_since_snapshot);
         OpenProject {
             record,
             template,
             dispatcher,
-            ops_since_snapshot,
+            snapshot_version,
         }
     }
 }
@@ -101,32 +110,54 @@ pub struct Outcome {
 
 type Reply<T> = oneshot::Sender<Result<T, DomainError>>;
 
-pub(super) enum Job {
+/// One queued request to the actor and where its answer goes.
+pub(super) struct Job {
+    work: Work,
+    reply: Answer,
+}
+
+pub(super) enum Work {
     Execute {
         command: Command,
         expected_version: Option<u64>,
         client_id: Option<String>,
-        reply: Reply<Outcome>,
     },
     Undo {
         client_id: Option<String>,
-        reply: Reply<Outcome>,
     },
     Redo {
         client_id: Option<String>,
-        reply: Reply<Outcome>,
     },
     Join {
         client: ClientInfo,
-        reply: Reply<()>,
     },
     Leave {
         client_id: String,
     },
     /// Persist the session record (last activity) even without other changes.
-    Flush {
-        reply: Reply<()>,
-    },
+    Flush,
+}
+
+/// Where a job's answer goes, kept apart from the work so that a job that
+/// panics is still answered.
+enum Answer {
+    Outcome(Reply<Outcome>),
+    Unit(Reply<()>),
+    None,
+}
+
+impl Answer {
+    fn fail(self, e: DomainError) {
+        match self {
+            Answer::Outcome(r) => {
+                let _ = r.send(Err(e));
+            }
+            Answer::Unit(r) => {
+                let _ = r.send(Err(e));
+            }
+            Answer::None => {}
+        }
+    }
 }
 
 /// The jobs waiting for a session's actor, and the two flags that go with them.
@@ -163,6 +194,10 @@ pub struct Session {
     closed: Notify,
     /// Woken whenever an actor stops (for `stopped`).
     idle: Notify,
+    /// Woken when a job is queued to a running actor (which may be waiting for a snapshot).
+    work: Notify,
+    /// Set by a shutdown: jobs are refused with a message saying so.
+    shutting_down: std::sync::atomic::AtomicBool,
     pub(super) config: Arc<SessionConfig>,
     pub(super) store: Arc<dyn Store>,
     index: Arc<ProjectIndex>,
@@ -193,6 +228,8 @@ impl Session {
             pages: StorePages::default(),
             closed: Notify::new(),
             idle: Notify::new(),
+            work: Notify::new(),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
             config,
             store,
             index,
@@ -222,11 +259,18 @@ impl Session {
             project_id: self.state.read().project.as_ref().map(|p| p.record.id),
             created_at: self.created_at,
             last_activity: self.last_activity(),
+            last_seq: self.state.read().last_seq,
         }
     }
 
     pub fn is_closed(&self) -> bool {
         self.inbox.lock().closed
+    }
+
+    /// As `close`, for a server that is stopping: late jobs are told so.
+    pub(super) fn close_for_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.close();
     }
 
     /// Ends every subscription and refuses new jobs; the actor still finishes what is queued.
@@ -261,6 +305,8 @@ impl Session {
         }
         inbox.jobs.push_back(job);
         if inbox.running {
+            // The actor may be waiting for a snapshot rather than for the lock.
+            self.work.notify_one();
             return true;
         }
         // Outside a Tokio runtime (a subscription stream dropped on a thread
@@ -277,14 +323,34 @@ impl Session {
         true
     }
 
-    async fn ask<T>(self: &Arc<Self>, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, DomainError> {
-        self.touch();
-        let (tx, rx) = oneshot::channel();
-        if !self.enqueue(job(tx)) {
-            return Err(err(
+    /// The error for a job refused by a closed session.
+    fn closed_error(&self) -> DomainError {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            err(
+                ErrorCode::StoreUnavailable,
+                "the server is shutting down; nothing changed, retry once it is back",
+            )
+        } else {
+            err(
                 ErrorCode::SessionNotFound,
                 format!("session {} is closed", self.id),
-            ));
+            )
+        }
+    }
+
+    async fn ask<T>(
+        self: &Arc<Self>,
+        work: Work,
+        answer: impl FnOnce(Reply<T>) -> Answer,
+    ) -> Result<T, DomainError> {
+        self.touch();
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            work,
+            reply: answer(tx),
+        };
+        if !self.enqueue(job) {
+            return Err(self.closed_error());
         }
         rx.await.map_err(|_| {
             err(
@@ -300,35 +366,40 @@ impl Session {
         expected_version: Option<u64>,
         client_id: Option<String>,
     ) -> Result<Outcome, DomainError> {
-        self.ask(|reply| Job::Execute {
-            command,
-            expected_version,
-            client_id,
-            reply,
-        })
+        self.ask(
+            Work::Execute {
+                command,
+                expected_version,
+                client_id,
+            },
+            Answer::Outcome,
+        )
         .await
     }
 
     pub async fn undo(self: &Arc<Self>, client_id: Option<String>) -> Result<Outcome, DomainError> {
-        self.ask(|reply| Job::Undo { client_id, reply }).await
+        self.ask(Work::Undo { client_id }, Answer::Outcome).await
     }
 
     pub async fn redo(self: &Arc<Self>, client_id: Option<String>) -> Result<Outcome, DomainError> {
-        self.ask(|reply| Job::Redo { client_id, reply }).await
+        self.ask(Work::Redo { client_id }, Answer::Outcome).await
     }
 
     pub(super) async fn join(self: &Arc<Self>, client: ClientInfo) -> Result<(), DomainError> {
-        self.ask(|reply| Job::Join { client, reply }).await
+        self.ask(Work::Join { client }, Answer::Unit).await
     }
 
     pub(super) fn leave(self: &Arc<Self>, client_id: String) {
         // Refused only once the session is closed, when nobody is told of presence any more.
-        self.enqueue(Job::Leave { client_id });
+        self.enqueue(Job {
+            work: Work::Leave { client_id },
+            reply: Answer::None,
+        });
     }
 
     /// Persists the session record now (e.g. before shutdown).
     pub async fn flush(self: &Arc<Self>) -> Result<(), DomainError> {
-        self.ask(|reply| Job::Flush { reply }).await
+        self.ask(Work::Flush, Answer::Unit).await
     }
 
     /// Committed events with seq > `after` still held in memory, if they reach back that far.
@@ -359,12 +430,6 @@ async fn wait_until(notify: &Notify, done: impl Fn() -> bool) {
     }
 }
 
-/// A job's answer, held until the group is committed.
-enum Pending {
-    Outcome(Reply<Outcome>, Result<Outcome, DomainError>),
-    Unit(Reply<()>, Result<(), DomainError>),
-}
-
 /// The actor's hold on its session; dropped when the actor ends, however it ends.
 struct Running {
     session: Arc<Session>,
@@ -375,9 +440,9 @@ struct Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if !self.released {
-            // Cancelled (the runtime is shutting down) or panicked: nobody will
-            // take the queued jobs, so drop them (their callers get an error,
-            // as from a dead actor) and let the next job start a fresh actor.
+            // Cancelled (the runtime is shutting down): nobody will take the
+            // queued jobs, so drop them (their callers get an error, as from a
+            // dead actor) and let the next job start a fresh actor.
             let stale = {
                 let mut inbox = self.session.inbox.lock();
                 inbox.running = false;
@@ -389,26 +454,206 @@ impl Drop for Running {
     }
 }
 
+/// A serialised snapshot: (project, version, state or why it could not be serialised).
+type Snapshot = (Uuid, u64, Result<String, String>);
+
+/// A snapshot being serialised on a blocking thread (`None`: the project went away).
+type SnapshotTask = tokio::task::JoinHandle<Option<Snapshot>>;
+
 /// The session's single writer: takes the queued jobs in groups, commits each group once, then
-/// publishes; ends when the queue is empty.
+/// publishes; ends when the queue is empty and no snapshot is on its way.
 async fn actor(mut running: Running) {
     let session = running.session.clone();
+    let mut snapshot: Option<SnapshotTask> = None;
     loop {
-        let jobs: Vec<Job> = {
+        let jobs: Option<Vec<Job>> = {
             let mut inbox = session.inbox.lock();
             if inbox.jobs.is_empty() {
-                // Under the same lock as `enqueue` checks `running`: a job
-                // queued from now on starts a new actor.
-                inbox.running = false;
-                inbox.jobs = VecDeque::new();
-                running.released = true;
-                return;
+                if snapshot.is_none() {
+                    // Under the same lock as `enqueue` checks `running`: a job
+                    // queued from now on starts a new actor.
+                    inbox.running = false;
+                    inbox.jobs = VecDeque::new();
+                    running.released = true;
+                    return;
+                }
+                None
+            } else {
+                let n = inbox.jobs.len().min(session.config.max_group.max(1));
+                Some(inbox.jobs.drain(..n).collect())
             }
-            let n = inbox.jobs.len().min(session.config.max_group.max(1));
-            inbox.jobs.drain(..n).collect()
         };
-        run_group(&session, jobs).await;
+        match jobs {
+            Some(jobs) => {
+                // One span per group: every line logged while it runs names
+                // the session and what the group does.
+                let span = tracing::info_span!(
+                    "group",
+                    session = %session.id,
+                    jobs = jobs.len(),
+                    commands = %group_kinds(&jobs),
+                );
+                run_group(&session, jobs).instrument(span).await;
+                if snapshot.as_ref().is_some_and(|t| t.is_finished()) {
+                    if let Some(task) = snapshot.take() {
+                        store_snapshot(&session, task.await).await;
+                    }
+                }
+                if snapshot.is_none() {
+                    snapshot = start_snapshot(&session);
+                }
+            }
+            None => {
+                // Idle with a snapshot on its way: store it, unless work comes first.
+                let Some(task) = snapshot.as_mut() else {
+                    continue;
+                };
+                tokio::select! {
+                    done = task => {
+                        snapshot = None;
+                        store_snapshot(&session, done).await;
+                    }
+                    _ = session.work.notified() => {}
+                }
+            }
+        }
     }
+}
+
+/// Starts serialising a snapshot of the committed state if one is due.
+///
+/// The copy is made on the blocking thread under a read lock: readers are not
+/// held up, and only the actor (the one writer) waits for the copy, not for
+/// the much slower serialisation.
+fn start_snapshot(session: &Arc<Session>) -> Option<SnapshotTask> {
+    {
+        let state = session.state.read();
+        let project = state.project.as_ref()?;
+        let due = session
+            .config
+            .snapshot_interval
+            .max(1)
+            .max(project.record.node_count / 8);
+        if project
+            .dispatcher
+            .version()
+            .saturating_sub(project.snapshot_version)
+            < due
+        {
+            return None;
+        }
+    }
+    let session = session.clone();
+    Some(tokio::task::spawn_blocking(move || {
+        let (id, copy) = {
+            let state = session.state.read();
+            let project = state.project.as_ref()?;
+            (project.record.id, project.dispatcher.clone())
+        };
+        let json = serde_json::to_string(&copy).map_err(|e| e.to_string());
+        Some((id, copy.version(), json))
+    }))
+}
+
+/// Stores a serialised snapshot; success or failure, the next one is due an interval later.
+async fn store_snapshot(session: &Session, done: Result<Option<Snapshot>, tokio::task::JoinError>) {
+    let (project_id, version, json) = match done {
+        Ok(Some(done)) => done,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(session = %session.id, error = %e, "serialising a snapshot failed");
+            return;
+        }
+    };
+    let stored = match json {
+        Ok(state) => session
+            .store
+            .commit(vec![Write::Snapshot {
+                project_id,
+                version,
+                state,
+            }])
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => {
+            tracing::error!(session = %session.id, project = %project_id, error = %e, "could not serialise a snapshot");
+            Err(e)
+        }
+    };
+    if let Err(e) = &stored {
+        tracing::warn!(session = %session.id, project = %project_id, error = %e, "snapshot not stored; the ops since the last one are kept");
+    }
+    let mut state = session.state.write();
+    if let Some(project) = state.project.as_mut().filter(|p| p.record.id == project_id) {
+        project.snapshot_version = project.snapshot_version.max(version);
+    }
+}
+
+/// A job's answer, held until the group is committed.
+enum Pending {
+    Outcome(Reply<Outcome>, Result<Outcome, DomainError>),
+    Unit(Reply<()>, Result<(), DomainError>),
+    /// A join: answered Ok even if its event could not be stored (presence is best effort).
+    Presence(Reply<()>),
+}
+
+/// What applying one job produced.
+enum Done {
+    Outcome(Result<Outcome, DomainError>),
+    Unit(Result<(), DomainError>),
+    Presence,
+    Nothing,
+}
+
+fn pending(answer: Answer, done: Done) -> Option<Pending> {
+    match (answer, done) {
+        (Answer::Outcome(r), Done::Outcome(result)) => Some(Pending::Outcome(r, result)),
+        (Answer::Unit(r), Done::Unit(result)) => Some(Pending::Unit(r, result)),
+        (Answer::Unit(r), Done::Presence) => Some(Pending::Presence(r)),
+        (answer, _) => {
+            // Not reached: every job kind has its answer kind.
+            answer.fail(internal("a job was answered with the wrong kind of result"));
+            None
+        }
+    }
+}
+
+/// INTERNAL with a message that says nothing of the cause (which goes to the log).
+fn internal(what: &str) -> DomainError {
+    err(
+        ErrorCode::Internal,
+        format!("{what}; nothing changed; see the server log"),
+    )
+}
+
+fn group_failed() -> DomainError {
+    internal("the change could not be applied because of an internal error")
+}
+
+/// A commit failure as callers see it.
+fn commit_error(session: &Session, e: &StoreError) -> DomainError {
+    match e {
+        StoreError::Conflict(_) | StoreError::Corrupt(_) => {
+            tracing::error!(session = %session.id, error = %e, "commit refused by the store");
+            internal("the change collides with what is stored and was not applied")
+        }
+        _ => err(
+            ErrorCode::StoreUnavailable,
+            format!(
+                "the change could not be stored ({}); nothing changed, retry later",
+                e.message()
+            ),
+        ),
+    }
+}
+
+/// The text of a panic payload, for the log.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 struct Group<'a> {
@@ -417,9 +662,16 @@ struct Group<'a> {
     events: Vec<Arc<SessionEvent>>,
     writes: Vec<Write>,
     reverts: Vec<Revert>,
-    /// Clients that joined in this group: a failed commit takes their joins back.
-    joined: Vec<String>,
+    /// The ops applied, in order: replayed on the committed state once stored.
+    ops: Vec<Op>,
+    /// Presence after the group, if it changes; kept whether or not the commit succeeds.
+    clients: Option<BTreeMap<String, (ClientInfo, usize)>>,
     pending: Vec<Pending>,
+    /// A job panicked or an op could not be serialised: the whole group fails.
+    broken: bool,
+    /// Test fault: the next op fails to serialise.
+    #[cfg(any(test, feature = "test-support"))]
+    unserialisable: bool,
 }
 
 impl Group<'_> {
@@ -441,96 +693,187 @@ impl Group<'_> {
         self.events.push(event.clone());
         event
     }
+
+    fn clients<'s>(&'s mut self, state: &State) -> &'s mut BTreeMap<String, (ClientInfo, usize)> {
+        self.clients.get_or_insert_with(|| state.clients.clone())
+    }
 }
 
-async fn run_group(session: &Session, jobs: Vec<Job>) {
-    let mut group = {
-        let last_seq = session.state.read().last_seq;
-        Group {
-            session,
-            next_seq: last_seq + 1,
-            events: Vec::new(),
-            writes: Vec::new(),
-            reverts: Vec::new(),
-            joined: Vec::new(),
-            pending: Vec::new(),
-        }
+/// An op as stored: the dispatcher's `Op` plus the history limit it was
+/// applied under, so that recovery evicts undo steps exactly as the original
+/// did, whatever `--history-limit` says at the next start.
+pub(super) fn op_json(op: &Op, history_limit: usize) -> Result<String, serde_json::Error> {
+    let mut value = serde_json::to_value(op)?;
+    if let serde_json::Value::Object(map) = &mut value {
+        map.insert("history_limit".into(), history_limit.into());
+    }
+    serde_json::to_string(&value)
+}
+
+/// A stored op and the history limit it was applied under (absent in ops stored before it was recorded).
+pub(super) fn parse_op(json: &str) -> Result<(Op, Option<usize>), serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Limit {
+        history_limit: Option<usize>,
+    }
+    let op: Op = serde_json::from_str(json)?;
+    let limit: Limit = serde_json::from_str(json)?;
+    Ok((op, limit.history_limit))
+}
+
+/// What a group's jobs are, for its span: command types, undo, redo, presence.
+fn group_kinds(jobs: &[Job]) -> String {
+    let mut kinds: Vec<&str> = jobs
+        .iter()
+        .map(|j| match &j.work {
+            Work::Execute { command, .. } => command.type_name(),
+            Work::Undo { .. } => "undo",
+            Work::Redo { .. } => "redo",
+            Work::Join { .. } => "join",
+            Work::Leave { .. } => "leave",
+            Work::Flush => "flush",
+        })
+        .collect();
+    kinds.dedup();
+    kinds.join(",")
+}
+
+async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
+    let mut group = Group {
+        session,
+        next_seq: 0,
+        events: Vec::new(),
+        writes: Vec::new(),
+        reverts: Vec::new(),
+        ops: Vec::new(),
+        clients: None,
+        pending: Vec::new(),
+        broken: false,
+        #[cfg(any(test, feature = "test-support"))]
+        unserialisable: false,
     };
-    let project_before;
     let mut project_after = None;
+    let mut close = false;
     {
         let mut state = session.state.write();
-        project_before = state.project.as_ref().map(|p| p.record.clone());
-        for job in jobs {
-            apply_job(&mut state, &mut group, job);
-        }
-        if let Some(project) = state.project.as_mut() {
-            if project_before.as_ref().map(|r| r.version) != Some(project.dispatcher.version()) {
-                project.record.version = project.dispatcher.version();
-                project.record.node_count = project.dispatcher.graph().len() as u64;
-                project.record.updated_at = Utc::now();
-                group
-                    .writes
-                    .push(Write::UpsertProject(project.record.clone()));
-                let due = session
-                    .config
-                    .snapshot_interval
-                    .max(project.record.node_count / 8);
-                if project.ops_since_snapshot >= due {
-                    match serde_json::to_string(&project.dispatcher) {
-                        Ok(state_json) => group.writes.push(Write::Snapshot {
-                            project_id: project.record.id,
-                            version: project.dispatcher.version(),
-                            state: state_json,
-                        }),
-                        Err(e) => tracing::error!(error = %e, "could not serialise a snapshot"),
-                    }
+        group.next_seq = state.last_seq + 1;
+        let version_before = state.project.as_ref().map(|p| p.dispatcher.version());
+        for Job { work, reply } in jobs {
+            let presence = matches!(work, Work::Join { .. } | Work::Leave { .. });
+            if group.broken && !presence {
+                reply.fail(group_failed());
+                continue;
+            }
+            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                apply_job(&mut state, &mut group, work)
+            }));
+            match applied {
+                Ok(done) => group.pending.extend(pending(reply, done)),
+                Err(panic) => {
+                    tracing::error!(session = %session.id, cause = %panic_message(&*panic), "a change panicked while being applied; its whole group is reverted");
+                    group.broken = true;
+                    reply.fail(group_failed());
                 }
-                project_after = Some(project.record.clone());
+            }
+        }
+        if !group.broken {
+            let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                build_writes(&state, &mut group)
+            }));
+            match built {
+                Ok(after) => project_after = after,
+                Err(panic) => {
+                    tracing::error!(session = %session.id, cause = %panic_message(&*panic), "a group could not be prepared for the store; it is reverted");
+                    group.broken = true;
+                }
+            }
+        }
+        // Take the group back: readers see committed state only, and this is
+        // what the group's ops are replayed on once they are stored.
+        if let Some(project) = state.project.as_mut() {
+            for revert in group.reverts.drain(..).rev() {
+                project.dispatcher.revert(revert);
+            }
+            if group.broken {
+                let intact = Some(project.dispatcher.version()) == version_before
+                    && project.dispatcher.graph().check_invariants().is_ok();
+                if !intact {
+                    tracing::error!(session = %session.id, project = %project.record.id, "the project could not be restored after a panic; closing the session (the store has its committed state)");
+                    close = true;
+                }
+            }
+        }
+        if group.broken {
+            if let Some(clients) = group.clients.take() {
+                state.clients = clients;
             }
         }
     }
-    if !group.events.is_empty() {
-        group.writes.push(Write::AppendEvents {
-            session_id: session.id,
-            events: group
-                .events
-                .iter()
-                .map(|e| StoredEvent {
-                    seq: e.seq,
-                    json: e.to_json().to_string(),
-                })
-                .collect(),
-        });
-        if let Some(keep) = session.config.event_retention {
-            // Prune whenever the log crosses a multiple of 256 events: cheap and bounded.
-            let last = group.next_seq - 1;
-            let first = group.events[0].seq;
-            if last > keep && (first - 1) / 256 != last / 256 {
-                group.writes.push(Write::PruneEvents {
-                    session_id: session.id,
-                    below_seq: last - keep + 1,
-                });
+    if close {
+        session.close();
+    }
+    if group.broken {
+        for p in group.pending.drain(..) {
+            match p {
+                Pending::Outcome(reply, _) => {
+                    let _ = reply.send(Err(group_failed()));
+                }
+                Pending::Unit(reply, _) => {
+                    let _ = reply.send(Err(group_failed()));
+                }
+                Pending::Presence(reply) => {
+                    let _ = reply.send(Ok(()));
+                }
             }
         }
+        return;
     }
-    group.writes.push(Write::UpsertSession(session.record()));
 
-    let snapshot_written = group
-        .writes
-        .iter()
-        .any(|w| matches!(w, Write::Snapshot { .. }));
     let writes = std::mem::take(&mut group.writes);
-    match session.store.commit(writes).await {
+    let started = std::time::Instant::now();
+    let committed = session.store.commit(writes).await;
+    metrics::histogram!(crate::metrics::names::COMMIT_SECONDS)
+        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!(crate::metrics::names::COMMIT_GROUP_SIZE)
+        .record(group.pending.len() as f64);
+    match committed {
         Ok(()) => {
+            let mut broken = None;
             {
                 let mut state = session.state.write();
-                state.last_seq = group.next_seq - 1;
                 if let Some(project) = state.project.as_mut() {
-                    if snapshot_written {
-                        project.ops_since_snapshot = 0;
+                    for op in group.ops.drain(..) {
+                        let replayed =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                project.dispatcher.replay(op)
+                            }));
+                        match replayed {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => broken = Some(e.message),
+                            Err(panic) => broken = Some(panic_message(&*panic)),
+                        }
+                        if broken.is_some() {
+                            break;
+                        }
+                    }
+                    if let Some(record) = project_after.clone() {
+                        project.record = record;
                     }
                 }
+                // In the tail before `last_seq` moves: a subscriber that
+                // reads `last_seq` finds every event up to it (an empty
+                // catch-up while behind means the events are gone).
+                remember(session, &group.events);
+                state.last_seq = group.next_seq - 1;
+                if let Some(clients) = group.clients.take() {
+                    state.clients = clients;
+                }
+            }
+            if let Some(cause) = broken {
+                // Stored but not in memory: the store has the truth, so the
+                // session closes and the project reopens from it.
+                tracing::error!(session = %session.id, %cause, "a committed group could not be replayed; closing the session");
+                session.close();
             }
             if let Some(record) = project_after {
                 session.index.upsert(record);
@@ -544,39 +887,20 @@ async fn run_group(session: &Session, jobs: Vec<Job>) {
                     Pending::Unit(reply, result) => {
                         let _ = reply.send(result);
                     }
+                    Pending::Presence(reply) => {
+                        let _ = reply.send(Ok(()));
+                    }
                 }
             }
         }
         Err(e) => {
-            tracing::warn!(session = %session.id, error = %e, "commit failed; reverting the group");
-            {
-                let mut state = session.state.write();
-                if let Some(project) = state.project.as_mut() {
-                    for revert in group.reverts.drain(..).rev() {
-                        project.dispatcher.revert(revert);
-                        project.ops_since_snapshot = project.ops_since_snapshot.saturating_sub(1);
-                    }
-                    if let Some(before) = project_before {
-                        project.record = before;
-                    }
-                }
-                // Their subscriptions fail, so they never joined. (Leaves stay: those clients are gone.)
-                for id in group.joined.drain(..) {
-                    if let Some(entry) = state.clients.get_mut(&id) {
-                        entry.1 -= 1;
-                        if entry.1 == 0 {
-                            state.clients.remove(&id);
-                        }
-                    }
-                }
+            metrics::counter!(crate::metrics::names::STORE_ERRORS, "kind" => e.kind()).increment(1);
+            tracing::warn!(session = %session.id, error = %e, "commit failed; the group is dropped");
+            // Presence is what it is whether or not it could be recorded.
+            if let Some(clients) = group.clients.take() {
+                session.state.write().clients = clients;
             }
-            let failure = err(
-                ErrorCode::StoreUnavailable,
-                format!(
-                    "the change could not be stored ({}); nothing changed, retry later",
-                    e.0
-                ),
-            );
+            let failure = commit_error(session, &e);
             for p in group.pending {
                 match p {
                     Pending::Outcome(reply, _) => {
@@ -585,46 +909,112 @@ async fn run_group(session: &Session, jobs: Vec<Job>) {
                     Pending::Unit(reply, _) => {
                         let _ = reply.send(Err(failure.clone()));
                     }
+                    Pending::Presence(reply) => {
+                        let _ = reply.send(Ok(()));
+                    }
                 }
             }
         }
     }
 }
 
+/// The group's writes besides its ops: the project record, events, retention
+/// and the session record. Returns the project record after the group.
+fn build_writes(state: &State, group: &mut Group<'_>) -> Option<ProjectRecord> {
+    let session = group.session;
+    let mut project_after = None;
+    if let Some(project) = state.project.as_ref() {
+        if project.record.version != project.dispatcher.version() {
+            let mut record = project.record.clone();
+            record.version = project.dispatcher.version();
+            record.node_count = project.dispatcher.graph().len() as u64;
+            record.updated_at = Utc::now();
+            group.writes.push(Write::UpsertProject(record.clone()));
+            project_after = Some(record);
+        }
+    }
+    let last = group.next_seq - 1;
+    if !group.events.is_empty() {
+        group.writes.push(Write::AppendEvents {
+            session_id: session.id,
+            events: group
+                .events
+                .iter()
+                .map(|e| StoredEvent {
+                    seq: e.seq,
+                    json: e.to_json().to_string(),
+                })
+                .collect(),
+        });
+        if let Some(keep) = session.config.event_retention {
+            // At least the newest event stays, so the log always shows where seqs are.
+            let keep = keep.max(1);
+            // Prune whenever the log crosses a multiple of 256 events: cheap and bounded.
+            let first = group.events[0].seq;
+            if last > keep && (first - 1) / 256 != last / 256 {
+                group.writes.push(Write::PruneEvents {
+                    session_id: session.id,
+                    below_seq: last - keep + 1,
+                });
+            }
+        }
+    }
+    group.writes.push(Write::UpsertSession(SessionRecord {
+        id: session.id,
+        project_id: state.project.as_ref().map(|p| p.record.id),
+        created_at: session.created_at,
+        last_activity: session.last_activity(),
+        last_seq: last,
+    }));
+    project_after
+}
+
+/// Adds committed events to the in-memory tail.
+fn remember(session: &Session, events: &[Arc<SessionEvent>]) {
+    let mut recent = session.recent.lock();
+    for e in events {
+        recent.push_back(e.clone());
+    }
+    while recent.len() > session.config.recent_events {
+        recent.pop_front();
+    }
+}
+
+/// Broadcasts committed events (already in the tail) to live subscribers.
 fn publish(session: &Session, events: &[Arc<SessionEvent>]) {
     if events.is_empty() {
         return;
     }
-    {
-        let mut recent = session.recent.lock();
-        for e in events {
-            recent.push_back(e.clone());
-        }
-        while recent.len() > session.config.recent_events {
-            recent.pop_front();
-        }
-    }
+    metrics::counter!(crate::metrics::names::EVENTS_PUBLISHED).increment(events.len() as u64);
     if let Some(tx) = session.events.get() {
         // No receivers is fine: nobody is listening.
         let _ = tx.send(Batch::from(events));
     }
 }
 
-fn apply_job(state: &mut State, group: &mut Group<'_>, job: Job) {
-    match job {
-        Job::Execute {
+fn apply_job(state: &mut State, group: &mut Group<'_>, work: Work) -> Done {
+    match work {
+        Work::Execute {
             command,
             expected_version,
             client_id,
-            reply,
         } => {
             let command_id = Uuid::new_v4();
             let command_type = command.type_name().to_string();
             let Some(project) = state.project.as_mut() else {
-                let e = no_project();
-                group.pending.push(Pending::Outcome(reply, Err(e)));
-                return;
+                return Done::Outcome(Err(no_project()));
             };
+            #[cfg(any(test, feature = "test-support"))]
+            let fault = group
+                .session
+                .config
+                .apply_fault
+                .as_ref()
+                .and_then(|f| f.check(&command));
+            #[cfg(any(test, feature = "test-support"))]
+            if fault == Some(super::config::FaultKind::Panic) {
+                panic!("injected panic while applying {command_type}");
+            }
             group.event(
                 Some(command_id),
                 &client_id,
@@ -641,16 +1031,22 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, job: Job) {
                     .dispatcher
                     .execute(&command, expected_version, command_id, &mut ctx);
             let outcome = match result {
-                Ok(applied) => finish_applied(
-                    project,
-                    group,
-                    applied,
-                    &client_id,
-                    |command_type, version| EventKind::CommandExecuted {
-                        command_type,
-                        version,
-                    },
-                ),
+                Ok(applied) => {
+                    #[cfg(any(test, feature = "test-support"))]
+                    if fault == Some(super::config::FaultKind::Unserialisable) {
+                        group.unserialisable = true;
+                    }
+                    finish_applied(
+                        project,
+                        group,
+                        applied,
+                        &client_id,
+                        |command_type, version| EventKind::CommandExecuted {
+                            command_type,
+                            version,
+                        },
+                    )
+                }
                 Err(e) => {
                     group.event(
                         Some(command_id),
@@ -664,25 +1060,18 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, job: Job) {
                     Err(e)
                 }
             };
-            group.pending.push(Pending::Outcome(reply, outcome));
+            Done::Outcome(outcome)
         }
-        Job::Undo { client_id, reply } => {
-            let outcome = history_step(state, group, &client_id, false);
-            group.pending.push(Pending::Outcome(reply, outcome));
-        }
-        Job::Redo { client_id, reply } => {
-            let outcome = history_step(state, group, &client_id, true);
-            group.pending.push(Pending::Outcome(reply, outcome));
-        }
-        Job::Join { client, reply } => {
-            let entry = state
-                .clients
+        Work::Undo { client_id } => Done::Outcome(history_step(state, group, &client_id, false)),
+        Work::Redo { client_id } => Done::Outcome(history_step(state, group, &client_id, true)),
+        Work::Join { client } => {
+            let clients = group.clients(state);
+            let entry = clients
                 .entry(client.id.clone())
                 .or_insert_with(|| (client.clone(), 0));
             entry.1 += 1;
-            group.joined.push(client.id.clone());
             if entry.1 == 1 {
-                let active = state.clients.len() as u32;
+                let active = u32::try_from(clients.len()).unwrap_or(u32::MAX);
                 group.event(
                     None,
                     &Some(client.id.clone()),
@@ -692,16 +1081,19 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, job: Job) {
                     },
                 );
             }
-            group.pending.push(Pending::Unit(reply, Ok(())));
+            Done::Presence
         }
-        Job::Leave { client_id } => {
-            let Some(entry) = state.clients.get_mut(&client_id) else {
-                return;
+        Work::Leave { client_id } => {
+            let clients = group.clients(state);
+            let Some(entry) = clients.get_mut(&client_id) else {
+                return Done::Nothing;
             };
             entry.1 -= 1;
             if entry.1 == 0 {
-                let (client, _) = state.clients.remove(&client_id).expect("present");
-                let active = state.clients.len() as u32;
+                let Some((client, _)) = clients.remove(&client_id) else {
+                    return Done::Nothing;
+                };
+                let active = u32::try_from(clients.len()).unwrap_or(u32::MAX);
                 group.event(
                     None,
                     &Some(client_id),
@@ -711,8 +1103,9 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, job: Job) {
                     },
                 );
             }
+            Done::Nothing
         }
-        Job::Flush { reply } => group.pending.push(Pending::Unit(reply, Ok(()))),
+        Work::Flush => Done::Unit(Ok(())),
     }
 }
 
@@ -758,6 +1151,30 @@ fn finish_applied(
     client_id: &Option<String>,
     done: impl FnOnce(String, u64) -> EventKind,
 ) -> Result<Outcome, DomainError> {
+    // First, so that whatever happens next the step can be taken back.
+    group.reverts.push(applied.revert);
+    #[allow(unused_mut)]
+    let mut op = op_json(&applied.op, group.session.config.history_limit.max(1));
+    #[cfg(any(test, feature = "test-support"))]
+    if std::mem::take(&mut group.unserialisable) {
+        op = Err(<serde_json::Error as serde::ser::Error>::custom(
+            "injected: the op cannot be serialised",
+        ));
+    }
+    match op {
+        Ok(op) => group.writes.push(Write::AppendOp {
+            project_id: project.record.id,
+            version: applied.version,
+            op,
+        }),
+        Err(e) => {
+            // Never acknowledged without being stored: the whole group fails.
+            tracing::error!(session = %group.session.id, error = %e, "could not serialise an op; its group is reverted");
+            group.broken = true;
+            return Err(group_failed());
+        }
+    }
+    group.ops.push(applied.op);
     let first = group.events.len();
     for delta in applied.deltas {
         group.event(Some(applied.command_id), client_id, EventKind::Delta(delta));
@@ -767,16 +1184,6 @@ fn finish_applied(
         client_id,
         done(applied.command_type, applied.version),
     );
-    match serde_json::to_string(&applied.op) {
-        Ok(op) => group.writes.push(Write::AppendOp {
-            project_id: project.record.id,
-            version: applied.version,
-            op,
-        }),
-        Err(e) => tracing::error!(error = %e, "could not serialise an op"),
-    }
-    group.reverts.push(applied.revert);
-    project.ops_since_snapshot += 1;
     // Events of an execute start with its CommandExecuting, already in the group.
     let start = group.events[..first]
         .iter()

@@ -13,6 +13,7 @@ use chrono::Utc;
 use futures_util::Stream;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::event::{Batch, EventKind, SessionEvent};
 use super::live::Session;
@@ -24,6 +25,8 @@ const PAGE: usize = 1000;
 struct Presence {
     session: Arc<Session>,
     client_id: Option<String>,
+    /// Dropped after the leave is queued: a shutdown waits for it.
+    _stream: TaskTrackerToken,
 }
 
 impl Drop for Presence {
@@ -101,11 +104,12 @@ async fn catch_up(session: &Session, last: u64) -> CatchUp {
             }
             CatchUp::Events(out)
         }
-        Err(e) => CatchUp::Resync(format!("the event log could not be read: {}", e.0)),
+        Err(e) => CatchUp::Resync(format!("the event log could not be read: {}", e.message())),
     }
 }
 
 fn resync(session: &Session, reason: String) -> Arc<SessionEvent> {
+    metrics::counter!(crate::metrics::names::RESYNCS).increment(1);
     let seq = session.read().last_seq;
     Arc::new(SessionEvent::new(
         seq,
@@ -125,10 +129,12 @@ pub(super) fn stream(
     mut rx: tokio::sync::broadcast::Receiver<Batch>,
     start: u64,
     mut stop: watch::Receiver<bool>,
+    token: TaskTrackerToken,
 ) -> impl Stream<Item = Arc<SessionEvent>> {
     let presence = Presence {
         session: session.clone(),
         client_id,
+        _stream: token,
     };
     async_stream::stream! {
         let _presence = presence;
@@ -148,10 +154,18 @@ pub(super) fn stream(
                 let target = session.read().last_seq;
                 while last < target {
                     match catch_up(&session, last).await {
+                        CatchUp::Events(events) if events.is_empty() => {
+                            // Behind, yet the log has nothing after `last`:
+                            // the events are gone, and silence would be a gap.
+                            let event = resync(
+                                &session,
+                                format!("events after seq {last} are no longer in the log"),
+                            );
+                            last = event.seq;
+                            yield event;
+                            break;
+                        }
                         CatchUp::Events(events) => {
-                            if events.is_empty() {
-                                break;
-                            }
                             for e in events {
                                 if e.seq == last + 1 {
                                     last = e.seq;
@@ -191,7 +205,10 @@ pub(super) fn stream(
                     }
                 }
                 // Lagged: read the log.
-                Err(RecvError::Lagged(_)) => behind = true,
+                Err(RecvError::Lagged(_)) => {
+                    metrics::counter!(crate::metrics::names::SUBSCRIBER_CATCH_UPS).increment(1);
+                    behind = true;
+                }
                 Err(RecvError::Closed) => break,
             }
         }

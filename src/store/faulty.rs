@@ -97,13 +97,13 @@ impl FaultSwitch {
 impl CommitHook for FaultSwitch {
     async fn before_commit(&self, _: &[Write]) -> Result<(), StoreError> {
         if self.failing() {
-            return Err(StoreError("injected: disk full".into()));
+            return Err(StoreError::Full("injected: disk full".into()));
         }
         Ok(())
     }
 }
 
-/// Commits fail with "injected: disk full" while the switch is on.
+/// Commits fail with `StoreError::Full` ("injected: disk full") while the switch is on.
 pub type FaultyStore<S> = HookedStore<S, FaultSwitch>;
 
 impl<S: Store> HookedStore<S, FaultSwitch> {
@@ -137,7 +137,7 @@ mod tests {
 
         switch.fail_writes(true);
         let error = store.commit(vec![event(session, 2)]).await.unwrap_err();
-        assert_eq!(error.to_string(), "store unavailable: injected: disk full");
+        assert_eq!(error.to_string(), "store full: injected: disk full");
         assert_eq!(store.event_range(session).await.unwrap(), Some((1, 1)));
 
         switch.fail_writes(false);

@@ -18,6 +18,50 @@ struct Data {
     events: HashMap<Uuid, BTreeMap<u64, String>>,
 }
 
+impl Data {
+    /// `Conflict` if the writes would store an op version or an event seq a second time.
+    fn check_collisions(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let mut ops = std::collections::HashSet::new();
+        let mut events = std::collections::HashSet::new();
+        for w in writes {
+            match w {
+                Write::AppendOp {
+                    project_id,
+                    version,
+                    ..
+                } => {
+                    let stored = self
+                        .ops
+                        .get(project_id)
+                        .is_some_and(|o| o.contains_key(version));
+                    if stored || !ops.insert((*project_id, *version)) {
+                        return Err(StoreError::Conflict(format!(
+                            "op version {version} of project {project_id} is already stored"
+                        )));
+                    }
+                }
+                Write::AppendEvents {
+                    session_id,
+                    events: list,
+                } => {
+                    let log = self.events.get(session_id);
+                    for e in list {
+                        let stored = log.is_some_and(|l| l.contains_key(&e.seq));
+                        if stored || !events.insert((*session_id, e.seq)) {
+                            return Err(StoreError::Conflict(format!(
+                                "event seq {} of session {session_id} is already stored",
+                                e.seq
+                            )));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Keeps everything in memory; lost when the process ends.
 #[derive(Default)]
 pub struct MemoryStore {
@@ -34,6 +78,9 @@ impl MemoryStore {
 impl Store for MemoryStore {
     async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         let mut d = self.data.lock();
+        // Collisions are checked before anything is applied, so a refused
+        // commit leaves nothing behind (like a rolled-back transaction).
+        d.check_collisions(&writes)?;
         for w in writes {
             match w {
                 Write::UpsertProject(p) => {
@@ -44,7 +91,10 @@ impl Store for MemoryStore {
                     version,
                     state,
                 } => {
-                    d.snapshots.insert(project_id, (version, state));
+                    // A newer stored snapshot stays (see `Write::Snapshot`).
+                    if d.snapshots.get(&project_id).is_none_or(|s| s.0 <= version) {
+                        d.snapshots.insert(project_id, (version, state));
+                    }
                     if let Some(ops) = d.ops.get_mut(&project_id) {
                         *ops = ops.split_off(&(version + 1));
                     }

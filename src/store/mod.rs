@@ -40,6 +40,10 @@ pub struct SessionRecord {
     pub project_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub last_activity: DateTime<Utc>,
+    /// Seq of the session's newest event, kept here as well as in the log so
+    /// that seqs continue after a restart whatever retention pruned.
+    #[serde(default)]
+    pub last_seq: u64,
 }
 
 /// One event of a session's log: its sequence number and its serialised form.
@@ -64,13 +68,15 @@ pub struct LoadedProject {
 pub enum Write {
     /// Insert or replace a project's metadata.
     UpsertProject(ProjectRecord),
-    /// Replace the project's snapshot; ops at or below `version` are no longer needed.
+    /// Replace the project's snapshot unless a newer one is stored; ops at or
+    /// below `version` are no longer needed.
     Snapshot {
         project_id: Uuid,
         version: u64,
         state: String,
     },
-    /// Append the op that took the project to `version`.
+    /// Append the op that took the project to `version`; `Conflict` if that
+    /// version is already stored (never an overwrite).
     AppendOp {
         project_id: Uuid,
         version: u64,
@@ -81,6 +87,7 @@ pub enum Write {
     UpsertSession(SessionRecord),
     /// Remove a session with its event log.
     DeleteSession(Uuid),
+    /// Append events; `Conflict` if a seq is already stored (never an overwrite).
     AppendEvents {
         session_id: Uuid,
         events: Vec<StoredEvent>,
@@ -93,9 +100,52 @@ pub enum Write {
 }
 
 /// The store could not do what was asked; nothing of the failed commit was kept.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("store unavailable: {0}")]
-pub struct StoreError(pub String);
+///
+/// Each variant says how the caller should react; the message is for people
+/// and never carries SQL or file contents.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Another connection holds a lock for now: retry.
+    #[error("store busy: {0}")]
+    Busy(String),
+    /// A seq or version that is already stored was written again (another
+    /// writer on the same data, or a bug): step down, never overwrite.
+    #[error("store conflict: {0}")]
+    Conflict(String),
+    /// The disk is full: refuse writes, keep serving reads.
+    #[error("store full: {0}")]
+    Full(String),
+    /// The store cannot be written (read-only, I/O error, closed): refuse writes, keep serving reads.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// What is stored cannot be read back as it was written: refuse to load it.
+    #[error("store corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// The kind, as a word (busy, conflict, full, unavailable, corrupt): for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Busy(_) => "busy",
+            StoreError::Conflict(_) => "conflict",
+            StoreError::Full(_) => "full",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Corrupt(_) => "corrupt",
+        }
+    }
+
+    /// The message without its kind.
+    pub fn message(&self) -> &str {
+        match self {
+            StoreError::Busy(m)
+            | StoreError::Conflict(m)
+            | StoreError::Full(m)
+            | StoreError::Unavailable(m)
+            | StoreError::Corrupt(m) => m,
+        }
+    }
+}
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

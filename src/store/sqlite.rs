@@ -22,6 +22,13 @@
 //!   connection and opens a fresh one before the next group, so the store
 //!   recovers by itself once the disk does.
 //!
+//! - One process owns the file: `open` takes an exclusive OS lock (`flock`,
+//!   through `fs4`) on `<file>.lock` beside it, writes who holds it (pid,
+//!   address) into it, and keeps it until `close` or drop. A second process
+//!   is refused at `open` with that holder's description, before it reads or
+//!   writes anything. (SQLite's own locks do not suffice: WAL lets two
+//!   processes interleave commits, and each would assign seqs from its memory.)
+//!
 //! There are no foreign keys, on purpose: the store keeps the exact
 //! semantics of `MemoryStore`, which accepts ops for a project (or events for
 //! a session) before or without its record.
@@ -84,6 +91,9 @@ const MIGRATIONS: &[&str] = &[
         json TEXT NOT NULL,
         PRIMARY KEY (session_id, seq)
     ) STRICT, WITHOUT ROWID;",
+    // 2: a session's newest seq, so seqs continue after a restart even when
+    // retention pruned the whole log.
+    "ALTER TABLE sessions ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The WAL is truncated back to this size after a checkpoint, so one burst
@@ -100,6 +110,8 @@ pub struct SqliteOptions {
     pub max_group: usize,
     /// Read connections: how many reads run at the same time.
     pub readers: usize,
+    /// Who holds the file, as a second process is told (e.g. "pid 42, listening on 127.0.0.1:8000").
+    pub holder: String,
 }
 
 impl Default for SqliteOptions {
@@ -108,6 +120,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             max_group: 512,
             readers: 4,
+            holder: format!("pid {}", std::process::id()),
         }
     }
 }
@@ -132,6 +145,48 @@ pub struct SqliteStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<Readers>,
     shared: Arc<Shared>,
+    /// The exclusive lock on `<file>.lock`, released by `close` or drop.
+    lock: Mutex<Option<std::fs::File>>,
+}
+
+/// Takes the exclusive lock on `<path>.lock` and records `holder` in it, or
+/// explains who holds it.
+fn lock_file(path: &Path, holder: &str) -> anyhow::Result<std::fs::File> {
+    use fs4::fs_std::FileExt as _;
+    use std::io::{Read as _, Seek as _, Write as _};
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    // Not truncated on open: the holder's description stays readable until we hold the lock.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .with_context(|| format!("Failed to open the lock file {}", lock_path.display()))?;
+    let locked = file
+        .try_lock_exclusive()
+        .with_context(|| format!("Failed to lock {}", lock_path.display()))?;
+    if !locked {
+        let mut held_by = String::new();
+        let _ = file.read_to_string(&mut held_by);
+        let held_by = held_by.trim();
+        bail!(
+            "{} is in use by another process ({}); only one process may use it at a time",
+            path.display(),
+            if held_by.is_empty() {
+                "holder unknown"
+            } else {
+                held_by
+            }
+        );
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    file.write_all(holder.as_bytes())?;
+    file.sync_all()?;
+    Ok(file)
 }
 
 /// One `commit` call on its way to the writer.
@@ -160,6 +215,7 @@ impl SqliteStore {
                 format!("Failed to create the data directory {}", dir.display())
             })?;
         }
+        let lock = lock_file(path, &options.holder)?;
         let mut conn = Connection::open(path)
             .with_context(|| format!("Failed to open the database {}", path.display()))?;
         prepare_schema(&mut conn, path, &options)
@@ -192,6 +248,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(handle)),
             readers,
             shared,
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -215,7 +272,7 @@ impl SqliteStore {
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || readers.with(f))
             .await
-            .map_err(|e| StoreError(format!("read task failed: {e}")))?
+            .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
     }
 }
 
@@ -237,16 +294,16 @@ impl Store for SqliteStore {
         {
             let jobs = self.jobs.lock();
             let Some(jobs) = jobs.as_ref() else {
-                return Err(StoreError("the store is closed".into()));
+                return Err(StoreError::Unavailable("the store is closed".into()));
             };
             jobs.send(Job { writes, reply })
-                .map_err(|_| StoreError("the store's writer has stopped".into()))?;
+                .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
             self.shared.submitted.fetch_add(1, Ordering::Relaxed);
         }
         // The writer drops the reply sender without answering only if it
         // panicked; the caller then gets an error instead of waiting forever.
         answer.await.unwrap_or_else(|_| {
-            Err(StoreError(
+            Err(StoreError::Unavailable(
                 "the store's writer failed during the commit".into(),
             ))
         })
@@ -267,7 +324,7 @@ impl Store for SqliteStore {
     async fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id, project_id, created_at, last_activity
+                "SELECT id, project_id, created_at, last_activity, last_seq
                  FROM sessions ORDER BY created_at, id",
             )?;
             let rows = stmt.query_map([], session_row)?;
@@ -376,6 +433,8 @@ impl Store for SqliteStore {
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+        // The file is checkpointed and closed: another process may have it now.
+        self.lock.lock().take();
     }
 }
 
@@ -694,8 +753,12 @@ fn apply(conn: &Connection, write: &Write) -> rusqlite::Result<()> {
             state,
         } => {
             let id = project_id.to_string();
+            // A snapshot serialised in the background may arrive after a
+            // newer one: the newer one stays.
             conn.prepare_cached(
-                "INSERT OR REPLACE INTO project_snapshots (project_id, version, state) VALUES (?1, ?2, ?3)",
+                "INSERT INTO project_snapshots (project_id, version, state) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (project_id) DO UPDATE SET version = excluded.version, state = excluded.state
+                 WHERE excluded.version >= project_snapshots.version",
             )?
             .execute(params![id, version, state])?;
             conn.prepare_cached("DELETE FROM project_ops WHERE project_id = ?1 AND version <= ?2")?
@@ -706,10 +769,10 @@ fn apply(conn: &Connection, write: &Write) -> rusqlite::Result<()> {
             version,
             op,
         } => {
-            // REPLACE, like `MemoryStore`: an op logged for a version the
-            // dispatcher reverted and reused is superseded, not a conflict.
+            // Plain INSERT: a version already stored means two writers (or a
+            // bug); overwriting it would lose an acknowledged op.
             conn.prepare_cached(
-                "INSERT OR REPLACE INTO project_ops (project_id, version, op) VALUES (?1, ?2, ?3)",
+                "INSERT INTO project_ops (project_id, version, op) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![project_id.to_string(), version, op])?;
         }
@@ -724,14 +787,15 @@ fn apply(conn: &Connection, write: &Write) -> rusqlite::Result<()> {
         }
         Write::UpsertSession(s) => {
             conn.prepare_cached(
-                "INSERT OR REPLACE INTO sessions (id, project_id, created_at, last_activity)
-                 VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR REPLACE INTO sessions (id, project_id, created_at, last_activity, last_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![
                 s.id.to_string(),
                 s.project_id.map(|p| p.to_string()),
                 timestamp(&s.created_at),
                 timestamp(&s.last_activity),
+                s.last_seq,
             ])?;
         }
         Write::DeleteSession(id) => {
@@ -743,9 +807,9 @@ fn apply(conn: &Connection, write: &Write) -> rusqlite::Result<()> {
         }
         Write::AppendEvents { session_id, events } => {
             let id = session_id.to_string();
-            // REPLACE, like `MemoryStore`: an event with a seq already stored replaces it.
+            // Plain INSERT: a seq already stored is a collision, never an overwrite.
             let mut stmt = conn.prepare_cached(
-                "INSERT OR REPLACE INTO session_events (session_id, seq, json) VALUES (?1, ?2, ?3)",
+                "INSERT INTO session_events (session_id, seq, json) VALUES (?1, ?2, ?3)",
             )?;
             for event in events {
                 stmt.execute(params![id, event.seq, event.json])?;
@@ -798,6 +862,7 @@ fn session_row(row: &Row<'_>) -> rusqlite::Result<SessionRecord> {
             .transpose()?,
         created_at: time_column(row, 2)?,
         last_activity: time_column(row, 3)?,
+        last_seq: row.get(4)?,
     })
 }
 
@@ -838,23 +903,38 @@ fn needs_reconnect(e: &rusqlite::Error) -> bool {
     )
 }
 
-/// A short message for people; the full error goes to the log.
+/// Whether the error is a primary key (or unique) collision, rather than another constraint.
+fn is_key_collision(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+    )
+}
+
+/// The kind of the error and a short message for people; the full error goes to the log.
 fn store_error(e: &rusqlite::Error) -> StoreError {
-    let message = match e.sqlite_error_code() {
-        Some(ErrorCode::DiskFull) => "disk full".to_string(),
-        Some(ErrorCode::ReadOnly) => "the database file is read-only".to_string(),
+    let unavailable = |m: &str| StoreError::Unavailable(m.to_string());
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => StoreError::Full("disk full".into()),
+        Some(ErrorCode::ReadOnly) => unavailable("the database file is read-only"),
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            "the database is locked by another process".to_string()
+            StoreError::Busy("the database is locked by another connection".into())
         }
-        Some(ErrorCode::SystemIoFailure) => "disk I/O error".to_string(),
-        Some(ErrorCode::CannotOpen) => "cannot open the database file".to_string(),
-        Some(ErrorCode::PermissionDenied) => "permission denied on the database file".to_string(),
+        Some(ErrorCode::ConstraintViolation) if is_key_collision(e) => {
+            StoreError::Conflict("a seq or version that is already stored was written again".into())
+        }
+        Some(ErrorCode::SystemIoFailure) => unavailable("disk I/O error"),
+        Some(ErrorCode::CannotOpen) => unavailable("cannot open the database file"),
+        Some(ErrorCode::PermissionDenied) => unavailable("permission denied on the database file"),
         Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
-            "the database file is corrupt".to_string()
+            StoreError::Corrupt("the database file is corrupt".into())
         }
-        _ => e.to_string(),
-    };
-    StoreError(message)
+        Some(_) => unavailable(&e.to_string()),
+        // Not from SQLite: a stored value that does not convert back.
+        None => StoreError::Corrupt(e.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -978,7 +1058,7 @@ mod tests {
 
         assert!(results[0].is_ok());
         let error = results[1].as_ref().unwrap_err();
-        assert!(error.0.contains("seq 666 is rejected"), "{error}");
+        assert!(error.message().contains("seq 666 is rejected"), "{error}");
         assert!(results[2].is_ok());
         assert_eq!(store.event_range(a).await.unwrap(), Some((1, 3)));
         assert_eq!(store.event_range(b).await.unwrap(), None);
@@ -1030,12 +1110,12 @@ mod tests {
             .commit(vec![events(session, 2..=2)])
             .await
             .unwrap_err();
-        assert_eq!(error.0, "the database file is read-only");
+        assert_eq!(error.message(), "the database file is read-only");
         let error = store
             .commit(vec![events(session, 2..=2)])
             .await
             .unwrap_err();
-        assert_eq!(error.0, "the database file is read-only");
+        assert_eq!(error.message(), "the database file is read-only");
         assert_eq!(
             store.event_range(session).await.unwrap(),
             Some((1, 1)),
@@ -1060,7 +1140,10 @@ mod tests {
             .commit(vec![events(session, 1..=1)])
             .await
             .unwrap_err();
-        assert_eq!(error.0, "the store's writer failed during the commit");
+        assert_eq!(
+            error.message(),
+            "the store's writer failed during the commit"
+        );
 
         store.commit(vec![events(session, 2..=2)]).await.unwrap();
         assert_eq!(store.event_range(session).await.unwrap(), Some((2, 2)));
