@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use talus_tally::api::ApiLimits;
 use talus_tally::origin::AllowedOrigin;
 use talus_tally::server::{self, Config};
 
@@ -31,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the GraphQL API, playground and subscriptions (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the GraphQL schema (SDL).
     Schema {
         /// Instead of printing it, check the schema against this contract
@@ -40,6 +41,28 @@ enum Cmd {
         check: Option<std::path::PathBuf>,
     },
 }
+
+/// A count flag's parser: an integer in `lo..=hi`, or clap's clear error (exit code 2).
+fn count(lo: u64, hi: u64) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(lo..=hi)
+}
+
+/// `--idle-hours`: a finite number of hours from 0 to a century (larger ones
+/// overflowed the clock arithmetic: 1e20 panicked at start, 1e13 killed the reaper).
+fn hours(s: &str) -> Result<f64, String> {
+    const MAX_HOURS: f64 = 876_000.0;
+    let h: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of hours"))?;
+    if !(h.is_finite() && (0.0..=MAX_HOURS).contains(&h)) {
+        return Err(format!(
+            "{s} is out of range: give a number of hours from 0 to {MAX_HOURS} (a century)"
+        ));
+    }
+    Ok(h)
+}
+
+const MIB: u64 = 1024 * 1024;
 
 #[derive(Args, Clone)]
 struct ServeArgs {
@@ -70,8 +93,8 @@ struct ServeArgs {
     #[arg(long, env = "TALUS_BROADCAST_CAPACITY", default_value_t = 32,
           value_parser = clap::value_parser!(u64).range(1..=65536))]
     broadcast_capacity: u64,
-    /// Close sessions without clients idle longer than this many hours.
-    #[arg(long, env = "TALUS_IDLE_HOURS", default_value_t = 24.0)]
+    /// Close sessions without clients idle longer than this many hours (0 to 876000).
+    #[arg(long, env = "TALUS_IDLE_HOURS", default_value_t = 24.0, value_parser = hours)]
     idle_hours: f64,
     /// How often the idle-session reaper runs, in seconds (1 to 31,536,000, a year).
     #[arg(long, env = "TALUS_REAPER_SECS", default_value_t = 600,
@@ -90,17 +113,53 @@ struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=65536))]
     ws_queue: u64,
     /// Largest request body in bytes.
-    #[arg(long, env = "TALUS_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    #[arg(long, env = "TALUS_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024, value_parser = count(1024, 1024 * MIB))]
     max_body_bytes: usize,
-    /// Deepest query allowed.
-    #[arg(long, env = "TALUS_MAX_DEPTH", default_value_t = 32)]
+    /// Deepest query allowed (fields, and fragment spreads while expanding them).
+    #[arg(long, env = "TALUS_MAX_DEPTH", default_value_t = 32, value_parser = count(1, 128))]
     max_depth: usize,
-    /// Most complex query allowed.
-    #[arg(long, env = "TALUS_MAX_COMPLEXITY", default_value_t = 100_000)]
+    /// Most complex query allowed; list fields multiply by their expected length.
+    #[arg(long, env = "TALUS_MAX_COMPLEXITY", default_value_t = 100_000, value_parser = count(1, 100_000_000))]
     max_complexity: usize,
     /// Most subscriptions one websocket connection may hold.
-    #[arg(long, env = "TALUS_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    #[arg(long, env = "TALUS_MAX_SUBSCRIPTIONS", default_value_t = 100, value_parser = count(1, 100_000))]
     max_subscriptions: usize,
+    /// Longest query text, in bytes.
+    #[arg(long, env = "TALUS_MAX_DOCUMENT_BYTES", default_value_t = 128 * 1024, value_parser = count(256, 16 * MIB))]
+    max_document_bytes: usize,
+    /// Most fields in a query once its fragments are expanded.
+    #[arg(long, env = "TALUS_MAX_FIELDS", default_value_t = 2_000, value_parser = count(1, 1_000_000))]
+    max_fields: usize,
+    /// Most aliased fields in a query once its fragments are expanded.
+    #[arg(long, env = "TALUS_MAX_ALIASES", default_value_t = 100, value_parser = count(0, 1_000_000))]
+    max_aliases: usize,
+    /// Most fragment spreads in a query once its fragments are expanded.
+    #[arg(long, env = "TALUS_MAX_FRAGMENT_SPREADS", default_value_t = 500, value_parser = count(0, 1_000_000))]
+    max_fragment_spreads: usize,
+    /// Most __schema/__type fields in a query.
+    #[arg(long, env = "TALUS_MAX_INTROSPECTION_FIELDS", default_value_t = 4, value_parser = count(0, 1_000))]
+    max_introspection_fields: usize,
+    /// Most nodes reached through parent/children links, search results, projects and sessions in one response.
+    #[arg(long, env = "TALUS_MAX_RESULT_ITEMS", default_value_t = 20_000, value_parser = count(1, 100_000_000))]
+    max_result_items: usize,
+    /// Longest node or project name, in bytes.
+    #[arg(long, env = "TALUS_MAX_NAME_BYTES", default_value_t = 1024, value_parser = count(1, MIB))]
+    max_name_bytes: usize,
+    /// Longest property value (as JSON), in bytes.
+    #[arg(long, env = "TALUS_MAX_VALUE_BYTES", default_value_t = 64 * 1024, value_parser = count(1, 16 * MIB))]
+    max_value_bytes: usize,
+    /// Most commands in one executeBatch.
+    #[arg(long, env = "TALUS_MAX_BATCH_COMMANDS", default_value_t = 1_000, value_parser = count(1, 1_000_000))]
+    max_batch_commands: usize,
+    /// Most nodes one command or batch may create (applyKit counts every copy).
+    #[arg(long, env = "TALUS_MAX_NODES_PER_REQUEST", default_value_t = 10_000, value_parser = count(1, 10_000_000))]
+    max_nodes_per_request: usize,
+    /// Most nodes a project may hold.
+    #[arg(long, env = "TALUS_MAX_NODES_PER_PROJECT", default_value_t = 100_000, value_parser = count(1, 100_000_000))]
+    max_nodes_per_project: usize,
+    /// Most open TCP connections from one IP address.
+    #[arg(long, env = "TALUS_MAX_CONNECTIONS_PER_IP", default_value_t = 1024, value_parser = count(1, 10_000_000))]
+    max_connections_per_ip: usize,
     /// Distinct GraphQL operation names /metrics labels; further names count as `other`.
     #[arg(long, env = "TALUS_METRICS_MAX_OPERATION_NAMES", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(0..=10_000))]
@@ -132,13 +191,10 @@ impl ServeArgs {
             templates_dir: self.templates.clone(),
             in_memory: self.in_memory,
             max_body_bytes: self.max_body_bytes,
+            max_connections_per_ip: self.max_connections_per_ip,
             ..Config::default()
         };
-        // A century: far beyond any use, and well inside what a `Duration` and an `Instant` hold.
-        const MAX_IDLE_HOURS: f64 = 876_000.0;
-        if !(self.idle_hours.is_finite() && (0.0..=MAX_IDLE_HOURS).contains(&self.idle_hours)) {
-            anyhow::bail!("--idle-hours must be a number of hours from 0 to {MAX_IDLE_HOURS}");
-        }
+        // Every value is within its flag's range (clap refused the rest), so none of this can overflow.
         c.session.history_limit = usize::try_from(self.history_limit)?;
         c.session.snapshot_interval = self.snapshot_interval;
         // 0 would delete every event; the newest one is always kept.
@@ -146,16 +202,31 @@ impl ServeArgs {
         c.session.broadcast_capacity = self.broadcast_capacity as usize;
         c.session.idle_limit = Duration::try_from_secs_f64(self.idle_hours * 3600.0)?;
         c.session.reaper_interval = Duration::from_secs(self.reaper_secs);
+        c.session.command_limits = talus_tally::domain::command::Limits {
+            max_batch_commands: self.max_batch_commands,
+            max_nodes_created: self.max_nodes_per_request,
+            max_nodes_per_project: self.max_nodes_per_project,
+        };
         c.ws_timeout = Duration::from_secs(self.ws_timeout_secs);
         c.ws_ping_interval = c.ws_timeout / 3;
         c.ws_init_timeout = Duration::from_secs(self.ws_init_timeout_secs);
         c.ws_queue = self.ws_queue as usize;
-        c.limits.max_depth = self.max_depth;
-        c.limits.max_complexity = self.max_complexity;
-        c.limits.max_subscriptions_per_connection = self.max_subscriptions;
-        c.limits.max_metric_operation_names = self.metrics_max_operation_names as usize;
-        c.limits.apq_cache_entries = self.apq_cache_entries as usize;
-        c.limits.apq_max_query_bytes = self.apq_max_query_bytes as usize;
+        c.limits = ApiLimits {
+            max_depth: self.max_depth,
+            max_complexity: self.max_complexity,
+            max_subscriptions_per_connection: self.max_subscriptions,
+            max_document_bytes: self.max_document_bytes,
+            max_fields: self.max_fields,
+            max_aliases: self.max_aliases,
+            max_fragment_spreads: self.max_fragment_spreads,
+            max_introspection_fields: self.max_introspection_fields,
+            max_result_items: self.max_result_items,
+            max_name_bytes: self.max_name_bytes,
+            max_value_bytes: self.max_value_bytes,
+            max_metric_operation_names: self.metrics_max_operation_names as usize,
+            apq_cache_entries: self.apq_cache_entries as usize,
+            apq_max_query_bytes: self.apq_max_query_bytes as usize,
+        };
         c.cors_origins = self.cors_origins.clone();
         Ok(c)
     }
@@ -204,7 +275,7 @@ fn main() -> anyhow::Result<()> {
             }
             std::process::exit(1);
         }
-        Some(Cmd::Serve(args)) => args,
+        Some(Cmd::Serve(args)) => *args,
         None => cli.serve,
     };
     tracing_subscriber::fmt()

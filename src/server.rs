@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +39,8 @@ pub struct Config {
     /// Frames queued per websocket connection; a subscription that finds the
     /// queue full waits and then catches up from the event log.
     pub ws_queue: usize,
+    /// Open TCP connections one IP address may hold (`conn_limit`).
+    pub max_connections_per_ip: usize,
     /// Origins allowed to call the API besides the server's own (`--cors-origins`).
     pub cors_origins: Vec<AllowedOrigin>,
 }
@@ -58,6 +59,7 @@ impl Default for Config {
             ws_timeout: Duration::from_secs(30),
             ws_init_timeout: Duration::from_secs(3),
             ws_queue: 256,
+            max_connections_per_ip: 1024,
             cors_origins: Vec::new(),
         }
     }
@@ -163,13 +165,8 @@ pub async fn start(
         connections: connections.clone(),
     };
     let app = http::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
-    // Small answers and websocket frames go out at once instead of waiting
-    // for Nagle's algorithm to collect more (up to 40 ms with delayed ACKs).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("could not set TCP_NODELAY: {e}");
-        }
-    });
+    // Counts connections per address, and sets TCP_NODELAY on each accepted one.
+    let listener = crate::conn_limit::PerAddressLimit::new(listener, config.max_connections_per_ip);
     // Histogram samples wait in the recorder until upkeep folds them in; without
     // a scrape they would pile up, so fold them in on a timer too.
     let metrics = crate::metrics::handle().clone();

@@ -12,8 +12,9 @@
 //! - `fleet.rs`: many subscribers at once.
 //! - `api.rs`: typed helpers for the mutations the scenarios use.
 //! - `stats.rs`: percentiles, runs, the table, targets and the JSON report.
-//! - one file per scenario: `fanout`, `throughput`, `mixed`, `connections`, `graph_size`, `startup`, `stalled`.
+//! - one file per scenario: `fanout`, `throughput`, `mixed`, `connections`, `graph_size`, `startup`, `stalled`, `attack`.
 mod api;
+mod attack;
 mod connections;
 mod fanout;
 mod fleet;
@@ -81,6 +82,8 @@ enum Scenario {
     Startup(startup::Opts),
     /// 7. Server memory with one subscriber that stops reading during 100,000 events, against none.
     Stalled(stalled::Opts),
+    /// 8. Issue 10's hostile requests nonstop while an ordinary client queries: its latency, /healthz, refusals.
+    Attack(attack::Opts),
 }
 
 /// What every scenario needs.
@@ -155,6 +158,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::GraphSize(o) => ("graph-size", graph_size::run(&ctx, o).await?, None),
             Scenario::Startup(o) => ("startup", startup::run(&ctx, o).await?, None),
             Scenario::Stalled(o) => ("stalled", stalled::run(&ctx, o).await?, None),
+            Scenario::Attack(o) => ("attack", attack::run(&ctx, o).await?, None),
         };
         let path = cli.json.clone().unwrap_or_else(|| default_json(name));
         report.finish(columns, &path)

@@ -120,7 +120,10 @@ fn spawn(bin: &Path, extra: &[String], launch: Launch) -> anyhow::Result<Server>
         .arg("--addr")
         .arg(addr.to_string())
         .arg("--data-dir")
-        .arg(&data_dir);
+        .arg(&data_dir)
+        // Every simulated client connects from 127.0.0.1.
+        .arg("--max-connections-per-ip")
+        .arg("1000000");
     if launch.in_memory {
         cmd.arg("--in-memory");
     }

@@ -1,39 +1,109 @@
-//! An async-graphql extension: gives engine errors (parse, validation, limits) a contract code and logs each operation.
+//! An async-graphql extension: request-shape limits before validation, contract codes for engine errors
+//! (parse, validation, limits), a per-request budget of list items, and one log line per operation.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextRequest,
-    NextSubscribe, NextValidation,
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextPrepareRequest,
+    NextRequest, NextSubscribe, NextValidation,
 };
 use async_graphql::parser::types::{ExecutableDocument, OperationType};
-use async_graphql::{Response, ServerError, ServerResult, ValidationResult, Value, Variables};
+use async_graphql::{
+    Context, Request, Response, ServerError, ServerResult, ValidationResult, Value, Variables,
+};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
+
+use super::error::code;
+use super::ApiLimits;
+use crate::domain::ErrorCode;
 
 /// Request data that learns whether the request's document passed validation:
 /// the websocket transport answers errors from before execution (parse,
 /// validation, limits) with an `error` message instead of a result.
 pub struct Validated(pub Arc<AtomicBool>);
 
-/// Adds codes to errors that carry none, logs one line per operation and
-/// remembers parsed documents.
-#[derive(Default)]
+/// Enforces the request-shape limits, adds codes to errors that carry none,
+/// logs one line per operation and remembers parsed documents.
 pub struct Codes {
     parsed: Arc<ParseCache>,
+    limits: Arc<ApiLimits>,
+}
+
+impl Codes {
+    pub fn new(limits: ApiLimits) -> Self {
+        Codes {
+            parsed: Arc::default(),
+            limits: Arc::new(limits),
+        }
+    }
 }
 
 impl ExtensionFactory for Codes {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(CodesExtension {
             parsed: self.parsed.clone(),
+            limits: self.limits.clone(),
             subscription: AtomicBool::new(false),
             document: Mutex::new(None),
         })
+    }
+}
+
+/// How many list items (nodes reached through `parent`/`children`, search
+/// results, projects, sessions) one request may still resolve. The complexity
+/// limit is static and cannot know that `nodes { parent { children } }` is
+/// quadratic in a flat graph (4 million nodes for 2,000 tasks under one
+/// workstream); resolvers charge a list's length here before building it, so
+/// a request that would pass `--max-result-items` is refused before the list
+/// is built. `Graph.nodes` itself is not charged: it is built once per
+/// request and bounded by `--max-nodes-per-project`.
+pub struct ItemBudget {
+    left: AtomicUsize,
+    limit: usize,
+    /// Set by the first refused charge: the whole response is then refused
+    /// (see `CodesExtension::execute`), not sent with the lists that fitted.
+    exceeded: AtomicBool,
+}
+
+impl ItemBudget {
+    pub fn new(limit: usize) -> Self {
+        ItemBudget {
+            left: AtomicUsize::new(limit),
+            limit,
+            exceeded: AtomicBool::new(false),
+        }
+    }
+
+    /// Takes `n` items, or LIMIT_EXCEEDED if fewer are left.
+    pub fn take(&self, n: usize, what: &str) -> super::error::Result<()> {
+        self.left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(n)
+            })
+            .map(|_| ())
+            .map_err(|_| {
+                self.exceeded.store(true, Ordering::Relaxed);
+                code(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "the response would hold more than {} list items (at {what}; the limit max-result-items is {})",
+                        self.limit, self.limit
+                    ),
+                )
+            })
+    }
+}
+
+/// Charges `n` items of a list to the request's budget (none outside a request, as in unit tests).
+pub fn charge(ctx: &Context<'_>, n: usize, what: &str) -> super::error::Result<()> {
+    match ctx.data_opt::<ItemBudget>() {
+        Some(budget) => budget.take(n, what),
+        None => Ok(()),
     }
 }
 
@@ -116,11 +186,34 @@ enum Document {
 /// One per request (or per subscription stream).
 struct CodesExtension {
     parsed: Arc<ParseCache>,
+    limits: Arc<ApiLimits>,
     /// Set when the document is a subscription: async-graphql runs the `execute`
     /// hook once per delivered event, and a log line per event and subscriber
     /// cost about 40% of the server's CPU when fanning out (talus-bench).
     subscription: AtomicBool,
     document: Mutex<Option<Document>>,
+}
+
+impl CodesExtension {
+    /// Marks this extension as serving a subscription (see `subscription`).
+    fn note_subscription(&self, ctx: &ExtensionContext<'_>, doc: &ExecutableDocument) {
+        let subscription = doc
+            .operations
+            .iter()
+            .all(|(_, op)| op.node.ty == OperationType::Subscription);
+        if subscription {
+            self.subscription.store(true, Ordering::Relaxed);
+            // The websocket transport executes a subscription's selection once
+            // per event to render it (`RenderOne`): that is not a subscription starting.
+            if ctx.data_opt::<super::RenderOne>().is_none() {
+                tracing::info!("graphql subscription started");
+            }
+        }
+    }
+}
+
+fn limit(message: String) -> ServerError {
+    with_code(ServerError::new(message, None), "LIMIT_EXCEEDED")
 }
 
 fn with_code(mut e: ServerError, code: &str) -> ServerError {
@@ -157,6 +250,25 @@ fn engine_code(e: &ServerError) -> &'static str {
     }
 }
 
+/// The engine's depth and complexity errors, told which limit they hit.
+fn name_limit(mut e: ServerError, limits: &ApiLimits) -> ServerError {
+    let m = e.message.to_lowercase();
+    if m.contains("query is too complex") {
+        e.message = format!(
+            "{} (the limit max-complexity is {}; list fields count their expected length)",
+            e.message.trim_end_matches('.'),
+            limits.max_complexity
+        );
+    } else if m.contains("query is nested too deep") {
+        e.message = format!(
+            "{} (the limit max-depth is {})",
+            e.message.trim_end_matches('.'),
+            limits.max_depth
+        );
+    }
+    e
+}
+
 fn fix(mut resp: Response) -> Response {
     resp.errors = resp
         .errors
@@ -171,6 +283,26 @@ fn fix(mut resp: Response) -> Response {
 
 #[async_trait::async_trait]
 impl Extension for CodesExtension {
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        // A persisted query's document (found by its hash) is handed over
+        // parsed; the engine's own checks would walk it before `parse_query`
+        // sees it, so its shape is checked here.
+        let mut request = request;
+        if request.query.is_empty() {
+            // Without a parsed document this parses "" and fails; the engine reports that.
+            if let Ok(doc) = request.parsed_query() {
+                super::shape::check(doc, &self.limits)?;
+            }
+        }
+        let request = request.data(ItemBudget::new(self.limits.max_result_items));
+        next.run(ctx, request).await
+    }
+
     async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
         fix(next.run(ctx).await)
     }
@@ -191,47 +323,49 @@ impl Extension for CodesExtension {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
+        let max = self.limits.max_document_bytes;
+        if query.len() > max {
+            return Err(limit(format!(
+                "the query text is {} bytes long (the limit max-document-bytes is {max})",
+                query.len()
+            )));
+        }
         // A persisted query (APQ) arrives already parsed and without its text;
         // the text is this cache's key, so it must not be cached (under "").
-        let cached = if query.is_empty() {
-            None
-        } else {
-            self.parsed.get(query)
-        };
-        let (doc, document) = match cached {
+        // `prepare_request` has checked that document's shape already.
+        if query.is_empty() {
+            let doc = next.run(ctx, query, variables).await.map_err(|e| {
+                let code = engine_code(&e);
+                with_code(e, code)
+            })?;
+            self.note_subscription(ctx, &doc);
+            return Ok(doc);
+        }
+        let (doc, document) = match self.parsed.get(query) {
             Some(Cached {
                 doc,
                 valid: Some(result),
-            }) => (doc, Some(Document::Valid(result))),
-            Some(Cached { doc, valid: None }) => {
-                (doc, Some(Document::Unvalidated(query.to_string())))
-            }
+            }) => (doc, Document::Valid(result)),
+            Some(Cached { doc, valid: None }) => (doc, Document::Unvalidated(query.to_string())),
             None => {
-                let doc = next.run(ctx, query, variables).await.map_err(|e| {
+                // Parsed here rather than by the engine (`next`), whose
+                // recursion-depth check walks every fragment spread as often
+                // as it is reached: exponential for a document of fragments
+                // spreading each other. `shape::check` measures the document
+                // in linear time, with the same depth rule, before anything
+                // else walks it.
+                let doc = async_graphql::parser::parse_query(query).map_err(|e| {
+                    let e = ServerError::from(e);
                     let code = engine_code(&e);
                     with_code(e, code)
                 })?;
-                if query.is_empty() {
-                    (doc, None)
-                } else {
-                    self.parsed.put(query, &doc);
-                    (doc, Some(Document::Unvalidated(query.to_string())))
-                }
+                super::shape::check(&doc, &self.limits)?;
+                self.parsed.put(query, &doc);
+                (doc, Document::Unvalidated(query.to_string()))
             }
         };
-        *self.document.lock() = document;
-        let subscription = doc
-            .operations
-            .iter()
-            .all(|(_, op)| op.node.ty == OperationType::Subscription);
-        if subscription {
-            self.subscription.store(true, Ordering::Relaxed);
-            // The websocket transport executes a subscription's selection once
-            // per event to render it (`RenderOne`): that is not a subscription starting.
-            if ctx.data_opt::<super::RenderOne>().is_none() {
-                tracing::info!("graphql subscription started");
-            }
-        }
+        *self.document.lock() = Some(document);
+        self.note_subscription(ctx, &doc);
         Ok(doc)
     }
 
@@ -255,7 +389,7 @@ impl Extension for CodesExtension {
                 .into_iter()
                 .map(|e| {
                     let code = engine_code(&e);
-                    with_code(e, code)
+                    with_code(name_limit(e, &self.limits), code)
                 })
                 .collect::<Vec<_>>()
         })?;
@@ -276,7 +410,19 @@ impl Extension for CodesExtension {
             return next.run(ctx, operation_name).await;
         }
         let started = Instant::now();
-        let resp = next.run(ctx, operation_name).await;
+        let mut resp = next.run(ctx, operation_name).await;
+        if let Some(budget) = ctx.data_opt::<ItemBudget>() {
+            if budget.exceeded.load(Ordering::Relaxed) {
+                // Only the refusal is sent: a response with the lists that fitted
+                // was 40 MB for `nodes { parent { children } }` of a flat graph.
+                let refusal = resp
+                    .errors
+                    .iter()
+                    .find(|e| e.message.contains("max-result-items"))
+                    .cloned();
+                resp = Response::from_errors(refusal.into_iter().collect());
+            }
+        }
         tracing::info!(
             operation = operation_name.unwrap_or("-"),
             duration_us = started.elapsed().as_micros() as u64,

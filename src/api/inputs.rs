@@ -4,6 +4,7 @@ use async_graphql::{InputObject, Json, OneofObject, ID};
 use serde_json::Value;
 
 use super::error::{code, index, uuid, Result};
+use super::ApiLimits;
 use crate::domain::{Command, ErrorCode};
 
 /// Exactly one field must be set (GraphQL @oneOf input).
@@ -172,5 +173,83 @@ impl CommandInput {
                 kit_root_id: uuid(&c.kit_root_id, "kitRootId")?,
             },
         })
+    }
+}
+
+/// LIMIT_EXCEEDED if a name (`what`) is longer than `--max-name-bytes`.
+pub fn check_name(name: &str, what: &str, limits: &ApiLimits) -> Result<()> {
+    let max = limits.max_name_bytes;
+    if name.len() > max {
+        return Err(code(
+            ErrorCode::LimitExceeded,
+            format!(
+                "{what} is {} bytes long (the limit max-name-bytes is {max})",
+                name.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Counts the bytes of a value's JSON and stops writing once it passes `max`,
+/// so measuring a huge value costs at most the limit.
+struct Meter {
+    written: usize,
+    max: usize,
+}
+
+impl std::io::Write for Meter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.written += buf.len();
+        if self.written > self.max {
+            return Err(std::io::Error::other("over the limit"));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// LIMIT_EXCEEDED if a property value, as JSON, is longer than `--max-value-bytes`.
+pub fn check_value(value: &Value, property: &str, limits: &ApiLimits) -> Result<()> {
+    let max = limits.max_value_bytes;
+    let mut meter = Meter { written: 0, max };
+    if serde_json::to_writer(&mut meter, value).is_err() {
+        return Err(code(
+            ErrorCode::LimitExceeded,
+            format!(
+                "the value of property '{property}' is more than {max} bytes as JSON (the limit max-value-bytes is {max})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a command with a name or property value over its limit, before it reaches the session.
+pub fn check_sizes(command: &Command, limits: &ApiLimits) -> Result<()> {
+    match command {
+        Command::CreateNode {
+            name, properties, ..
+        } => {
+            if let Some(name) = name {
+                check_name(name, "the node name", limits)?;
+            }
+            for (property, value) in properties.iter().flatten() {
+                check_name(property, "a property id", limits)?;
+                check_value(value, property, limits)?;
+            }
+            Ok(())
+        }
+        Command::RenameNode { name, .. } => check_name(name, "the node name", limits),
+        Command::UpdateProperty {
+            property_id, value, ..
+        } => {
+            check_name(property_id, "the property id", limits)?;
+            check_value(value, property_id, limits)
+        }
+        Command::Batch { commands } => commands.iter().try_for_each(|c| check_sizes(c, limits)),
+        _ => Ok(()),
     }
 }

@@ -16,6 +16,7 @@ pub mod inputs;
 pub mod metrics;
 pub mod scalars;
 pub mod schema;
+pub mod shape;
 pub mod types;
 
 pub use schema::{build, ApiLimits, AppSchema};

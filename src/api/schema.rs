@@ -11,9 +11,9 @@ use serde_json::Value;
 
 use super::error::{code, count, gql, int, uuid, OrGql, Result};
 use super::events::SessionEventView;
-use super::extension::Codes;
+use super::extension::{charge, Codes};
 use super::guard::Guard;
-use super::inputs::{CommandInput, CreateNodeInput};
+use super::inputs::{check_name, check_sizes, CommandInput, CreateNodeInput};
 use super::types::{
     hub, search, session, CleanupResultView, CommandResultView, GraphView, NodeView, ProjectView,
     RoleView, SessionView, TemplateErrorView, TemplateView, ViewerView,
@@ -24,12 +24,33 @@ use crate::session::{ClientInfo, Hub, Outcome, Session};
 
 pub type AppSchema = Schema<Query, Mutation, SubscriptionRoot>;
 
-/// Limits that protect the server from expensive requests.
+/// Limits that protect the server from expensive requests; each is a flag of
+/// the same name (README's configuration table). A request over one is
+/// refused with LIMIT_EXCEEDED before the work it asks for is done.
 #[derive(Debug, Clone)]
 pub struct ApiLimits {
+    /// Deepest nesting of selections (fields, and spreads while expanding fragments).
     pub max_depth: usize,
+    /// Most complex query; list fields multiply by their expected length.
     pub max_complexity: usize,
     pub max_subscriptions_per_connection: usize,
+    /// Longest query text, in bytes.
+    pub max_document_bytes: usize,
+    /// Most fields in a document once its fragments are expanded.
+    pub max_fields: usize,
+    /// Most aliased fields in a document once its fragments are expanded.
+    pub max_aliases: usize,
+    /// Most fragment spreads in a document once its fragments are expanded.
+    pub max_fragment_spreads: usize,
+    /// Most `__schema`/`__type` fields in a document (each answers with much of the schema).
+    pub max_introspection_fields: usize,
+    /// Most nodes reached through links (`parent`, `children`), search results,
+    /// projects and sessions one response may hold.
+    pub max_result_items: usize,
+    /// Longest node or project name, in bytes.
+    pub max_name_bytes: usize,
+    /// Longest property value (as JSON), in bytes.
+    pub max_value_bytes: usize,
     /// Distinct operation names kept as metric labels (the rest count as `other`).
     pub max_metric_operation_names: usize,
     /// Documents the Automatic Persisted Queries cache keeps (least recently used go first).
@@ -44,11 +65,36 @@ impl Default for ApiLimits {
             max_depth: 32,
             max_complexity: 100_000,
             max_subscriptions_per_connection: 100,
+            max_document_bytes: 128 * 1024,
+            max_fields: 2_000,
+            max_aliases: 100,
+            max_fragment_spreads: 500,
+            max_introspection_fields: 4,
+            max_result_items: 20_000,
+            max_name_bytes: 1024,
+            max_value_bytes: 64 * 1024,
             max_metric_operation_names: 256,
             apq_cache_entries: 1000,
             apq_max_query_bytes: 16 * 1024,
         }
     }
+}
+
+/// Expected lengths of list fields, for the complexity limit (`#[graphql(complexity)]`):
+/// what a large but ordinary project has, not the worst case (that is what
+/// `max_result_items` bounds when the list is built).
+pub(crate) mod expected {
+    pub const NODES: usize = 1_000;
+    pub const CHILDREN: usize = 10;
+    pub const ROOTS: usize = 10;
+    pub const TEMPLATES: usize = 10;
+    pub const NODE_TYPES: usize = 10;
+    pub const PROPERTIES: usize = 10;
+    pub const OPTIONS: usize = 5;
+    pub const SESSIONS: usize = 100;
+    pub const PROJECTS: usize = 100;
+    pub const CLIENTS: usize = 10;
+    pub const EVENTS: usize = 10;
 }
 
 /// Builds the schema around a hub.
@@ -65,7 +111,7 @@ pub fn build(hub: Arc<Hub>, limits: &ApiLimits) -> AppSchema {
             limits.apq_cache_entries,
             limits.apq_max_query_bytes,
         ))
-        .extension(Codes::default())
+        .extension(Codes::new(limits.clone()))
         .finish()
 }
 
@@ -90,6 +136,9 @@ pub struct Query;
 #[Object]
 impl Query {
     /// Every template the server can use: built-in ones and those in the templates directory.
+    #[graphql(
+        complexity = "child_complexity.saturating_mul(expected::TEMPLATES).saturating_add(1)"
+    )]
     async fn templates(&self, ctx: &Context<'_>) -> Vec<TemplateView> {
         hub(ctx)
             .templates()
@@ -117,8 +166,11 @@ impl Query {
             .collect()
     }
 
-    async fn sessions(&self, ctx: &Context<'_>) -> Vec<SessionView> {
-        hub(ctx).sessions().into_iter().map(SessionView).collect()
+    #[graphql(complexity = "child_complexity.saturating_mul(expected::SESSIONS).saturating_add(1)")]
+    async fn sessions(&self, ctx: &Context<'_>) -> Result<Vec<SessionView>> {
+        let sessions = hub(ctx).sessions();
+        charge(ctx, sessions.len(), "sessions")?;
+        Ok(sessions.into_iter().map(SessionView).collect())
     }
 
     /// A session, or null if there is none with that id.
@@ -137,8 +189,11 @@ impl Query {
     }
 
     /// Projects kept by the server's store (with authentication on: those the caller is a member of).
-    async fn projects(&self, ctx: &Context<'_>) -> Vec<ProjectView> {
-        hub(ctx).projects().into_iter().map(ProjectView).collect()
+    #[graphql(complexity = "child_complexity.saturating_mul(expected::PROJECTS).saturating_add(1)")]
+    async fn projects(&self, ctx: &Context<'_>) -> Result<Vec<ProjectView>> {
+        let projects = hub(ctx).projects();
+        charge(ctx, projects.len(), "projects")?;
+        Ok(projects.into_iter().map(ProjectView).collect())
     }
 
     async fn project(&self, ctx: &Context<'_>, id: ID) -> Result<Option<ProjectView>> {
@@ -171,6 +226,9 @@ impl Query {
     }
 
     /// Nodes whose name (case-insensitive substring) and/or type match; both filters optional.
+    #[graphql(
+        complexity = "child_complexity.saturating_mul(limit.unwrap_or(100).max(0) as usize).saturating_add(1)"
+    )]
     async fn search_nodes(
         &self,
         ctx: &Context<'_>,
@@ -181,8 +239,9 @@ impl Query {
     ) -> Result<Vec<NodeView>> {
         let limit = limit.unwrap_or(100);
         let s = session(ctx, &session_id)?;
-        s.read().project().gql()?;
+        let nodes = s.read().project().gql()?.dispatcher.graph().len();
         let limit = count(limit, "limit")? as usize;
+        charge(ctx, limit.min(nodes), "searchNodes")?;
         Ok(search(
             &s,
             text.as_deref(),
@@ -233,6 +292,7 @@ impl Mutation {
         template_id: ID,
         name: String,
     ) -> Result<SessionView> {
+        check_name(&name, "the project name", ctx.data_unchecked::<ApiLimits>())?;
         Ok(SessionView(
             hub(ctx).create_project(&template_id, &name).await.gql()?,
         ))
@@ -252,6 +312,9 @@ impl Mutation {
         template_id: Option<ID>,
         name: Option<String>,
     ) -> Result<SessionView> {
+        if let Some(name) = &name {
+            check_name(name, "the project name", ctx.data_unchecked::<ApiLimits>())?;
+        }
         let (session, imported) = hub(ctx)
             .import_project(
                 &file.0,
@@ -345,6 +408,17 @@ impl Mutation {
         commands: Vec<CommandInput>,
         expected_version: Option<i32>,
     ) -> Result<CommandResultView> {
+        // Also checked by the domain; refused here before the inputs are converted or queued.
+        let max = hub(ctx).config().command_limits.max_batch_commands;
+        if commands.len() > max {
+            return Err(code(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "a batch of {} commands is too long (the limit max-batch-commands is {max})",
+                    commands.len()
+                ),
+            ));
+        }
         let commands = commands
             .into_iter()
             .map(CommandInput::into_command)
@@ -452,6 +526,7 @@ async fn run(
     command: Command,
     expected: Option<u64>,
 ) -> Result<CommandResultView> {
+    check_sizes(&command, ctx.data_unchecked::<ApiLimits>())?;
     let s = session(ctx, session_id)?;
     let outcome = s
         .execute(command, expected, client_id(ctx))

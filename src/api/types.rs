@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::error::{int, uuid, OrGql, Result};
 use super::events::SessionEventView;
+use super::extension::charge;
 use super::scalars::Timestamp;
 use crate::domain::template::{NodeType, PropertyDef, PropertyType};
 use crate::domain::{Key, Node, Properties, Template};
@@ -41,6 +42,9 @@ impl TemplateView {
     async fn root_type(&self) -> NodeTypeView {
         NodeTypeView::new(&self.0, self.0.root_type())
     }
+    #[graphql(
+        complexity = "child_complexity.saturating_mul(super::schema::expected::NODE_TYPES).saturating_add(1)"
+    )]
     async fn node_types(&self) -> Vec<NodeTypeView> {
         self.0
             .node_types
@@ -97,6 +101,9 @@ impl NodeTypeView {
     async fn allowed_children(&self) -> Vec<ID> {
         self.ty.allowed_children.iter().cloned().map(ID).collect()
     }
+    #[graphql(
+        complexity = "child_complexity.saturating_mul(super::schema::expected::PROPERTIES).saturating_add(1)"
+    )]
     async fn properties(&self) -> Vec<PropertyDefView> {
         let type_id = self.global_id();
         self.ty
@@ -189,6 +196,9 @@ impl PropertyDefView {
         self.def.default.clone().map(Json)
     }
     /// Only for SELECT.
+    #[graphql(
+        complexity = "child_complexity.saturating_mul(super::schema::expected::OPTIONS).saturating_add(1)"
+    )]
     async fn options(&self) -> Option<Vec<SelectOptionView>> {
         (self.def.kind == PropertyType::Select).then(|| {
             self.def
@@ -338,6 +348,9 @@ impl SessionView {
     async fn active_clients(&self) -> Result<i32> {
         int(self.0.read().active_clients())
     }
+    #[graphql(
+        complexity = "child_complexity.saturating_mul(super::schema::expected::CLIENTS).saturating_add(1)"
+    )]
     async fn clients(&self) -> Vec<ClientView> {
         self.0.read().clients().cloned().map(ClientView).collect()
     }
@@ -404,6 +417,9 @@ pub struct GraphView {
 
 impl GraphView {
     /// The graph of `session` with what `selection` (the Graph field's) selects, or None without a project.
+    ///
+    /// Not charged to the `ItemBudget`: one listing is bounded by
+    /// `--max-nodes-per-project`, and it is built once however often it is aliased.
     pub fn capture(
         session: &Arc<Session>,
         selection: &async_graphql::Lookahead<'_>,
@@ -448,10 +464,16 @@ impl GraphView {
     async fn seq(&self) -> Result<i32> {
         int(self.seq)
     }
+    #[graphql(
+        complexity = "child_complexity.saturating_mul(super::schema::expected::ROOTS).saturating_add(1)"
+    )]
     async fn roots(&self) -> &[NodeView] {
         &self.roots
     }
     /// All nodes, parents before children.
+    #[graphql(
+        complexity = "child_complexity.saturating_mul(super::schema::expected::NODES).saturating_add(1)"
+    )]
     async fn nodes(&self) -> &[NodeView] {
         &self.nodes
     }
@@ -567,13 +589,19 @@ impl NodeView {
     async fn parent_id(&self) -> Option<ID> {
         self.parent.map(|p| ID(p.to_string()))
     }
-    async fn parent(&self) -> Option<NodeView> {
-        self.lookup(&self.parent.into_iter().collect::<Vec<_>>())
-            .pop()
+    async fn parent(&self, ctx: &Context<'_>) -> Result<Option<NodeView>> {
+        charge(ctx, 1, "Node.parent")?;
+        Ok(self
+            .lookup(&self.parent.into_iter().collect::<Vec<_>>())
+            .pop())
     }
     /// Children in order.
-    async fn children(&self) -> Vec<NodeView> {
-        self.lookup(&self.children)
+    #[graphql(
+        complexity = "child_complexity.saturating_mul(super::schema::expected::CHILDREN).saturating_add(1)"
+    )]
+    async fn children(&self, ctx: &Context<'_>) -> Result<Vec<NodeView>> {
+        charge(ctx, self.children.len(), "Node.children")?;
+        Ok(self.lookup(&self.children))
     }
     async fn child_ids(&self) -> Vec<ID> {
         self.children.iter().map(|c| ID(c.to_string())).collect()
@@ -602,6 +630,9 @@ impl CommandResultView {
         self.outcome.node_id.map(|n| ID(n.to_string()))
     }
     /// The events this command produced, as delivered to subscribers.
+    #[graphql(
+        complexity = "child_complexity.saturating_mul(super::schema::expected::EVENTS).saturating_add(1)"
+    )]
     async fn events(&self) -> Vec<SessionEventView> {
         let template = self
             .session

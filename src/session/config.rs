@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::domain::command::Limits;
 use crate::domain::history::DEFAULT_HISTORY_LIMIT;
 
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct SessionConfig {
     pub idle_limit: Duration,
     /// How often the reaper runs.
     pub reaper_interval: Duration,
+    /// What one command may do (batch length, nodes created, nodes per project).
+    pub command_limits: Limits,
     /// Test fault: which commands panic or fail to serialise while applied.
     #[cfg(any(test, feature = "test-support"))]
     pub apply_fault: Option<ApplyFault>,
@@ -75,6 +78,7 @@ impl Default for SessionConfig {
             max_group: 512,
             idle_limit: Duration::from_secs(24 * 3600),
             reaper_interval: Duration::from_secs(600),
+            command_limits: Limits::default(),
             #[cfg(any(test, feature = "test-support"))]
             apply_fault: None,
         }

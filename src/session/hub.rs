@@ -326,6 +326,16 @@ impl Hub {
         };
         let template = self.template(&template_id)?;
         let imported = project_file::import(file, &template, Utc::now())?;
+        let max = self.config.command_limits.max_nodes_per_project;
+        if imported.graph.len() > max {
+            return Err(err(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the file holds {} nodes (the limit max-nodes-per-project is {max})",
+                    imported.graph.len()
+                ),
+            ));
+        }
         let name = match name.or(imported.name.as_deref()) {
             Some(n) => clean_name(n)?,
             None => "Imported project".to_string(),

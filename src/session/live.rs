@@ -1024,7 +1024,8 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, work: Work) -> Done {
             );
             let template = project.template.clone();
             let mut new_id = Uuid::new_v4;
-            let mut ctx = Ctx::new(&template, Utc::now(), &mut new_id);
+            let mut ctx = Ctx::new(&template, Utc::now(), &mut new_id)
+                .with_limits(group.session.config.command_limits);
             let result =
                 project
                     .dispatcher

@@ -100,11 +100,37 @@ impl Command {
     }
 }
 
-/// What a command may draw on besides the graph: the template, the clock and fresh ids.
+/// How much one command (a batch counts as one) may do; checked before any delta is applied.
+///
+/// A command that would pass a bound fails with LIMIT_EXCEEDED and changes
+/// nothing. Without these, one `executeBatch` of 14 `applyKit`s of a node into
+/// itself doubles the subtree 14 times and exhausts the server's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Commands in one batch (`--max-batch-commands`).
+    pub max_batch_commands: usize,
+    /// Nodes one command creates, all of a batch's commands together (`--max-nodes-per-request`).
+    pub max_nodes_created: usize,
+    /// Nodes a project's graph may hold (`--max-nodes-per-project`).
+    pub max_nodes_per_project: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_batch_commands: 1_000,
+            max_nodes_created: 10_000,
+            max_nodes_per_project: 100_000,
+        }
+    }
+}
+
+/// What a command may draw on besides the graph: the template, the clock, fresh ids and its limits.
 pub struct Ctx<'a> {
     pub template: &'a Template,
     pub now: DateTime<Utc>,
     pub new_id: &'a mut dyn FnMut() -> Uuid,
+    pub limits: Limits,
 }
 
 impl<'a> Ctx<'a> {
@@ -117,7 +143,13 @@ impl<'a> Ctx<'a> {
             template,
             now,
             new_id,
+            limits: Limits::default(),
         }
+    }
+
+    /// The same context with other limits.
+    pub fn with_limits(self, limits: Limits) -> Self {
+        Ctx { limits, ..self }
     }
 }
 
@@ -137,6 +169,8 @@ pub(crate) struct Tx<'g> {
     forward: Vec<Delta>,
     inverses: Vec<Vec<Delta>>,
     node_id: Option<NodeId>,
+    /// Nodes this transaction has reserved (see `reserve_nodes`).
+    created: usize,
 }
 
 impl<'g> Tx<'g> {
@@ -146,7 +180,47 @@ impl<'g> Tx<'g> {
             forward: Vec::new(),
             inverses: Vec::new(),
             node_id: None,
+            created: 0,
         }
+    }
+
+    /// How many more nodes this transaction may create: the smaller of what is
+    /// left of the per-command budget and of the project's room.
+    pub(crate) fn node_room(&self, limits: &Limits) -> usize {
+        let per_command = limits.max_nodes_created.saturating_sub(self.created);
+        let per_project = limits
+            .max_nodes_per_project
+            .saturating_sub(self.graph.len());
+        per_command.min(per_project)
+    }
+
+    /// Reserves `n` new nodes, or LIMIT_EXCEEDED naming the bound it would pass;
+    /// called before a command builds or applies anything.
+    pub(crate) fn reserve_nodes(&mut self, n: usize, limits: &Limits) -> Result<(), DomainError> {
+        let created = self.created.saturating_add(n);
+        if created > limits.max_nodes_created {
+            return Err(err(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "this command would create more than {} nodes (the limit max-nodes-per-request is {})",
+                    limits.max_nodes_created, limits.max_nodes_created
+                ),
+            ));
+        }
+        let total = self.graph.len().saturating_add(n);
+        if total > limits.max_nodes_per_project {
+            return Err(err(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the project has {} nodes and this command would take it past {} (the limit max-nodes-per-project is {})",
+                    self.graph.len(),
+                    limits.max_nodes_per_project,
+                    limits.max_nodes_per_project
+                ),
+            ));
+        }
+        self.created = created;
+        Ok(())
     }
 
     pub(crate) fn graph(&self) -> &Graph {
@@ -262,6 +336,16 @@ fn run_in(command: &Command, tx: &mut Tx<'_>, ctx: &mut Ctx<'_>) -> Result<(), D
                 return Err(err(
                     ErrorCode::BadUserInput,
                     "a batch needs at least one command",
+                ));
+            }
+            let max = ctx.limits.max_batch_commands;
+            if commands.len() > max {
+                return Err(err(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "a batch of {} commands is too long (the limit max-batch-commands is {max})",
+                        commands.len()
+                    ),
                 ));
             }
             for (i, c) in commands.iter().enumerate() {

@@ -87,6 +87,7 @@ pub(super) fn create(
             };
         }
     }
+    tx.reserve_nodes(1, &ctx.limits)?;
     tx.apply(Delta::NodeCreated {
         node: NodeData {
             id,
@@ -160,6 +161,23 @@ pub(super) fn apply_kit(
         let child = graph.node(child)?;
         check_allowed(graph, ctx.template, target_id, &child.type_id)?;
     }
+    // Count the copies before planning them, and stop counting at the room
+    // left: the cost of refusing a kit that is too big is the limit, not the kit.
+    let room = tx.node_room(&ctx.limits);
+    let graph = tx.graph();
+    let kit = graph.node(&kit_root_id)?;
+    let mut copies = 0usize;
+    let mut counting: Vec<NodeId> = kit.children.clone();
+    while let Some(id) = counting.pop() {
+        copies += 1;
+        if copies > room {
+            break;
+        }
+        counting.extend(graph.node(&id)?.children.iter().copied());
+    }
+    tx.reserve_nodes(copies, &ctx.limits)?;
+    let graph = tx.graph();
+    let kit = graph.node(&kit_root_id)?;
     // Plan every copy before applying any, so copying a kit into itself terminates.
     let first_index = graph.node(&target_id)?.children.len();
     let mut plan: Vec<Delta> = Vec::new();
