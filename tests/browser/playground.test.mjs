@@ -10,16 +10,14 @@
 // tests/browser, or with .ci/browser-test, which does all of that.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { buildClientSchema, getIntrospectionQuery, parse, validate } from 'graphql';
 import { chromium } from 'playwright-core';
 import { exampleTabs } from '../../playground/src/examples.js';
+// The one server starter of the JavaScript tests (it needs no packages).
+import { startServer } from '../js/server.mjs';
 
-const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const screenshotPath =
   process.env.TALUS_SCREENSHOT ?? path.join(tmpdir(), `talus-playground-${process.pid}.png`);
 
@@ -79,7 +77,7 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  server?.child.kill();
+  await server?.stop();
 });
 
 test('every example tab is a valid operation of the server schema', async () => {
@@ -248,49 +246,3 @@ async function graphql(query, variables) {
   return body;
 }
 
-function serverBinary() {
-  if (process.env.TALUS_BIN) return path.resolve(process.env.TALUS_BIN);
-  const built = ['release', 'debug']
-    .map((profile) => path.join(repo, 'target', profile, 'talus-tally'))
-    .find((file) => existsSync(file));
-  if (!built) throw new Error('no server binary: run `cargo build --release` or set TALUS_BIN');
-  return built;
-}
-
-/** Starts the server on a free port; resolves once it logs where it listens. */
-function startServer() {
-  const binary = serverBinary();
-  const child = spawn(binary, ['serve', '--addr', '127.0.0.1:0', '--in-memory'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, NO_COLOR: '1' },
-  });
-  let output = '';
-  let started = false;
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      child.kill();
-      reject(new Error(`${binary} did not log "listening on" within 30 s:\n${output}`));
-    }, 30_000);
-    const onOutput = (chunk) => {
-      // Keep reading even once started: a full pipe would block the server.
-      if (output.length > 100_000) return;
-      output += chunk;
-      const match = output.replace(/\x1b\[[0-9;]*m/g, '').match(/listening on http:\/\/([\d.]+):(\d+)/);
-      if (match && !started) {
-        started = true;
-        clearTimeout(timer);
-        resolve({ child, origin: `http://${match[1]}:${match[2]}` });
-      }
-    };
-    child.stdout.on('data', onOutput);
-    child.stderr.on('data', onOutput);
-    child.on('error', (error) => {
-      clearTimeout(timer);
-      reject(new Error(`cannot start ${binary}: ${error.message}`));
-    });
-    child.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      reject(new Error(`${binary} exited (${code ?? signal}) before listening:\n${output}`));
-    });
-  });
-}
