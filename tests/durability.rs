@@ -1,87 +1,16 @@
 //! Durability through the real binary: SIGKILL under load, SIGTERM, resume with `since`, and store failures.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "common/binary.rs"]
+mod binary;
+use binary::spawn;
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-
-/// The server binary as a child process on a data dir.
-struct Child_ {
-    child: Child,
-    url: String,
-}
-
-fn spawn(data_dir: &std::path::Path) -> Child_ {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_talus-tally"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the server binary starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if !sent {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                    let _ = tx.send(addr);
-                    sent = true;
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the server logs its address within 30 s");
-    Child_ {
-        child,
-        url: format!("http://{addr}"),
-    }
-}
-
-impl Child_ {
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then the exit status (must come within 10 s).
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not exit within 10 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Child_ {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn gql(http: &reqwest::Client, url: &str, query: &str, variables: Value) -> Value {
     http.post(format!("{url}/graphql"))
@@ -420,7 +349,7 @@ async fn sigkill_under_load_loses_no_acknowledged_write_and_half_applies_nothing
 async fn sigterm_exits_cleanly_and_a_restart_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
-    let server = spawn(dir.path());
+    let mut server = spawn(dir.path());
     let (session, root) = create_project(&http, &server.url, "Clean stop").await;
     for i in 0..5 {
         let commands = json!([{"createNode": {"parentId": root, "typeId": "phase", "name": format!("Phase {i}")}}]);
@@ -453,7 +382,7 @@ async fn sigterm_exits_cleanly_and_a_restart_keeps_everything() {
     let status = server.terminate();
     assert!(status.success(), "SIGTERM exits with 0, got {status}");
 
-    let server = spawn(dir.path());
+    let mut server = spawn(dir.path());
     let after = data(
         &gql(&http, &server.url, STATE, json!({"s": session})).await,
         "session",

@@ -1,84 +1,16 @@
 //! Integrity through the real binary: one process per data dir, and a graceful stop under SIGTERM with writers in flight.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
+#[path = "common/binary.rs"]
+mod binary;
+use binary::spawn;
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-
-/// The server binary on a data dir, with every line it logs.
-struct Server {
-    child: Child,
-    url: String,
-    lines: Arc<Mutex<Vec<String>>>,
-    /// Resolves when stdout closes (the process is exiting).
-    closed: Option<std::sync::mpsc::Receiver<()>>,
-}
-
-fn spawn(data_dir: &std::path::Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_talus-tally"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the server binary starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
-    let seen = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                let _ = addr_tx.send(addr);
-            }
-            seen.lock().push(line);
-        }
-        let _ = closed_tx.send(());
-    });
-    let addr = addr_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the server logs its address within 30 s");
-    Server {
-        child,
-        url: format!("http://{addr}"),
-        lines,
-        closed: Some(closed_rx),
-    }
-}
-
-impl Server {
-    /// SIGTERM, then the exit status once the process has ended.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
-        // Blocking waits, each bounded: stdout closes as the process exits.
-        self.closed
-            .take()
-            .expect("terminated once")
-            .recv_timeout(Duration::from_secs(15))
-            .expect("the server exits within 15 s of SIGTERM");
-        self.child.wait().expect("wait")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn gql(
     http: &reqwest::Client,
