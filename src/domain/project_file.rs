@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use super::error::{err, DomainError, ErrorCode};
 use super::graph::{Delta, Graph, NodeData, NodeId, Properties};
-use super::template::{PropertyType, Template};
+use super::template::Template;
 
 /// The version string of the format `export` writes.
 pub const FORMAT_VERSION: &str = "1.0";
@@ -224,40 +224,25 @@ pub fn import(
 
 /// Warns about node references to nodes the file does not have (or of another type than the target); they are kept as they are.
 fn dangling_references(graph: &Graph, template: &Template, warnings: &mut Vec<Warning>) {
-    if !template.has_node_references() {
-        return;
-    }
-    for node in graph.preorder() {
-        let Some(ty) = template.node_type(&node.type_id) else {
-            continue;
-        };
-        for def in ty
-            .properties
+    for (node, def, items) in super::command::reference_values(graph, template) {
+        for id in items
             .iter()
-            .filter(|p| p.kind == PropertyType::NodeReference)
+            .filter_map(|i| i.as_str().and_then(|s| Uuid::parse_str(s).ok()))
         {
-            let Some(Value::Array(items)) = node.properties.get(def.id.as_str()) else {
-                continue;
+            let problem = match (graph.get(&id), &def.target_type) {
+                (None, _) => format!("node {id}, which is not in the file"),
+                (Some(target), Some(want)) if target.type_id != want.as_str() => {
+                    format!("node {id}, a '{}' rather than a '{want}'", target.type_id)
+                }
+                _ => continue,
             };
-            for id in items
-                .iter()
-                .filter_map(|i| i.as_str().and_then(|s| Uuid::parse_str(s).ok()))
-            {
-                let problem = match (graph.get(&id), &def.target_type) {
-                    (None, _) => format!("node {id}, which is not in the file"),
-                    (Some(target), Some(want)) if target.type_id != want.as_str() => {
-                        format!("node {id}, a '{}' rather than a '{want}'", target.type_id)
-                    }
-                    _ => continue,
-                };
-                warnings.push(Warning {
-                    node_id: Some(node.id),
-                    message: format!(
-                        "kept the value of '{}' as it is: it references {problem}",
-                        def.id
-                    ),
-                });
-            }
+            warnings.push(Warning {
+                node_id: Some(node.id),
+                message: format!(
+                    "kept the value of '{}' as it is: it references {problem}",
+                    def.id
+                ),
+            });
         }
     }
 }

@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 pub use nodes::clean_name;
+pub(crate) use references::reference_values;
 
 use super::error::{err, DomainError, ErrorCode};
 use super::graph::{Delta, Graph, NodeId};

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::Tx;
 use crate::domain::error::{err, DomainError, ErrorCode};
-use crate::domain::graph::{Delta, Graph, NodeId};
+use crate::domain::graph::{Delta, Graph, Node, NodeId};
 use crate::domain::template::{PropertyDef, PropertyType, Template};
 
 /// INVALID_PROPERTY_VALUE unless every id of a (parsed) node reference value names a node of `graph` of the target type.
@@ -58,6 +58,29 @@ pub(super) fn check(graph: &Graph, def: &PropertyDef, value: &Value) -> Result<(
     Ok(())
 }
 
+/// Every node reference value of `graph`, as (node, property, ids), nodes in
+/// pre-order and properties in template order; nothing for templates
+/// without node references.
+pub(crate) fn reference_values<'g>(
+    graph: &'g Graph,
+    template: &'g Template,
+) -> impl Iterator<Item = (&'g Node, &'g PropertyDef, &'g Vec<Value>)> + 'g {
+    let any = template.has_node_references();
+    graph
+        .preorder()
+        .filter(move |_| any)
+        .filter_map(move |node| Some((node, template.node_type(&node.type_id)?)))
+        .flat_map(|(node, ty)| {
+            ty.properties
+                .iter()
+                .filter(|p| p.kind == PropertyType::NodeReference)
+                .filter_map(move |def| match node.properties.get(def.id.as_str()) {
+                    Some(Value::Array(items)) => Some((node, def, items)),
+                    _ => None,
+                })
+        })
+}
+
 /// Removes the nodes of `deleted` from every node reference outside them, one `PropertyChanged` per value that changes.
 ///
 /// Costs nothing for templates without node references; otherwise one pass
@@ -74,43 +97,26 @@ pub(super) fn release(
         return Ok(());
     }
     let gone: HashSet<NodeId> = deleted.iter().copied().collect();
-    let mut changes = Vec::new();
-    for node in tx.graph().preorder() {
-        if gone.contains(&node.id) {
-            continue;
-        }
-        let Some(ty) = template.node_type(&node.type_id) else {
-            continue;
-        };
-        for def in ty
-            .properties
-            .iter()
-            .filter(|p| p.kind == PropertyType::NodeReference)
-        {
-            let Some(Value::Array(items)) = node.properties.get(def.id.as_str()) else {
-                continue;
-            };
-            let points_at_gone = |item: &Value| {
-                item.as_str()
-                    .and_then(|s| Uuid::parse_str(s).ok())
-                    .is_some_and(|id| gone.contains(&id))
-            };
-            if !items.iter().any(points_at_gone) {
-                continue;
-            }
-            let kept: Vec<Value> = items
-                .iter()
-                .filter(|i| !points_at_gone(i))
-                .cloned()
-                .collect();
-            changes.push(Delta::PropertyChanged {
-                node_id: node.id,
-                property_id: def.id.as_str().into(),
-                old_value: Some(Value::Array(items.clone())),
-                new_value: Some(Value::Array(kept)),
-            });
-        }
-    }
+    let points_at_gone = |item: &Value| {
+        item.as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .is_some_and(|id| gone.contains(&id))
+    };
+    let changes: Vec<Delta> = reference_values(tx.graph(), template)
+        .filter(|(node, _, items)| !gone.contains(&node.id) && items.iter().any(points_at_gone))
+        .map(|(node, def, items)| Delta::PropertyChanged {
+            node_id: node.id,
+            property_id: def.id.as_str().into(),
+            old_value: Some(Value::Array(items.clone())),
+            new_value: Some(Value::Array(
+                items
+                    .iter()
+                    .filter(|i| !points_at_gone(i))
+                    .cloned()
+                    .collect(),
+            )),
+        })
+        .collect();
     for delta in changes {
         tx.apply(delta)?;
     }
