@@ -533,6 +533,8 @@ impl Op {
             true,
         );
         let _active = crate::metrics::GaugeGuard::new(crate::metrics::names::SUBSCRIPTIONS);
+        // Looked up once per subscription, not once per delivered event.
+        let delivered = metrics::counter!(crate::metrics::names::EVENTS_DELIVERED);
         // Every frame of this subscription starts the same way: build that once.
         let head = frame_head(&self.id, self.next_type());
         let mut events = std::pin::pin!(events);
@@ -552,7 +554,7 @@ impl Op {
             if !self.send(frame, false).await {
                 return true;
             }
-            metrics::counter!(crate::metrics::names::EVENTS_DELIVERED).increment(1);
+            delivered.increment(1);
         }
         self.send(complete_frame(&self.id), true).await;
         true

@@ -606,11 +606,13 @@ impl SubscriptionRoot {
         let events = hub.subscribe(id, since, client).await.gql()?;
         let probe = ctx.data_opt::<super::SeqProbe>().map(|p| p.0.clone());
         let active = crate::metrics::GaugeGuard::new(crate::metrics::names::SUBSCRIPTIONS);
+        // Looked up once per subscription, not once per delivered event.
+        let delivered = metrics::counter!(crate::metrics::names::EVENTS_DELIVERED);
         Ok(events
             .map(move |e| {
                 let _slot = &slot;
                 let _active = &active;
-                metrics::counter!(crate::metrics::names::EVENTS_DELIVERED).increment(1);
+                delivered.increment(1);
                 if let Some(probe) = &probe {
                     probe.store(e.seq, Ordering::Release);
                 }
