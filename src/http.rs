@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::http::WebSocketProtocols;
+use async_graphql::parser::types::OperationType;
 use async_graphql::{BatchRequest, BatchResponse};
 use axum::body::{Body, Bytes};
 use axum::extract::ws::WebSocketUpgrade;
@@ -24,7 +25,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
-use crate::api::guard::{selects_mutation, ReadOnly};
+use crate::api::guard::{selected_operation, selects_mutation, ReadOnly};
 use crate::api::{AppSchema, HttpClient};
 use crate::origin::{origin_allowed, OriginPolicy};
 use crate::sse::{StreamSettings, Streaming};
@@ -226,6 +227,30 @@ fn response_media(headers: &HeaderMap, streaming: Option<Streaming>) -> Option<M
         Some(_) => Some(MediaType::Json),
         None => MediaType::negotiate(headers),
     }
+}
+
+/// Whether to answer `request` with a stream of `requested`: when the
+/// operation is a subscription, or when the client accepts no single JSON
+/// response (graphql-sse clients send only `text/event-stream`, and get their
+/// queries as a stream too). A query or mutation from a client that accepts
+/// JSON as well gets JSON: urql sends `application/graphql-response+json, ...,
+/// text/event-stream, multipart/mixed` with every query and reads a stream
+/// to its end. A hash-only persisted query keeps the stream it asked for
+/// (its operation is not known here).
+fn answer_streaming(
+    headers: &HeaderMap,
+    requested: Option<Streaming>,
+    request: &async_graphql::Request,
+) -> Option<Streaming> {
+    let requested = requested?;
+    if MediaType::negotiate(headers).is_none() || request.query.is_empty() {
+        return Some(requested);
+    }
+    let subscription = async_graphql::parser::parse_query(&request.query)
+        .ok()
+        .and_then(|doc| selected_operation(&doc, request.operation_name.as_deref()))
+        .is_some_and(|ty| ty == OperationType::Subscription);
+    subscription.then_some(requested)
 }
 
 fn not_acceptable() -> Response {
@@ -474,14 +499,24 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
             kind(other)
         )),
     };
+    let request = match request {
+        Ok(request) => request,
+        Err(message) => return bad_request(media, message),
+    };
+    let streaming = match &request {
+        BatchRequest::Single(single) => answer_streaming(&headers, streaming, single),
+        BatchRequest::Batch(_) => streaming.filter(|_| MediaType::negotiate(&headers).is_none()),
+    };
     match (request, streaming) {
-        (Err(message), _) => bad_request(media, message),
-        (Ok(BatchRequest::Single(request)), Some(kind)) => stream(&state, &headers, request, kind),
-        (Ok(_), Some(_)) => bad_request(
+        (BatchRequest::Single(request), Some(kind)) => stream(&state, &headers, request, kind),
+        (_, Some(_)) => bad_request(
             media,
             "a streamed response carries one operation, not a batch".to_string(),
         ),
-        (Ok(request), None) => execute(&state, &headers, media, request).await,
+        (request, None) => {
+            let media = MediaType::negotiate(&headers).unwrap_or(media);
+            execute(&state, &headers, media, request).await
+        }
     }
 }
 
@@ -591,6 +626,10 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
     // hash) and says so through the marker; GET is for queries only.
     let read_only = ReadOnly::new(request.operation_name.as_deref());
     let request = request.data(read_only.clone());
+    let streaming = answer_streaming(&parts.headers, streaming, &request);
+    let media = MediaType::negotiate(&parts.headers)
+        .filter(|_| streaming.is_none())
+        .unwrap_or(media);
     if let Some(kind) = streaming {
         // A stream cannot turn into a 405 once it has started: a mutation's
         // text is refused here, and one found by its hash inside the engine

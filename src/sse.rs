@@ -49,10 +49,10 @@ pub enum Streaming {
 }
 
 impl Streaming {
-    /// The streaming protocol the `Accept` header asks for, if any. A client
-    /// that accepts JSON first (e.g. `application/json, multipart/mixed`) still
-    /// streams: the multipart protocol only applies to subscriptions, which
-    /// have no single JSON response to give.
+    /// The streaming protocol the `Accept` header allows, if any, wherever it
+    /// stands in the list. Whether a request is answered with it is decided
+    /// with its operation (`http::answer_streaming`): a subscription streams,
+    /// a query streams only for a client that accepts no JSON.
     pub fn requested(headers: &HeaderMap) -> Option<Streaming> {
         let accept = headers.get(header::ACCEPT)?.to_str().ok()?;
         accept.split(',').find_map(|item| {

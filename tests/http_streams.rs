@@ -386,7 +386,8 @@ async fn a_query_over_multipart_is_one_part_and_the_closing_boundary() {
         .post(app.url("/graphql"))
         .header("content-type", "application/json")
         .body(json!({ "query": "{ templates { id } }" }).to_string());
-    let mut stream = Stream::open(MULTIPART, "q", request).await;
+    // Only the stream is acceptable: with JSON beside it, a query gets JSON.
+    let mut stream = Stream::open("multipart/mixed;subscriptionSpec=1.0", "q", request).await;
     let part = stream.next().await.unwrap();
     assert!(
         part.data["payload"]["data"]["templates"]
@@ -408,4 +409,56 @@ async fn a_mutation_over_an_event_source_get_is_refused_and_changes_nothing() {
     let response = request.header("accept", SSE).send().await.unwrap();
     assert_eq!(response.status(), 405);
     assert_eq!(app.projects().await.len(), before);
+}
+
+/// What urql's fetch exchange sends with every query and mutation.
+const URQL_ACCEPT: &str = "application/graphql-response+json, application/graphql+json, application/json, text/event-stream, multipart/mixed";
+
+#[tokio::test]
+async fn a_query_from_a_client_that_accepts_json_and_streams_is_answered_with_json() {
+    let app = App::start().await;
+    for accept in [
+        URQL_ACCEPT,
+        "text/event-stream, application/json",
+        MULTIPART,
+    ] {
+        let response = streaming_client()
+            .post(app.url("/graphql"))
+            .header("content-type", "application/json")
+            .header("accept", accept)
+            .body(json!({ "query": "{ templates { id } }" }).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            content_type.starts_with("application/graphql-response+json")
+                || content_type.starts_with("application/json"),
+            "{accept}: {content_type}"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["data"]["templates"].as_array().is_some(),
+            "{accept}: {body}"
+        );
+    }
+    // The same header on a subscription streams.
+    let (session, _) = app.create_project("restomod", "Streams").await;
+    let request = streaming_client()
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json")
+        .body(
+            json!({
+                "query": "subscription($s: ID!) { sessionEvents(sessionId: $s, since: 0) { seq } }",
+                "variables": { "s": session },
+            })
+            .to_string(),
+        );
+    let mut stream = Stream::open(URQL_ACCEPT, "urql", request).await;
+    let first = stream.next().await.unwrap();
+    assert_eq!(first.event, "next", "{first:?}");
 }

@@ -43,16 +43,25 @@ impl ReadOnly {
     }
 }
 
-/// Whether running `operation_name` of `doc` would run a mutation. An operation
-/// that cannot be determined is left to the engine, which reports it.
-pub fn selects_mutation(doc: &ExecutableDocument, operation_name: Option<&str>) -> bool {
+/// The type of the operation that running `operation_name` of `doc` would
+/// run, or None when the document does not determine one (the engine reports it).
+pub fn selected_operation(
+    doc: &ExecutableDocument,
+    operation_name: Option<&str>,
+) -> Option<OperationType> {
     let op = match (&doc.operations, operation_name) {
         (DocumentOperations::Single(op), _) => Some(op),
         (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name),
         (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
         (DocumentOperations::Multiple(_), None) => None,
     };
-    op.is_some_and(|op| op.node.ty == OperationType::Mutation)
+    op.map(|op| op.node.ty)
+}
+
+/// Whether running `operation_name` of `doc` would run a mutation. An operation
+/// that cannot be determined is left to the engine, which reports it.
+pub fn selects_mutation(doc: &ExecutableDocument, operation_name: Option<&str>) -> bool {
+    selected_operation(doc, operation_name) == Some(OperationType::Mutation)
 }
 
 /// The extension, with Automatic Persisted Queries inside it: async-graphql's
