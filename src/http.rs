@@ -41,6 +41,8 @@ const CORS_MAX_AGE: Duration = Duration::from_secs(600);
 pub struct AppState {
     pub schema: AppSchema,
     pub max_body_bytes: usize,
+    /// Most operations in one HTTP batch (a JSON list of requests), `--max-http-batch`.
+    pub max_http_batch: usize,
     /// How often the server pings a websocket; a connection silent for `ws_timeout` is dropped.
     pub ws_ping_interval: Duration,
     pub ws_timeout: Duration,
@@ -478,6 +480,22 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
             )
         }
     };
+    // A batch is refused whole before any of it is parsed into requests or
+    // run: each operation is bounded on its own, so the count bounds the sum.
+    if let Value::Array(items) = &body {
+        if items.len() > state.max_http_batch {
+            return error_response(
+                media,
+                StatusCode::BAD_REQUEST,
+                "LIMIT_EXCEEDED",
+                format!(
+                    "the batch has {} operations, more than the limit (max-http-batch is {}); none of them ran",
+                    items.len(),
+                    state.max_http_batch
+                ),
+            );
+        }
+    }
     let request = match &body {
         Value::Object(params) => graphql_request(params).map(BatchRequest::Single),
         Value::Array(items) if !items.is_empty() => items

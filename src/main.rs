@@ -115,6 +115,9 @@ struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "TALUS_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024, value_parser = count(1024, 1024 * MIB))]
     max_body_bytes: usize,
+    /// Most operations in one HTTP batch (a JSON list of requests in one POST).
+    #[arg(long, env = "TALUS_MAX_HTTP_BATCH", default_value_t = 32, value_parser = count(1, 10_000))]
+    max_http_batch: usize,
     /// Deepest query allowed (fields, and fragment spreads while expanding them).
     #[arg(long, env = "TALUS_MAX_DEPTH", default_value_t = 32, value_parser = count(1, 128))]
     max_depth: usize,
@@ -191,6 +194,7 @@ impl ServeArgs {
             templates_dir: self.templates.clone(),
             in_memory: self.in_memory,
             max_body_bytes: self.max_body_bytes,
+            max_http_batch: self.max_http_batch,
             max_connections_per_ip: self.max_connections_per_ip,
             ..Config::default()
         };

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{code_of, first_error, str_of, App};
+use common::{code_of, first_error, int_of, str_of, App};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -84,6 +84,42 @@ async fn a_batch_longer_than_max_batch_commands_is_refused_before_it_reaches_the
     // Refused at the edge: not even a CommandExecuting event was logged.
     assert_eq!(app.last_seq(&session).await, seq);
     assert_eq!(app.session(&session).await["version"], 0);
+}
+
+#[tokio::test]
+async fn an_http_batch_longer_than_max_http_batch_is_refused_whole_and_none_of_it_runs() {
+    let app = App::start_with(|c| c.max_http_batch = 3).await;
+    let (session, root) = app.create_project("project", "Limits").await;
+    let seq = app.last_seq(&session).await;
+    let projects = app.projects().await.len();
+    let rename = json!({
+        "query": "mutation($s: ID!, $n: ID!) { execute(sessionId: $s, command: { renameNode: { nodeId: $n, name: \"Renamed\" } }) { version } }",
+        "variables": { "s": session, "n": root },
+    });
+    let create = json!({
+        "query": "mutation { createProject(templateId: \"project\", name: \"Batched\") { id } }",
+    });
+    // The refused batch's last operation would create a project; its first ones rename.
+    let batch = json!([rename, rename, rename, create]);
+    let (status, body) = app.post_body(batch.to_string()).await;
+    assert_eq!(status, 400, "{body:#}");
+    assert_limit(&body, "max-http-batch is 3");
+    assert!(body.get("data").is_none(), "{body:#}");
+    assert_eq!(app.last_seq(&session).await, seq, "no event was logged");
+    assert_eq!(app.session(&session).await["version"], 0);
+    assert_eq!(app.projects().await.len(), projects, "no project was created");
+    // A batch at the limit runs, every operation in order.
+    let (status, body) = app
+        .post_body(json!([rename, rename, rename]).to_string())
+        .await;
+    assert_eq!(status, 200, "{body:#}");
+    let versions: Vec<i64> = body
+        .as_array()
+        .expect("one answer per operation")
+        .iter()
+        .map(|answer| int_of(&answer["data"]["execute"]["version"]))
+        .collect();
+    assert_eq!(versions, [1, 2, 3]);
 }
 
 #[tokio::test]
@@ -351,6 +387,8 @@ fn a_flag_out_of_range_is_refused_by_the_binary_with_a_clear_message_and_exit_co
         ("--max-depth", "100000"),
         ("--max-batch-commands", "0"),
         ("--max-connections-per-ip", "0"),
+        ("--max-http-batch", "0"),
+        ("--max-http-batch", "10001"),
     ];
     for (flag, value) in cases {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_talus-tally"))
