@@ -122,6 +122,73 @@ async fn an_http_batch_longer_than_max_http_batch_is_refused_whole_and_none_of_i
     assert_eq!(versions, [1, 2, 3]);
 }
 
+/// A 1.0 project file of the `project` template: a root with `properties` and `workstreams` children.
+fn project_file(name: &str, root_name: &str, properties: Value, workstreams: usize) -> Value {
+    let root = common::random_id();
+    let children: Vec<String> = (0..workstreams).map(|_| common::random_id()).collect();
+    let mut nodes = serde_json::Map::new();
+    nodes.insert(
+        root.clone(),
+        json!({ "id": root, "type": "project", "name": root_name, "properties": properties,
+                "children": children, "parent_id": null }),
+    );
+    for child in &children {
+        nodes.insert(
+            child.clone(),
+            json!({ "id": child, "type": "workstream", "name": "Part", "properties": {},
+                    "children": [], "parent_id": root }),
+        );
+    }
+    json!({ "version": "1.0", "templates": ["project"], "name": name, "nodes": nodes })
+}
+
+#[tokio::test]
+async fn an_imported_file_over_a_size_limit_is_refused_naming_the_limit_and_creates_nothing() {
+    let app = App::start_with(|c| {
+        c.limits.max_name_bytes = 16;
+        c.limits.max_value_bytes = 64;
+        c.session.command_limits.max_nodes_per_project = 3;
+    })
+    .await;
+    let import = "mutation($f: JSON!) { importProject(file: $f) { id } }";
+    let sessions = "{ sessions { id } }";
+    let before_sessions = app.query(sessions, json!({})).await;
+    let long = "n".repeat(17);
+    let cases = [
+        (project_file("Fits", &long, json!({}), 1), "max-name-bytes is 16"),
+        (project_file(&long, "Fits", json!({}), 1), "max-name-bytes is 16"),
+        (
+            project_file("Fits", "Fits", json!({ "summary": "v".repeat(63) }), 1),
+            "max-value-bytes is 64",
+        ),
+        // A value the template does not define is kept, so it is held to the limit too.
+        (
+            project_file("Fits", "Fits", json!({ "notes": ["v".repeat(70)] }), 1),
+            "max-value-bytes is 64",
+        ),
+        (
+            project_file("Fits", "Fits", json!({ long.clone(): 1 }), 1),
+            "max-name-bytes is 16",
+        ),
+        (
+            project_file("Fits", "Fits", json!({}), 3),
+            "max-nodes-per-project is 3",
+        ),
+    ];
+    for (file, flag) in cases {
+        let body = app.request(import, json!({ "f": file })).await;
+        assert_limit(&body, flag);
+    }
+    assert!(app.projects().await.is_empty(), "no project was stored");
+    assert_eq!(app.query(sessions, json!({})).await, before_sessions);
+    // The same file within every limit imports.
+    let fits = project_file("Fits", "Fits", json!({ "summary": "short" }), 2);
+    let data = app.query(import, json!({ "f": fits })).await;
+    let session = str_of(&data["importProject"]["id"]);
+    assert_eq!(app.graph(&session).await["nodeCount"], 3);
+    assert_eq!(app.projects().await.len(), 1);
+}
+
 #[tokio::test]
 async fn a_project_cannot_grow_past_max_nodes_per_project() {
     let app = App::start_with(|c| c.session.command_limits.max_nodes_per_project = 4).await;

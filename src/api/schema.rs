@@ -312,14 +312,22 @@ impl Mutation {
         template_id: Option<ID>,
         name: Option<String>,
     ) -> Result<SessionView> {
+        let api_limits = ctx.data_unchecked::<ApiLimits>();
         if let Some(name) = &name {
-            check_name(name, "the project name", ctx.data_unchecked::<ApiLimits>())?;
+            check_name(name, "the project name", api_limits)?;
         }
+        // A file is held to the limits of the commands that could build it.
+        let limits = project_file::ImportLimits {
+            max_nodes: hub(ctx).config().command_limits.max_nodes_per_project,
+            max_name_bytes: api_limits.max_name_bytes,
+            max_value_bytes: api_limits.max_value_bytes,
+        };
         let (session, imported) = hub(ctx)
             .import_project(
                 &file.0,
                 template_id.as_ref().map(|t| t.as_str()),
                 name.as_deref(),
+                &limits,
             )
             .await
             .gql()?;
