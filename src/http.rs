@@ -25,6 +25,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
+use crate::api::expensive::{Admitted, ExpensiveLimiter, EXPENSIVE_BODY_BYTES};
 use crate::api::guard::{selected_operation, selects_mutation, ReadOnly};
 use crate::api::{AppSchema, HttpClient};
 use crate::origin::{origin_allowed, OriginPolicy};
@@ -465,6 +466,27 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
             )
         }
     };
+    // A big body is expensive to parse and to run: it waits for a permit of
+    // the expensive-request limiter (without holding a worker) before either.
+    let limiter = state.schema.data::<Arc<ExpensiveLimiter>>();
+    let permit = match limiter.filter(|_| bytes.len() > EXPENSIVE_BODY_BYTES) {
+        None => None,
+        Some(limiter) => match limiter.admit().await {
+            Ok(permit) => Some(permit),
+            Err(e) => {
+                let mut response = error_response(
+                    media,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "LIMIT_EXCEEDED",
+                    e.message,
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
+        },
+    };
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return bad_request(
             media,
@@ -533,7 +555,14 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
         ),
         (request, None) => {
             let media = MediaType::negotiate(&headers).unwrap_or(media);
-            execute(&state, &headers, media, request).await
+            // The permit covers the whole execution, so the engine must not wait for another.
+            let request = match &permit {
+                Some(_) => request.data(Admitted),
+                None => request,
+            };
+            let response = execute(&state, &headers, media, request).await;
+            drop(permit);
+            response
         }
     }
 }

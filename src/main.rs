@@ -160,6 +160,13 @@ struct ServeArgs {
     /// Most nodes a project may hold.
     #[arg(long, env = "TALUS_MAX_NODES_PER_PROJECT", default_value_t = 100_000, value_parser = count(1, 100_000_000))]
     max_nodes_per_project: usize,
+    /// Expensive requests (bodies over 16 KiB, queries listing a project's nodes) running at once
+    /// [default: CPU cores - 1, at least 1].
+    #[arg(long, env = "TALUS_MAX_EXPENSIVE_REQUESTS", value_parser = count(1, 10_000))]
+    max_expensive_requests: Option<usize>,
+    /// Expensive requests waiting for their turn; one more is refused with LIMIT_EXCEEDED.
+    #[arg(long, env = "TALUS_MAX_EXPENSIVE_QUEUE", default_value_t = 64, value_parser = count(0, 100_000))]
+    max_expensive_queue: usize,
     /// Most open TCP connections from one IP address.
     #[arg(long, env = "TALUS_MAX_CONNECTIONS_PER_IP", default_value_t = 1024, value_parser = count(1, 10_000_000))]
     max_connections_per_ip: usize,
@@ -230,6 +237,10 @@ impl ServeArgs {
             max_metric_operation_names: self.metrics_max_operation_names as usize,
             apq_cache_entries: self.apq_cache_entries as usize,
             apq_max_query_bytes: self.apq_max_query_bytes as usize,
+            max_expensive_requests: self
+                .max_expensive_requests
+                .unwrap_or_else(talus_tally::api::schema::default_expensive_requests),
+            max_expensive_queue: self.max_expensive_queue,
         };
         c.cors_origins = self.cors_origins.clone();
         Ok(c)

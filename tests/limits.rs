@@ -107,7 +107,11 @@ async fn an_http_batch_longer_than_max_http_batch_is_refused_whole_and_none_of_i
     assert!(body.get("data").is_none(), "{body:#}");
     assert_eq!(app.last_seq(&session).await, seq, "no event was logged");
     assert_eq!(app.session(&session).await["version"], 0);
-    assert_eq!(app.projects().await.len(), projects, "no project was created");
+    assert_eq!(
+        app.projects().await.len(),
+        projects,
+        "no project was created"
+    );
     // A batch at the limit runs, every operation in order.
     let (status, body) = app
         .post_body(json!([rename, rename, rename]).to_string())
@@ -155,8 +159,14 @@ async fn an_imported_file_over_a_size_limit_is_refused_naming_the_limit_and_crea
     let before_sessions = app.query(sessions, json!({})).await;
     let long = "n".repeat(17);
     let cases = [
-        (project_file("Fits", &long, json!({}), 1), "max-name-bytes is 16"),
-        (project_file(&long, "Fits", json!({}), 1), "max-name-bytes is 16"),
+        (
+            project_file("Fits", &long, json!({}), 1),
+            "max-name-bytes is 16",
+        ),
+        (
+            project_file(&long, "Fits", json!({}), 1),
+            "max-name-bytes is 16",
+        ),
         (
             project_file("Fits", "Fits", json!({ "summary": "v".repeat(63) }), 1),
             "max-value-bytes is 64",
