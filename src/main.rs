@@ -243,17 +243,21 @@ impl ServeArgs {
             apq_max_query_bytes: self.apq_max_query_bytes as usize,
         };
         c.cors_origins = self.cors_origins.clone();
-        c.cluster = self
-            .database_url
-            .clone()
-            .map(|database_url| talus_tally::server::ClusterConfig {
-                database_url,
-                instance_id: self.instance_id.clone().unwrap_or_else(|| {
-                    format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8])
-                }),
-                lease: Duration::from_secs(self.lease_secs),
-                pool_size: self.database_pool,
-            });
+        c.cluster =
+            self.database_url
+                .clone()
+                .map(|database_url| talus_tally::server::ClusterConfig {
+                    database_url,
+                    instance_id: self.instance_id.clone().unwrap_or_else(|| {
+                        format!(
+                            "{}-{}",
+                            std::process::id(),
+                            &uuid::Uuid::new_v4().simple().to_string()[..8]
+                        )
+                    }),
+                    lease: Duration::from_secs(self.lease_secs),
+                    pool_size: self.database_pool,
+                });
         Ok(c)
     }
 }

@@ -176,10 +176,12 @@ impl Query {
     /// A session, or null if there is none with that id.
     async fn session(&self, ctx: &Context<'_>, id: ID) -> Result<Option<SessionView>> {
         let id = uuid(&id, "id")?;
-        Ok(hub(ctx).find_session(id).map(|s| {
-            s.touch();
-            SessionView(s)
-        }))
+        // In a shared store a session not live here is loaded on first use.
+        match hub(ctx).session(id).await {
+            Ok(s) => Ok(Some(SessionView(s))),
+            Err(e) if e.code == ErrorCode::SessionNotFound => Ok(None),
+            Err(e) => Err(gql(e)),
+        }
     }
 
     /// The authenticated caller (null when authentication is off).

@@ -292,8 +292,7 @@ const SESSION_COLUMNS: &str = "id, project_id, created_at, last_activity, last_s
 fn pg_error(e: &tokio_postgres::Error) -> StoreError {
     let Some(code) = e.code() else {
         // No SQLSTATE: the connection broke, or a value did not convert.
-        if e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
-        {
+        if e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()) {
             return StoreError::Unavailable("the database connection was lost".into());
         }
         return StoreError::Unavailable(format!("the database call failed: {e}"));
@@ -340,10 +339,16 @@ fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> StoreError + '_ {
 
 /// Checks, under row locks held until the transaction ends, that `fence`
 /// still owns its session and that the session's log ends where the committer thinks.
-async fn check_fence(tx: &deadpool_postgres::Transaction<'_>, fence: &Fence) -> Result<(), StoreError> {
+async fn check_fence(
+    tx: &deadpool_postgres::Transaction<'_>,
+    fence: &Fence,
+) -> Result<(), StoreError> {
     let sql = "SELECT epoch, owner FROM session_leases WHERE session_id = $1 FOR UPDATE";
     let lease = tx
-        .query_opt(&tx.prepare_cached(sql).await.map_err(failed("fence"))?, &[&fence.session_id])
+        .query_opt(
+            &tx.prepare_cached(sql).await.map_err(failed("fence"))?,
+            &[&fence.session_id],
+        )
         .await
         .map_err(failed("fence"))?;
     let epoch = match &lease {
@@ -360,7 +365,10 @@ async fn check_fence(tx: &deadpool_postgres::Transaction<'_>, fence: &Fence) -> 
     }
     let sql = "SELECT last_seq FROM sessions WHERE id = $1 FOR UPDATE";
     let session = tx
-        .query_opt(&tx.prepare_cached(sql).await.map_err(failed("fence"))?, &[&fence.session_id])
+        .query_opt(
+            &tx.prepare_cached(sql).await.map_err(failed("fence"))?,
+            &[&fence.session_id],
+        )
         .await
         .map_err(failed("fence"))?;
     let last_seq = match &session {
@@ -446,7 +454,12 @@ async fn apply(tx: &deadpool_postgres::Transaction<'_>, write: &Write) -> Result
         }
         Write::DeleteProject(id) => {
             exec(tx, "DELETE FROM projects WHERE id = $1", &[id]).await?;
-            exec(tx, "DELETE FROM project_snapshots WHERE project_id = $1", &[id]).await?;
+            exec(
+                tx,
+                "DELETE FROM project_snapshots WHERE project_id = $1",
+                &[id],
+            )
+            .await?;
             exec(tx, "DELETE FROM project_ops WHERE project_id = $1", &[id]).await?;
         }
         Write::UpsertSession(s) => {
@@ -469,8 +482,18 @@ async fn apply(tx: &deadpool_postgres::Transaction<'_>, write: &Write) -> Result
         }
         Write::DeleteSession(id) => {
             exec(tx, "DELETE FROM sessions WHERE id = $1", &[id]).await?;
-            exec(tx, "DELETE FROM session_events WHERE session_id = $1", &[id]).await?;
-            exec(tx, "DELETE FROM session_leases WHERE session_id = $1", &[id]).await?;
+            exec(
+                tx,
+                "DELETE FROM session_events WHERE session_id = $1",
+                &[id],
+            )
+            .await?;
+            exec(
+                tx,
+                "DELETE FROM session_leases WHERE session_id = $1",
+                &[id],
+            )
+            .await?;
         }
         Write::AppendEvents { session_id, events } => {
             if events.is_empty() {
@@ -536,7 +559,10 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
         let stmt = client.prepare_cached(&sql).await.map_err(failed("read"))?;
-        let row = client.query_opt(&stmt, &[&id]).await.map_err(failed("read"))?;
+        let row = client
+            .query_opt(&stmt, &[&id])
+            .await
+            .map_err(failed("read"))?;
         row.as_ref().map(session_row).transpose()
     }
 
@@ -747,7 +773,11 @@ impl Store for PostgresStore {
 }
 
 impl PostgresStore {
-    async fn commit_inner(&self, fence: Option<&Fence>, writes: Vec<Write>) -> Result<(), StoreError> {
+    async fn commit_inner(
+        &self,
+        fence: Option<&Fence>,
+        writes: Vec<Write>,
+    ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(failed("commit"))?;
         if let Some(fence) = fence {

@@ -127,7 +127,15 @@ fn start(bindir: &Path) -> Cluster {
     let status = as_postgres_user(&bindir.join("initdb"))
         .arg("-D")
         .arg(&data)
-        .args(["-U", USER, "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"])
+        .args([
+            "-U",
+            USER,
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
@@ -164,7 +172,10 @@ fn start(bindir: &Path) -> Cluster {
             std::thread::park();
         }
     });
-    let pid = rx.recv().expect("the spawner answers").expect("postgres starts");
+    let pid = rx
+        .recv()
+        .expect("the spawner answers")
+        .expect("postgres starts");
     RUNNING.set((pid, dir.clone())).ok();
     // SAFETY: registering an extern "C" fn with no captured state.
     unsafe {
@@ -211,7 +222,11 @@ extern "C" fn stop_at_exit() {
 impl Cluster {
     /// A new empty database; its connection string.
     pub async fn database(&self) -> String {
-        let name = format!("t{}_{}", std::process::id(), DATABASES.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "t{}_{}",
+            std::process::id(),
+            DATABASES.fetch_add(1, Ordering::Relaxed)
+        );
         let (client, connection) = tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls)
             .await
             .expect("connects to the test cluster");

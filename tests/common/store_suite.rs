@@ -193,7 +193,6 @@ pub async fn round_trips_as_the_memory_store(store: &dyn Store) {
         everything(&memory, &projects, &sessions).await,
         "after the refused commits"
     );
-
 }
 
 pub fn small_job(project_id: Uuid, session_id: Uuid, n: u64) -> Vec<Write> {
@@ -218,7 +217,11 @@ pub fn small_job(project_id: Uuid, session_id: Uuid, n: u64) -> Vec<Write> {
 }
 
 /// `tasks` tasks commit `per_task` small jobs each; every one lands. Returns the time taken.
-pub async fn concurrent_commits_all_land(store: Arc<dyn Store>, tasks: usize, per_task: u64) -> Duration {
+pub async fn concurrent_commits_all_land(
+    store: Arc<dyn Store>,
+    tasks: usize,
+    per_task: u64,
+) -> Duration {
     let started = Instant::now();
     let handles: Vec<_> = (0..tasks)
         .map(|_| {
