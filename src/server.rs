@@ -45,6 +45,8 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     /// Origins allowed to call the API besides the server's own (`--cors-origins`).
     pub cors_origins: Vec<AllowedOrigin>,
+    /// `Host` names answered besides loopback names and IP literals (`--allowed-hosts`).
+    pub allowed_hosts: Vec<String>,
     /// The shared PostgreSQL store (`--database-url`) instead of SQLite, with this instance's name and lease.
     pub cluster: Option<ClusterConfig>,
 }
@@ -77,6 +79,7 @@ impl Default for Config {
             ws_queue: 256,
             max_connections_per_ip: 1024,
             cors_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             cluster: None,
         }
     }
@@ -189,7 +192,9 @@ pub async fn start(
     let connections = TaskTracker::new();
     let addr = listener.local_addr()?;
     let state = AppState {
-        origins: Arc::new(OriginPolicy::new(&config.cors_origins, addr)),
+        origins: Arc::new(
+            OriginPolicy::new(&config.cors_origins, addr).with_hosts(&config.allowed_hosts),
+        ),
         schema: schema.clone(),
         max_body_bytes: config.max_body_bytes,
         ws_ping_interval: config.ws_ping_interval,
