@@ -453,3 +453,27 @@ async fn after_sigkill_of_the_owner_under_16_writers_another_instance_takes_over
     hb.redo(&session).await;
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_created_on_one_instance_opens_on_another() {
+    let pg = cluster_or_skip!();
+    let url = pg.database().await;
+    let a = app_on(&url, "a").await;
+    let b = app_on(&url, "b").await;
+    let (session, _) = a.create_project("restomod", "Bus").await;
+    let project = common::str_of(&a.session(&session).await["project"]["id"]);
+
+    let opened = b
+        .query(
+            "mutation($p: ID!) { openProject(projectId: $p) { id project { id name } } }",
+            serde_json::json!({ "p": project }),
+        )
+        .await;
+
+    assert_eq!(
+        opened["openProject"]["project"],
+        serde_json::json!({ "id": project, "name": "Bus" })
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}

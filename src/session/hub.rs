@@ -562,13 +562,18 @@ impl Hub {
             session.touch();
             return Ok(session);
         }
-        if self.index.get(&project_id).is_none() {
+        // In a shared store another instance may have created it since this
+        // one read its index: the store decides (PROJECT_NOT_FOUND from the load).
+        if self.index.get(&project_id).is_none() && !self.store.is_shared() {
             return Err(err(
                 ErrorCode::ProjectNotFound,
                 format!("there is no project {project_id}"),
             ));
         }
         let project = self.load_project(project_id).await?;
+        if self.store.is_shared() {
+            self.index.upsert(project.record.clone());
+        }
         let record = Self::new_session_record(Some(project_id));
         let epoch = self.new_epoch(record.id).await?;
         self.store
