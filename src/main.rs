@@ -192,6 +192,21 @@ struct ServeArgs {
     #[arg(long, env = "TALUS_APQ_MAX_QUERY_BYTES", default_value_t = 16 * 1024,
           value_parser = clap::value_parser!(u32).range(1..=16 * 1024 * 1024))]
     apq_max_query_bytes: u32,
+    /// Use this PostgreSQL database (postgres://USER:PASS@HOST:PORT/DB) instead of SQLite in
+    /// --data-dir; instances started with the same URL form one cluster.
+    #[arg(long, env = "TALUS_DATABASE_URL")]
+    database_url: Option<String>,
+    /// This instance's name in a cluster: owner of its session leases, in logs (default: generated).
+    #[arg(long, env = "TALUS_INSTANCE_ID")]
+    instance_id: Option<String>,
+    /// Seconds a session's lease lasts unless its owner renews it; another instance takes the
+    /// session over after it expires (1 to 5).
+    #[arg(long, env = "TALUS_LEASE_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=5))]
+    lease_secs: u64,
+    /// Database connections per instance, with --database-url (1 to 1,000).
+    #[arg(long, env = "TALUS_DATABASE_POOL", default_value_t = 16, value_parser = count(1, 1_000))]
+    database_pool: usize,
 }
 
 fn parse_origin(s: &str) -> Result<AllowedOrigin, String> {
@@ -265,6 +280,21 @@ impl ServeArgs {
         };
         c.cors_origins = self.cors_origins.clone();
         c.allowed_hosts = self.allowed_hosts.clone();
+        c.cluster =
+            self.database_url
+                .clone()
+                .map(|database_url| talus_tally::server::ClusterConfig {
+                    database_url,
+                    instance_id: self.instance_id.clone().unwrap_or_else(|| {
+                        format!(
+                            "{}-{}",
+                            std::process::id(),
+                            &uuid::Uuid::new_v4().simple().to_string()[..8]
+                        )
+                    }),
+                    lease: Duration::from_secs(self.lease_secs),
+                    pool_size: self.database_pool,
+                });
         Ok(c)
     }
 }

@@ -16,7 +16,9 @@ use crate::api::{self, ApiLimits, AppSchema};
 use crate::http::{self, AppState};
 use crate::origin::{AllowedOrigin, OriginPolicy};
 use crate::session::{Hub, SessionConfig};
-use crate::store::{sqlite::SqliteOptions, MemoryStore, SqliteStore, Store};
+use crate::store::{
+    sqlite::SqliteOptions, MemoryStore, PostgresOptions, PostgresStore, SqliteStore, Store,
+};
 use crate::templates::TemplateCatalog;
 
 /// How often histogram samples are folded into the metrics registry.
@@ -47,6 +49,20 @@ pub struct Config {
     pub cors_origins: Vec<AllowedOrigin>,
     /// `Host` names answered besides loopback names and IP literals (`--allowed-hosts`).
     pub allowed_hosts: Vec<String>,
+    /// The shared PostgreSQL store (`--database-url`) instead of SQLite, with this instance's name and lease.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// How an instance joins a cluster on PostgreSQL (`--database-url`).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub database_url: String,
+    /// Names the instance as a lease owner, in logs and in `pg_stat_activity`.
+    pub instance_id: String,
+    /// How long a session's lease lasts unless its owner renews it.
+    pub lease: Duration,
+    /// Database connections of this instance.
+    pub pool_size: usize,
 }
 
 impl Default for Config {
@@ -67,6 +83,7 @@ impl Default for Config {
             max_connections_per_ip: 1024,
             cors_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -102,6 +119,20 @@ pub fn open_store_for(config: &Config, addr: Option<SocketAddr>) -> anyhow::Resu
             config.data_dir.display()
         )
     })?;
+    Ok(Arc::new(store))
+}
+
+/// The PostgreSQL store of a cluster config, migrated and connected.
+pub async fn open_postgres(cluster: &ClusterConfig) -> anyhow::Result<Arc<dyn Store>> {
+    let options = PostgresOptions {
+        pool_size: cluster.pool_size,
+        instance_id: cluster.instance_id.clone(),
+        lease: cluster.lease,
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::connect(&cluster.database_url, options)
+        .await
+        .context("could not open the PostgreSQL store (--database-url)")?;
     Ok(Arc::new(store))
 }
 
@@ -153,7 +184,11 @@ pub async fn start(
     store: Arc<dyn Store>,
 ) -> anyhow::Result<Running> {
     let templates = Arc::new(load_templates(&config));
-    let hub = Hub::start(config.session.clone(), store, templates).await?;
+    let mut session_config = config.session.clone();
+    if let Some(cluster) = &config.cluster {
+        session_config.lease = cluster.lease;
+    }
+    let hub = Hub::start(session_config, store, templates).await?;
     let schema = api::build(hub.clone(), &config.limits);
     let stop = CancellationToken::new();
     let (ws_stop, ws_stop_rx) = watch::channel(false);
@@ -221,12 +256,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let listener = TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("could not listen on {}", config.addr))?;
-    let store = open_store_for(&config, Some(listener.local_addr()?))?;
-    let durable = !config.in_memory;
+    let (store, kind) = match &config.cluster {
+        Some(cluster) => (open_postgres(cluster).await?, "postgres"),
+        None if config.in_memory => (open_store_for(&config, None)?, "memory"),
+        None => (
+            open_store_for(&config, Some(listener.local_addr()?))?,
+            "sqlite",
+        ),
+    };
+    let instance = config.cluster.as_ref().map(|c| c.instance_id.clone());
     let running = start(config.clone(), listener, store).await?;
     tracing::info!(
-        store = if durable { "sqlite" } else { "memory" },
+        store = kind,
         data_dir = %config.data_dir.display(),
+        instance = instance.as_deref().unwrap_or("-"),
         "Talus Tally listening on http://{}",
         running.addr
     );

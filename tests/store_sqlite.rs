@@ -1,204 +1,25 @@
 //! Black-box tests of `SqliteStore` on real files: same behaviour as `MemoryStore`, durability, group commit, failures.
 
+#[path = "common/store_suite.rs"]
+mod store_suite;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, TimeZone, Utc};
-use talus_tally::store::{
-    MemoryStore, ProjectRecord, SessionRecord, SqliteOptions, SqliteStore, Store, StoreError,
-    StoredEvent, Write,
-};
+use store_suite::{events, op, project, session};
+use talus_tally::store::{SqliteOptions, SqliteStore, Store, StoreError, StoredEvent, Write};
 use uuid::Uuid;
 
 fn open(path: &Path) -> SqliteStore {
     SqliteStore::open(path, SqliteOptions::default()).unwrap()
 }
 
-fn at(secs: i64, nanos: u32) -> DateTime<Utc> {
-    Utc.timestamp_opt(1_700_000_000 + secs, nanos).unwrap()
-}
-
-fn project(id: Uuid, name: &str, version: u64) -> ProjectRecord {
-    ProjectRecord {
-        id,
-        name: name.into(),
-        template_id: "restomod".into(),
-        created_at: at(0, 123_456_789),
-        updated_at: at(version as i64, 5),
-        version,
-        node_count: version * 3,
-    }
-}
-
-fn session(id: Uuid, project_id: Option<Uuid>, secs: i64) -> SessionRecord {
-    SessionRecord {
-        id,
-        project_id,
-        created_at: at(secs, 0),
-        last_activity: at(secs + 10, 999_999_999),
-        last_seq: secs as u64,
-    }
-}
-
-fn events(session_id: Uuid, seqs: impl IntoIterator<Item = u64>) -> Write {
-    Write::AppendEvents {
-        session_id,
-        events: seqs
-            .into_iter()
-            .map(|seq| StoredEvent {
-                seq,
-                json: format!(r#"{{"seq":{seq},"kind":"NodeCreated"}}"#),
-            })
-            .collect(),
-    }
-}
-
-fn op(project_id: Uuid, version: u64) -> Write {
-    Write::AppendOp {
-        project_id,
-        version,
-        op: format!(r#"{{"op":{version}}}"#),
-    }
-}
-
-/// Every read of the store for the given ids, in a comparable form.
-async fn everything(store: &dyn Store, projects: &[Uuid], sessions: &[Uuid]) -> String {
-    let mut out = String::new();
-    let mut all_projects = store.projects().await.unwrap();
-    all_projects.sort_by_key(|p| p.id);
-    out += &format!("projects: {all_projects:?}\n");
-    let mut all_sessions = store.sessions().await.unwrap();
-    all_sessions.sort_by_key(|s| s.id);
-    out += &format!("sessions: {all_sessions:?}\n");
-    for id in projects {
-        out += &format!("load {id}: {:?}\n", store.load_project(*id).await.unwrap());
-    }
-    for id in sessions {
-        out += &format!("range {id}: {:?}\n", store.event_range(*id).await.unwrap());
-        for (after, limit) in [(0, 1000), (0, 2), (3, 2), (5, 100), (1000, 10)] {
-            out += &format!(
-                "events {id} after {after} limit {limit}: {:?}\n",
-                store.events(*id, after, limit).await.unwrap()
-            );
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_write_round_trips_exactly_as_in_the_memory_store() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = open(&dir.path().join("talus.db"));
-    let memory = MemoryStore::new();
-    let (p1, p2, p3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    let (s1, s2, s3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-
-    let steps: Vec<Vec<Write>> = vec![
-        vec![
-            Write::UpsertProject(project(p1, "Bus", 0)),
-            Write::UpsertProject(project(p2, "Truck", 0)),
-            Write::UpsertSession(session(s1, Some(p1), 1)),
-            Write::UpsertSession(session(s2, None, 2)),
-        ],
-        vec![
-            op(p1, 1),
-            op(p1, 2),
-            op(p1, 3),
-            Write::UpsertProject(project(p1, "Bus", 3)),
-        ],
-        vec![events(s1, 1..=6), events(s2, 1..=3)],
-        // A snapshot drops the ops at or below its version.
-        vec![Write::Snapshot {
-            project_id: p1,
-            version: 2,
-            state: r#"{"graph":"at 2"}"#.into(),
-        }],
-        vec![
-            op(p1, 4),
-            Write::UpsertProject(project(p1, "Bus renamed", 4)),
-        ],
-        vec![Write::Snapshot {
-            project_id: p1,
-            version: 4,
-            state: r#"{"graph":"at 4"}"#.into(),
-        }],
-        // Ops and a snapshot for a project without a record are kept but not loaded.
-        vec![
-            op(p3, 1),
-            Write::Snapshot {
-                project_id: p3,
-                version: 1,
-                state: "{}".into(),
-            },
-        ],
-        vec![Write::PruneEvents {
-            session_id: s1,
-            below_seq: 4,
-        }],
-        vec![Write::PruneEvents {
-            session_id: s2,
-            below_seq: u64::MAX,
-        }],
-        vec![
-            Write::UpsertSession(session(s2, Some(p2), 3)),
-            events(s3, [7]),
-        ],
-        vec![op(p2, 1), Write::DeleteProject(p2)],
-        vec![Write::DeleteSession(s3)],
-        vec![Write::UpsertProject(project(p3, "Late record", 1))],
-        // A snapshot older than the stored one leaves the stored one.
-        vec![Write::Snapshot {
-            project_id: p1,
-            version: 3,
-            state: r#"{"graph":"at 3"}"#.into(),
-        }],
-    ];
-
-    let projects = [p1, p2, p3];
-    let sessions = [s1, s2, s3];
-    for (i, writes) in steps.into_iter().enumerate() {
-        sqlite.commit(writes.clone()).await.unwrap();
-        memory.commit(writes).await.unwrap();
-        assert_eq!(
-            everything(&sqlite, &projects, &sessions).await,
-            everything(&memory, &projects, &sessions).await,
-            "after step {i}"
-        );
-    }
-
-    // The final state, spelled out.
-    let loaded = sqlite.load_project(p1).await.unwrap().unwrap();
-    assert_eq!(loaded.record, project(p1, "Bus renamed", 4));
-    assert_eq!(loaded.snapshot, Some((4, r#"{"graph":"at 4"}"#.into())));
-    assert!(loaded.tail.is_empty());
-    assert_eq!(sqlite.load_project(p2).await.unwrap(), None);
-    let late = sqlite.load_project(p3).await.unwrap().unwrap();
-    assert_eq!((late.snapshot, late.tail), (Some((1, "{}".into())), vec![]));
-    assert_eq!(sqlite.event_range(s1).await.unwrap(), Some((4, 6)));
-    assert_eq!(sqlite.event_range(s2).await.unwrap(), None);
-    assert_eq!(sqlite.event_range(s3).await.unwrap(), None);
-    // Seqs are SQLite integers, so nothing is stored after i64::MAX.
-    assert_eq!(sqlite.events(s1, u64::MAX, 10).await.unwrap(), vec![]);
-    assert!(sqlite.is_durable());
-
-    // A repeated op version or event seq is a conflict in both stores, and
-    // the whole commit is refused: nothing of it (not even the new op 6) is kept.
-    for store in [&sqlite as &dyn Store, &memory] {
-        store.commit(vec![op(p1, 5)]).await.unwrap();
-    }
-    for writes in [vec![op(p1, 6), op(p1, 5)], vec![op(p1, 6), events(s1, [6])]] {
-        for store in [&sqlite as &dyn Store, &memory] {
-            let error = store.commit(writes.clone()).await.unwrap_err();
-            assert!(matches!(error, StoreError::Conflict(_)), "{error:?}");
-        }
-    }
-    assert_eq!(
-        everything(&sqlite, &projects, &sessions).await,
-        everything(&memory, &projects, &sessions).await,
-        "after the refused commits"
-    );
-
+    store_suite::round_trips_as_the_memory_store(&sqlite).await;
     sqlite.close().await;
 }
 
@@ -271,51 +92,13 @@ async fn a_database_from_a_newer_version_is_refused_and_left_untouched() {
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
 
-fn small_job(project_id: Uuid, session_id: Uuid, n: u64) -> Vec<Write> {
-    let payload = "x".repeat(280);
-    vec![
-        Write::AppendOp {
-            project_id,
-            version: n,
-            op: format!(r#"{{"n":{n},"p":"{payload}"}}"#),
-        },
-        Write::AppendEvents {
-            session_id,
-            events: (0..3)
-                .map(|i| StoredEvent {
-                    seq: n * 3 + i,
-                    json: format!(r#"{{"n":{n},"p":"{payload}"}}"#),
-                })
-                .collect(),
-        },
-        Write::UpsertProject(project(project_id, "Bus", n)),
-    ]
-}
-
 /// Also the benchmark of group commit: it prints commits per second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_commits_from_32_tasks_all_land() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(open(&dir.path().join("talus.db")));
     let per_task = 50u64;
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..32)
-        .map(|_| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let (p, s) = (Uuid::new_v4(), Uuid::new_v4());
-                for n in 1..=per_task {
-                    store.commit(small_job(p, s, n)).await.unwrap();
-                }
-                (p, s)
-            })
-        })
-        .collect();
-    let mut ids = Vec::new();
-    for task in tasks {
-        ids.push(task.await.unwrap());
-    }
-    let elapsed = started.elapsed();
+    let elapsed = store_suite::concurrent_commits_all_land(store.clone(), 32, per_task).await;
     let stats = store.stats();
     println!(
         "{} commits from 32 tasks in {elapsed:.2?}: {:.0} commits/s, {} groups ({:.1} jobs per group)",
@@ -324,18 +107,8 @@ async fn concurrent_commits_from_32_tasks_all_land() {
         stats.groups,
         stats.committed as f64 / stats.groups as f64
     );
-
     assert_eq!(stats.committed, 32 * per_task);
     assert_eq!(stats.failed, 0);
-    for (p, s) in ids {
-        let loaded = store.load_project(p).await.unwrap().unwrap();
-        assert_eq!(loaded.record.version, per_task);
-        assert_eq!(loaded.tail.len() as u64, per_task);
-        assert_eq!(
-            store.event_range(s).await.unwrap(),
-            Some((3, per_task * 3 + 2))
-        );
-    }
     store.close().await;
 }
 

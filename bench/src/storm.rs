@@ -187,8 +187,11 @@ async fn storm(
     let mut run = Run::default();
     let mut http = Http::connect(addr).await?;
     let mut projects = Vec::with_capacity(o.sessions);
+    let mut tasks = Vec::with_capacity(o.sessions);
     for i in 0..o.sessions {
-        projects.push(api::create_project(&mut http, &format!("storm {i}")).await?);
+        let p = api::create_project(&mut http, &format!("storm {i}")).await?;
+        tasks.push(api::create_node(&mut http, &p.session, &p.workstream, api::TASK).await?);
+        projects.push(p);
     }
     let sessions: Arc<Vec<String>> = Arc::new(projects.iter().map(|p| p.session.clone()).collect());
 
@@ -229,7 +232,11 @@ async fn storm(
     let writing = Arc::new(AtomicBool::new(true));
     let writers: Vec<_> = (0..o.writers.max(1))
         .map(|w| {
-            let projects = projects.clone();
+            let targets: Vec<(String, String)> = projects
+                .iter()
+                .zip(&tasks)
+                .map(|(p, t)| (p.session.clone(), t.clone()))
+                .collect();
             let ok = writes_ok.clone();
             let failed = writes_failed.clone();
             let writing = writing.clone();
@@ -239,7 +246,7 @@ async fn storm(
                 addr,
                 w,
                 o.writers.max(1),
-                projects,
+                targets,
                 every,
                 ok,
                 failed,
@@ -450,7 +457,7 @@ async fn writer(
     addr: std::net::SocketAddr,
     w: usize,
     writers: usize,
-    projects: Vec<api::Project>,
+    targets: Vec<(String, String)>,
     every: Duration,
     ok: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
@@ -460,17 +467,18 @@ async fn writer(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n = 0u64;
-    let mine: Vec<&api::Project> = projects.iter().skip(w).step_by(writers).collect();
+    // (session, task) pairs of this writer's share of the sessions.
+    let mine: Vec<&(String, String)> = targets.iter().skip(w).step_by(writers).collect();
     if mine.is_empty() {
         return;
     }
     while writing.load(Ordering::Acquire) {
         tick.tick().await;
-        let p = mine[(n as usize) % mine.len()];
+        let (session, task) = mine[(n as usize) % mine.len()];
         n += 1;
         let body = api::update_body(
-            &p.session,
-            &p.workstream,
+            session,
+            task,
             api::TEXT_PROP,
             &json!(format!("w{w}-{n}")),
         );

@@ -197,10 +197,12 @@ impl Query {
     /// A session, or null if there is none with that id.
     async fn session(&self, ctx: &Context<'_>, id: ID) -> Result<Option<SessionView>> {
         let id = uuid(&id, "id")?;
-        Ok(hub(ctx).find_session(id).map(|s| {
-            s.touch();
-            SessionView(s)
-        }))
+        // In a shared store a session not live here is loaded on first use.
+        match hub(ctx).session(id).await {
+            Ok(s) => Ok(Some(SessionView(s))),
+            Err(e) if e.code == ErrorCode::SessionNotFound => Ok(None),
+            Err(e) => Err(gql(e)),
+        }
     }
 
     /// The authenticated caller (null when authentication is off).
@@ -224,7 +226,7 @@ impl Query {
 
     /// The live graph of a session. Errors with SESSION_NOT_FOUND or NO_PROJECT.
     async fn graph(&self, ctx: &Context<'_>, session_id: ID) -> Result<GraphView> {
-        let s = session(ctx, &session_id)?;
+        let s = session(ctx, &session_id).await?;
         s.read().project().gql()?;
         GraphView::capture(&s, &ctx.look_ahead()).ok_or_else(|| {
             code(
@@ -235,7 +237,7 @@ impl Query {
     }
 
     async fn node(&self, ctx: &Context<'_>, session_id: ID, id: ID) -> Result<Option<NodeView>> {
-        let s = session(ctx, &session_id)?;
+        let s = session(ctx, &session_id).await?;
         let id = uuid(&id, "id")?;
         let state = s.read();
         let project = state.project().gql()?;
@@ -259,7 +261,7 @@ impl Query {
         #[graphql(default = 100)] limit: Option<i32>,
     ) -> Result<Vec<NodeView>> {
         let limit = limit.unwrap_or(100);
-        let s = session(ctx, &session_id)?;
+        let s = session(ctx, &session_id).await?;
         let nodes = s.read().project().gql()?.dispatcher.graph().len();
         let limit = count(limit, "limit")? as usize;
         charge(ctx, limit.min(nodes), "searchNodes")?;
@@ -273,7 +275,7 @@ impl Query {
 
     /// The session's project as a Talus Tally project file (format version 1.0).
     async fn export_project(&self, ctx: &Context<'_>, session_id: ID) -> Result<Json<Value>> {
-        let s = session(ctx, &session_id)?;
+        let s = session(ctx, &session_id).await?;
         // A copy under the lock, the file built off it on a blocking thread:
         // the session's writer waits for the copy only.
         let (graph, template_id, name) = {
@@ -463,14 +465,14 @@ impl Mutation {
 
     /// Errors with NOTHING_TO_UNDO when the undo stack is empty.
     async fn undo(&self, ctx: &Context<'_>, session_id: ID) -> Result<CommandResultView> {
-        let s = session(ctx, &session_id)?;
+        let s = session(ctx, &session_id).await?;
         let outcome = s.undo(client_id(ctx)).await.gql()?;
         Ok(result(outcome, s))
     }
 
     /// Errors with NOTHING_TO_REDO when the redo stack is empty.
     async fn redo(&self, ctx: &Context<'_>, session_id: ID) -> Result<CommandResultView> {
-        let s = session(ctx, &session_id)?;
+        let s = session(ctx, &session_id).await?;
         let outcome = s.redo(client_id(ctx)).await.gql()?;
         Ok(result(outcome, s))
     }
@@ -556,7 +558,7 @@ async fn run(
     expected: Option<u64>,
 ) -> Result<CommandResultView> {
     check_sizes(&command, ctx.data_unchecked::<ApiLimits>())?;
-    let s = session(ctx, session_id)?;
+    let s = session(ctx, session_id).await?;
     let outcome = s
         .execute(command, expected, client_id(ctx))
         .await
@@ -607,7 +609,7 @@ impl SubscriptionRoot {
             let view = SessionEventView::from_event(one.event.clone(), template);
             return Ok(futures_util::stream::once(async move { view }).boxed());
         }
-        let s = hub.session(id).gql()?;
+        let s = hub.session(id).await.gql()?;
         let (client, slot) = match ctx.data_opt::<ConnClient>() {
             Some(c) => {
                 let limit = ctx

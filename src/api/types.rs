@@ -665,6 +665,6 @@ pub struct CleanupResultView {
 }
 
 /// A session by `ID`, or SESSION_NOT_FOUND / BAD_USER_INPUT.
-pub fn session(ctx: &Context<'_>, id: &ID) -> Result<Arc<Session>> {
-    hub(ctx).session(uuid(id, "sessionId")?).gql()
+pub async fn session(ctx: &Context<'_>, id: &ID) -> Result<Arc<Session>> {
+    hub(ctx).session(uuid(id, "sessionId")?).await.gql()
 }

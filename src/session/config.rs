@@ -29,6 +29,8 @@ pub struct SessionConfig {
     pub reaper_interval: Duration,
     /// What one command may do (batch length, nodes created, nodes per project).
     pub command_limits: Limits,
+    /// How long a session's lease lasts in a shared store; renewed every third of it.
+    pub lease: Duration,
     /// Test fault: which commands panic or fail to serialise while applied.
     #[cfg(any(test, feature = "test-support"))]
     pub apply_fault: Option<ApplyFault>,
@@ -79,6 +81,7 @@ impl Default for SessionConfig {
             idle_limit: Duration::from_secs(24 * 3600),
             reaper_interval: Duration::from_secs(600),
             command_limits: Limits::default(),
+            lease: Duration::from_secs(5),
             #[cfg(any(test, feature = "test-support"))]
             apply_fault: None,
         }

@@ -20,7 +20,7 @@ use crate::domain::command::clean_name;
 use crate::domain::error::err;
 use crate::domain::graph::NodeData;
 use crate::domain::{project_file, Delta, Dispatcher, DomainError, ErrorCode, Graph, Template};
-use crate::store::{ProjectRecord, SessionRecord, Store, StoreError, Write};
+use crate::store::{LeaseClaim, ProjectRecord, SessionRecord, Store, StoreError, Write};
 use crate::templates::TemplateCatalog;
 
 fn store_error(e: StoreError) -> DomainError {
@@ -36,6 +36,13 @@ fn store_error(e: StoreError) -> DomainError {
             ),
         ),
     }
+}
+
+fn no_session(id: Uuid) -> DomainError {
+    err(
+        ErrorCode::SessionNotFound,
+        format!("there is no session {id}; it may have been closed"),
+    )
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> DomainError {
@@ -90,7 +97,17 @@ impl Hub {
         for record in hub.store.projects().await? {
             hub.index.upsert(record);
         }
-        for record in hub.store.sessions().await? {
+        if hub.store.is_shared() {
+            // Sessions load lazily, by the instance that takes their lease
+            // (`session`), so startup does not grow with the stored sessions.
+            hub.start_lease_renewal();
+        }
+        let restore = if hub.store.is_shared() {
+            Vec::new()
+        } else {
+            hub.store.sessions().await?
+        };
+        for record in restore {
             let project = match record.project_id {
                 Some(pid) => match hub.load_project(pid).await {
                     Ok(p) => Some(p),
@@ -107,7 +124,7 @@ impl Hub {
             // whole log; the log may be ahead of a record written before it.
             let logged = hub.store.event_range(record.id).await?.map_or(0, |r| r.1);
             let last_seq = record.last_seq.max(logged);
-            hub.register(&record, project, last_seq);
+            hub.register(&record, project, last_seq, None);
         }
         let weak = Arc::downgrade(&hub);
         let interval = hub.config.reaper_interval;
@@ -163,16 +180,138 @@ impl Hub {
         self.store.is_durable()
     }
 
-    /// A live session, or SESSION_NOT_FOUND. Counts as activity.
-    pub fn session(&self, id: Uuid) -> Result<Arc<Session>, DomainError> {
-        let session = self.sessions.read().get(&id).cloned().ok_or_else(|| {
-            err(
-                ErrorCode::SessionNotFound,
-                format!("there is no session {id}; it may have been closed"),
-            )
-        })?;
+    /// A live session, or SESSION_NOT_FOUND. Counts as activity. With a
+    /// shared store, a session that is not live here is loaded from the store
+    /// under a new lease (or refused with STORE_UNAVAILABLE while another
+    /// instance holds it).
+    pub async fn session(&self, id: Uuid) -> Result<Arc<Session>, DomainError> {
+        let live = self.sessions.read().get(&id).cloned();
+        let session = match live {
+            Some(s) if !s.is_lost() => s,
+            _ if self.store.is_shared() => self.load_session(id).await?,
+            _ => return Err(no_session(id)),
+        };
         session.touch();
         Ok(session)
+    }
+
+    /// Takes the session's lease and loads it from the shared store.
+    async fn load_session(&self, id: Uuid) -> Result<Arc<Session>, DomainError> {
+        let _guard = self.lifecycle.lock().await;
+        if let Some(s) = self.find_session(id) {
+            if !s.is_lost() {
+                return Ok(s);
+            }
+            self.forget(&s);
+        }
+        // The lease first: a commit of the previous owner is then either
+        // visible to the reads below or refused by its fence.
+        let epoch = self.claim(id).await?;
+        let loaded = async {
+            let record = self
+                .store
+                .session(id)
+                .await
+                .map_err(store_error)?
+                .ok_or_else(|| no_session(id))?;
+            let project = match record.project_id {
+                Some(pid) => Some(self.load_project(pid).await?),
+                None => None,
+            };
+            let logged = self
+                .store
+                .event_range(id)
+                .await
+                .map_err(store_error)?
+                .map_or(0, |r| r.1);
+            Ok::<_, DomainError>((record.last_seq.max(logged), record, project))
+        }
+        .await;
+        match loaded {
+            Ok((last_seq, record, project)) => {
+                tracing::info!(session = %id, epoch, last_seq, "took the session over");
+                Ok(self.register(&record, project, last_seq, Some(epoch)))
+            }
+            Err(e) => {
+                if let Err(e) = self.store.release_lease(id, epoch).await {
+                    tracing::warn!(session = %id, error = %e, "could not release a lease");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// This instance's lease on `id` (its epoch), or STORE_UNAVAILABLE naming the owner.
+    async fn claim(&self, id: Uuid) -> Result<u64, DomainError> {
+        match self.store.take_lease(id).await.map_err(store_error)? {
+            LeaseClaim::Held(fence) => Ok(fence.epoch),
+            LeaseClaim::HeldBy { owner, expires_in } => Err(err(
+                ErrorCode::StoreUnavailable,
+                format!(
+                    "session {id} is served by instance {owner} now; nothing changed, retry there, or here once its lease expires (in {:.1} s unless renewed)",
+                    expires_in.as_secs_f64()
+                ),
+            )),
+        }
+    }
+
+    /// The epoch to register a new session with: a lease in a shared store, none otherwise.
+    async fn new_epoch(&self, id: Uuid) -> Result<Option<u64>, DomainError> {
+        if self.store.is_shared() {
+            Ok(Some(self.claim(id).await?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Drops a session from this instance's maps, leaving the store alone.
+    fn forget(&self, session: &Session) {
+        self.sessions.write().remove(&session.id);
+        let project_id = session.read().project.as_ref().map(|p| p.record.id);
+        if let Some(pid) = project_id {
+            let mut open = self.open.write();
+            if open.get(&pid) == Some(&session.id) {
+                open.remove(&pid);
+            }
+        }
+    }
+
+    /// Renews this instance's leases every third of a lease; a session whose
+    /// lease is gone is closed here (`Session::lose`) and forgotten.
+    fn start_lease_renewal(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let every = (self.config.lease / 3).max(std::time::Duration::from_millis(100));
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                let Some(hub) = weak.upgrade() else { return };
+                let held: Vec<(Uuid, u64)> = hub
+                    .sessions
+                    .read()
+                    .values()
+                    .filter(|s| !s.is_lost())
+                    .filter_map(|s| s.epoch.map(|e| (s.id, e)))
+                    .collect();
+                match hub.store.renew_leases(&held).await {
+                    Ok(lost) => {
+                        for id in lost {
+                            if let Some(s) = hub.find_session(id) {
+                                tracing::warn!(session = %id, "the session's lease is gone; closing it here");
+                                s.lose();
+                                hub.forget(&s);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not renew the session leases"),
+                }
+            }
+        });
     }
 
     /// A live session if there is one (no error, no activity).
@@ -206,6 +345,7 @@ impl Hub {
         record: &SessionRecord,
         project: Option<OpenProject>,
         last_seq: u64,
+        epoch: Option<u64>,
     ) -> Arc<Session> {
         let project_id = project.as_ref().map(|p| p.record.id);
         let session = Session::new(
@@ -215,6 +355,7 @@ impl Hub {
             self.config.clone(),
             self.store.clone(),
             self.index.clone(),
+            epoch,
         );
         self.sessions.write().insert(session.id, session.clone());
         if let Some(pid) = project_id {
@@ -237,11 +378,12 @@ impl Hub {
     /// A new empty session.
     pub async fn create_session(&self) -> Result<Arc<Session>, DomainError> {
         let record = Self::new_session_record(None);
+        let epoch = self.new_epoch(record.id).await?;
         self.store
             .commit(vec![Write::UpsertSession(record.clone())])
             .await
             .map_err(store_error)?;
-        Ok(self.register(&record, None, 0))
+        Ok(self.register(&record, None, 0, epoch))
     }
 
     /// Stores a new project with `graph` and opens it in a new session.
@@ -267,6 +409,7 @@ impl Hub {
             .map_err(|e| internal("could not serialise a new project", e))?;
         let session_record = Self::new_session_record(Some(record.id));
         let _guard = self.lifecycle.lock().await;
+        let epoch = self.new_epoch(session_record.id).await?;
         self.store
             .commit(vec![
                 Write::UpsertProject(record.clone()),
@@ -281,7 +424,7 @@ impl Hub {
             .map_err(store_error)?;
         self.index.upsert(record.clone());
         let project = OpenProject::new(record, template, dispatcher, 0);
-        Ok(self.register(&session_record, Some(project), 0))
+        Ok(self.register(&session_record, Some(project), 0, epoch))
     }
 
     /// A new project from a template, with its root node named after it, open in a new session.
@@ -410,19 +553,25 @@ impl Hub {
             session.touch();
             return Ok(session);
         }
-        if self.index.get(&project_id).is_none() {
+        // In a shared store another instance may have created it since this
+        // one read its index: the store decides (PROJECT_NOT_FOUND from the load).
+        if self.index.get(&project_id).is_none() && !self.store.is_shared() {
             return Err(err(
                 ErrorCode::ProjectNotFound,
                 format!("there is no project {project_id}"),
             ));
         }
         let project = self.load_project(project_id).await?;
+        if self.store.is_shared() {
+            self.index.upsert(project.record.clone());
+        }
         let record = Self::new_session_record(Some(project_id));
+        let epoch = self.new_epoch(record.id).await?;
         self.store
             .commit(vec![Write::UpsertSession(record.clone())])
             .await
             .map_err(store_error)?;
-        Ok(self.register(&record, Some(project), 0))
+        Ok(self.register(&record, Some(project), 0, epoch))
     }
 
     /// Deletes a stored project; refused while people are working in it.
@@ -474,18 +623,12 @@ impl Hub {
         })?;
         session.close();
         session.stopped().await;
-        self.store
+        // Fenced in a shared store: an instance that lost the session must not delete it.
+        session
             .commit(vec![Write::DeleteSession(id)])
             .await
             .map_err(store_error)?;
-        self.sessions.write().remove(&id);
-        let project_id = session.read().project.as_ref().map(|p| p.record.id);
-        if let Some(pid) = project_id {
-            let mut open = self.open.write();
-            if open.get(&pid) == Some(&id) {
-                open.remove(&pid);
-            }
-        }
+        self.forget(&session);
         Ok(true)
     }
 
@@ -523,7 +666,7 @@ impl Hub {
         since: Option<u64>,
         client: Option<ClientInfo>,
     ) -> Result<impl Stream<Item = Arc<SessionEvent>>, DomainError> {
-        let session = self.session(session_id)?;
+        let session = self.session(session_id).await?;
         if *self.stop.borrow() {
             return Err(err(
                 ErrorCode::StoreUnavailable,
@@ -579,6 +722,23 @@ impl Hub {
         }
         for session in &sessions {
             session.stopped().await;
+        }
+        if self.store.is_shared() {
+            // Each record fenced, so an instance that lost a session leaves
+            // it alone; then the lease goes, and another instance need not
+            // wait for it to expire.
+            for s in sessions.iter().filter(|s| !s.is_lost()) {
+                if let Err(e) = s.commit(vec![Write::UpsertSession(s.record())]).await {
+                    tracing::warn!(session = %s.id, error = %e, "could not store the session's last activity on shutdown");
+                }
+                if let Some(epoch) = s.epoch {
+                    if let Err(e) = self.store.release_lease(s.id, epoch).await {
+                        tracing::warn!(session = %s.id, error = %e, "could not release the session's lease");
+                    }
+                }
+            }
+            self.store.close().await;
+            return;
         }
         // Last activity moves with reads too; store it once more.
         let records = sessions

@@ -36,7 +36,7 @@ use super::ProjectIndex;
 use crate::domain::error::err;
 use crate::domain::history::Revert;
 use crate::domain::{Command, Ctx, Dispatcher, DomainError, ErrorCode, Op, Template};
-use crate::store::{ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write};
+use crate::store::{Fence, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write};
 
 /// The project a session has open.
 pub struct OpenProject {
@@ -198,9 +198,15 @@ pub struct Session {
     work: Notify,
     /// Set by a shutdown: jobs are refused with a message saying so.
     shutting_down: std::sync::atomic::AtomicBool,
+    /// Set when the lease went to another instance (`lose`).
+    lost: std::sync::atomic::AtomicBool,
     pub(super) config: Arc<SessionConfig>,
     pub(super) store: Arc<dyn Store>,
     index: Arc<ProjectIndex>,
+    /// The epoch of this instance's lease on the session, in a shared store:
+    /// every commit of the session is fenced with it. `None` for a store one
+    /// process owns. A session whose lease is lost is closed, never re-armed.
+    pub(super) epoch: Option<u64>,
 }
 
 impl Session {
@@ -212,6 +218,7 @@ impl Session {
         config: Arc<SessionConfig>,
         store: Arc<dyn Store>,
         index: Arc<ProjectIndex>,
+        epoch: Option<u64>,
     ) -> Arc<Session> {
         Arc::new(Session {
             id: record.id,
@@ -230,10 +237,41 @@ impl Session {
             idle: Notify::new(),
             work: Notify::new(),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            lost: std::sync::atomic::AtomicBool::new(false),
             config,
             store,
             index,
+            epoch,
         })
+    }
+
+    /// The fence for a commit on top of the committed state, if the store is shared.
+    pub(super) fn fence(&self) -> Option<Fence> {
+        self.epoch.map(|epoch| Fence {
+            session_id: self.id,
+            epoch,
+            last_seq: self.state.read().last_seq,
+        })
+    }
+
+    /// Commits `writes`, fenced by the session's lease when the store is shared.
+    pub(super) async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        match self.fence() {
+            Some(fence) => self.store.commit_fenced(&fence, writes).await,
+            None => self.store.commit(writes).await,
+        }
+    }
+
+    /// Whether this instance lost the session to another (its lease was taken over).
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Closes the session here because another instance owns it now: jobs
+    /// are refused with a retryable error and the next use loads it afresh.
+    pub(super) fn lose(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+        self.close();
     }
 
     /// Read access to the session's state; hold it briefly and never across an await.
@@ -325,7 +363,15 @@ impl Session {
 
     /// The error for a job refused by a closed session.
     fn closed_error(&self) -> DomainError {
-        if self.shutting_down.load(Ordering::SeqCst) {
+        if self.is_lost() {
+            err(
+                ErrorCode::StoreUnavailable,
+                format!(
+                    "session {} moved to another instance; nothing changed, retry",
+                    self.id
+                ),
+            )
+        } else if self.shutting_down.load(Ordering::SeqCst) {
             err(
                 ErrorCode::StoreUnavailable,
                 "the server is shutting down; nothing changed, retry once it is back",
@@ -633,6 +679,13 @@ fn group_failed() -> DomainError {
 /// A commit failure as callers see it.
 fn commit_error(session: &Session, e: &StoreError) -> DomainError {
     match e {
+        StoreError::Conflict(_) if session.is_lost() => err(
+            ErrorCode::StoreUnavailable,
+            format!(
+                "session {} moved to another instance; nothing changed, retry",
+                session.id
+            ),
+        ),
         StoreError::Conflict(_) | StoreError::Corrupt(_) => {
             tracing::error!(session = %session.id, error = %e, "commit refused by the store");
             internal("the change collides with what is stored and was not applied")
@@ -831,7 +884,7 @@ async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
 
     let writes = std::mem::take(&mut group.writes);
     let started = std::time::Instant::now();
-    let committed = session.store.commit(writes).await;
+    let committed = session.commit(writes).await;
     metrics::histogram!(crate::metrics::names::COMMIT_SECONDS)
         .record(started.elapsed().as_secs_f64());
     metrics::histogram!(crate::metrics::names::COMMIT_GROUP_SIZE)
@@ -899,6 +952,13 @@ async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
             // Presence is what it is whether or not it could be recorded.
             if let Some(clients) = group.clients.take() {
                 session.state.write().clients = clients;
+            }
+            if session.epoch.is_some() && matches!(e, StoreError::Conflict(_)) {
+                // The lease went to another instance (or the log moved on
+                // without us): this copy is stale. It closes; the next use
+                // loads the session from the store under a new lease.
+                tracing::warn!(session = %session.id, error = %e, "lost the session to another instance; closing it here");
+                session.lose();
             }
             let failure = commit_error(session, &e);
             for p in group.pending {

@@ -5,11 +5,14 @@
 //! are opaque JSON strings (serialised dispatcher state, ops and events) so a
 //! store never needs to understand the domain. `sqlite` is the default
 //! embedded store; `memory` keeps everything in the process (`--in-memory`);
-//! `faulty` wraps either to make commits fail on demand in tests.
+//! `postgres` is shared by the instances of a cluster (`--database-url`), with
+//! a lease per session and fenced commits; `faulty` wraps a store to make
+//! commits fail on demand in tests.
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod faulty;
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -18,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use memory::MemoryStore;
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// A project's metadata, kept up to date with every commit that changes it.
@@ -147,12 +151,44 @@ impl StoreError {
     }
 }
 
+/// What a commit of a session in a shared store must still find true, checked
+/// in the commit's own transaction: this instance holds the session's lease
+/// with `epoch`, and the session's newest stored seq is `last_seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub session_id: Uuid,
+    /// The fencing token: grows with every claim of the lease.
+    pub epoch: u64,
+    /// The seq the session's log ends at before this commit.
+    pub last_seq: u64,
+}
+
+/// The answer to `take_lease`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseClaim {
+    /// This instance owns the session now; commit with this fence (its
+    /// `last_seq` is to be filled in from the stored session).
+    Held(Fence),
+    /// Another instance owns it, for at least `expires_in` unless it renews.
+    HeldBy {
+        owner: String,
+        expires_in: std::time::Duration,
+    },
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Applies every write atomically; for a durable store, durably before returning.
     /// Concurrent commits may be grouped into one transaction, but each call
     /// succeeds or fails as a whole.
     async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError>;
+    /// `commit`, refused with `Conflict` (and nothing kept) unless `fence`
+    /// still holds. A store owned by one process has no other writer, so by
+    /// default this is `commit`.
+    async fn commit_fenced(&self, fence: &Fence, writes: Vec<Write>) -> Result<(), StoreError> {
+        let _ = fence;
+        self.commit(writes).await
+    }
     async fn projects(&self) -> Result<Vec<ProjectRecord>, StoreError>;
     async fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError>;
     async fn load_project(&self, id: Uuid) -> Result<Option<LoadedProject>, StoreError>;
@@ -165,8 +201,38 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<StoredEvent>, StoreError>;
     /// The (oldest, newest) retained seq of the session's log, or `None` if it is empty.
     async fn event_range(&self, session_id: Uuid) -> Result<Option<(u64, u64)>, StoreError>;
+    /// One stored session record.
+    async fn session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError> {
+        Ok(self.sessions().await?.into_iter().find(|s| s.id == id))
+    }
     /// Whether commits survive a restart (false for the in-memory store).
     fn is_durable(&self) -> bool;
+    /// Whether several processes share the store, so that a session needs a
+    /// lease (`take_lease`) and its commits a fence. False by default: the
+    /// SQLite store is locked by one process, the memory store lives in one.
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Claims the session's lease for this process (free, expired or already
+    /// its own), with a new epoch. Unshared stores have one owner: always held.
+    async fn take_lease(&self, session_id: Uuid) -> Result<LeaseClaim, StoreError> {
+        Ok(LeaseClaim::Held(Fence {
+            session_id,
+            epoch: 0,
+            last_seq: 0,
+        }))
+    }
+    /// Extends the leases held as (session, epoch); returns the sessions whose
+    /// lease is no longer this process's (taken over, or gone).
+    async fn renew_leases(&self, held: &[(Uuid, u64)]) -> Result<Vec<Uuid>, StoreError> {
+        let _ = held;
+        Ok(Vec::new())
+    }
+    /// Gives a lease up (the session closed here), so another instance need not wait for it to expire.
+    async fn release_lease(&self, session_id: Uuid, epoch: u64) -> Result<(), StoreError> {
+        let _ = (session_id, epoch);
+        Ok(())
+    }
     /// Finishes pending commits; called once at shutdown.
     async fn close(&self) {}
 }

@@ -23,9 +23,14 @@ pub struct Server {
 
 /// Starts `talus-tally serve` on 127.0.0.1:0 with `data_dir`; returns once it logs its address.
 pub fn spawn(data_dir: &std::path::Path) -> Server {
+    spawn_with(&["--data-dir".as_ref(), data_dir.as_os_str()])
+}
+
+/// Starts `talus-tally serve` on 127.0.0.1:0 with these further arguments; returns once it logs its address.
+pub fn spawn_with(args: &[&std::ffi::OsStr]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_talus-tally"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -209,6 +209,18 @@ pub struct Http {
 }
 
 impl Http {
+    /// A client of the server at `base` (`http://ADDR`), e.g. a real binary's.
+    pub fn new(base: &str) -> Http {
+        Http {
+            client: reqwest::Client::builder()
+                .timeout(TIMEOUT)
+                .build()
+                .expect("an HTTP client"),
+            base: base.to_string(),
+            client_id: None,
+        }
+    }
+
     /// The same client, sending `x-client-id: id` with every request.
     pub fn as_client(&self, id: &str) -> Http {
         Http {

@@ -1,0 +1,794 @@
+//! The PostgreSQL store (`--database-url`): the system of record of a cluster of instances.
+//!
+//! Layout of the work:
+//!
+//! - A pool of connections (deadpool-postgres over tokio-postgres). Each
+//!   `commit` is one transaction on one pooled connection: the session actor
+//!   already groups a session's jobs into one call, and PostgreSQL groups the
+//!   WAL flushes of concurrent commits by itself, so there is no writer thread
+//!   as in the SQLite store. A reply is sent only after `COMMIT` returned.
+//! - Ops and events are written with plain INSERT: a version or seq stored
+//!   twice is a `Conflict` (unique violation), never an overwrite.
+//! - Sessions are owned through leases (`session_leases`: owner instance,
+//!   epoch, expiry). `take_lease` claims a free or expired lease, or one this
+//!   instance holds already, and bumps the epoch; a fenced commit locks the
+//!   lease row and the session row (`SELECT ... FOR UPDATE`) and refuses with
+//!   `Conflict` unless the epoch and the session's last seq are what the
+//!   committer expects. A stale owner therefore cannot write, and two commits
+//!   of one session are serialised on its rows, so seq order is commit order.
+//! - The schema is an ordered list of migrations (`MIGRATIONS`), applied at
+//!   start in one transaction under an advisory lock (instances starting
+//!   together take turns) and counted in `talus_schema`. A database with a
+//!   newer schema than this binary knows is refused untouched.
+//!
+//! Timestamps are stored as RFC 3339 text with nine fractional digits, as in
+//! the SQLite store: `timestamptz` keeps microseconds only, and a record must
+//! read back exactly as it was written. Lease expiry is the database's own
+//! clock (`now()`), so instances need not agree on the time.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{IsolationLevel, NoTls, Row};
+use uuid::Uuid;
+
+use super::{
+    Fence, LeaseClaim, LoadedProject, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent,
+    Write,
+};
+
+/// The schema, one migration per version: `MIGRATIONS[i]` takes a database
+/// from version i to i + 1. Append new versions; never edit old ones.
+const MIGRATIONS: &[&str] = &[
+    // 1: the same tables as the SQLite store's schema 2, plus the leases.
+    "CREATE TABLE projects (
+        id uuid PRIMARY KEY,
+        name text NOT NULL,
+        template_id text NOT NULL,
+        created_at text NOT NULL,
+        updated_at text NOT NULL,
+        version bigint NOT NULL,
+        node_count bigint NOT NULL
+    );
+    CREATE TABLE project_snapshots (
+        project_id uuid PRIMARY KEY,
+        version bigint NOT NULL,
+        state text NOT NULL
+    );
+    CREATE TABLE project_ops (
+        project_id uuid NOT NULL,
+        version bigint NOT NULL,
+        op text NOT NULL,
+        PRIMARY KEY (project_id, version)
+    );
+    CREATE TABLE sessions (
+        id uuid PRIMARY KEY,
+        project_id uuid,
+        created_at text NOT NULL,
+        last_activity text NOT NULL,
+        last_seq bigint NOT NULL DEFAULT 0
+    );
+    CREATE TABLE session_events (
+        session_id uuid NOT NULL,
+        seq bigint NOT NULL,
+        json text NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    );
+    CREATE TABLE session_leases (
+        session_id uuid PRIMARY KEY,
+        owner text NOT NULL,
+        epoch bigint NOT NULL,
+        expires_at timestamptz NOT NULL
+    );",
+];
+
+/// The advisory lock key under which migrations run ("talus" in ASCII).
+const MIGRATION_LOCK: i64 = 0x74_61_6c_75_73;
+
+/// Tuning of a `PostgresStore`.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// Connections in the pool: how many commits and reads run at the same time.
+    pub pool_size: usize,
+    /// How long connecting, or waiting for a free connection, may take before the call fails.
+    pub connect_timeout: Duration,
+    /// This instance's name, as the owner of its leases (and in `pg_stat_activity`).
+    pub instance_id: String,
+    /// How long a lease lasts unless renewed.
+    pub lease: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(5),
+            instance_id: format!("pid-{}", std::process::id()),
+            lease: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The shared store: one PostgreSQL database (see the module docs).
+pub struct PostgresStore {
+    pool: Pool,
+    options: PostgresOptions,
+    closed: AtomicBool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://USER:PASS@HOST:PORT/DB`), migrates the
+    /// schema, and keeps a pool of connections.
+    pub async fn connect(url: &str, options: PostgresOptions) -> anyhow::Result<PostgresStore> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .context("the database URL is not a PostgreSQL connection string")?;
+        config.connect_timeout(options.connect_timeout);
+        config.application_name(format!("talus-tally {}", options.instance_id));
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .wait_timeout(Some(options.connect_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(options.connect_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .context("could not set up the connection pool")?;
+        let mut client = pool
+            .get()
+            .await
+            .map_err(|e| anyhow::anyhow!("could not connect to the database: {e}"))?;
+        migrate(&mut client).await?;
+        drop(client);
+        Ok(PostgresStore {
+            pool,
+            options,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// The name this instance holds leases under.
+    pub fn instance_id(&self) -> &str {
+        &self.options.instance_id
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
+        self.pool.get().await.map_err(|e| match e {
+            PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+                StoreError::Busy("every database connection is in use".into())
+            }
+            PoolError::Backend(e) => pg_error(&e),
+            PoolError::Closed => StoreError::Unavailable("the store is closed".into()),
+            other => {
+                tracing::warn!(error = %other, "could not get a database connection");
+                StoreError::Unavailable("cannot connect to the database".into())
+            }
+        })
+    }
+
+    fn lease_secs(&self) -> f64 {
+        self.options.lease.as_secs_f64()
+    }
+}
+
+/// Applies the migrations this database has not seen yet, or refuses a newer one.
+async fn migrate(client: &mut deadpool_postgres::Client) -> anyhow::Result<()> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('talus_schema') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    let version: i64 = if exists {
+        tx.query_one("SELECT version FROM talus_schema", &[])
+            .await
+            .context("the schema table talus_schema has no version row")?
+            .get(0)
+    } else {
+        0
+    };
+    let known = MIGRATIONS.len();
+    let version = match usize::try_from(version) {
+        Ok(v) if v <= known => v,
+        _ => bail!(
+            "the database was written by a newer Talus Tally (schema {version}, this binary knows up to {known}); refusing to use it"
+        ),
+    };
+    if version == known {
+        tx.rollback().await?;
+        return Ok(());
+    }
+    if !exists {
+        tx.batch_execute(
+            "CREATE TABLE talus_schema (version bigint NOT NULL); INSERT INTO talus_schema VALUES (0);",
+        )
+        .await?;
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.batch_execute(sql)
+            .await
+            .with_context(|| format!("Failed to migrate the schema to version {}", i + 1))?;
+    }
+    tx.execute("UPDATE talus_schema SET version = $1", &[&(known as i64)])
+        .await?;
+    tx.commit().await?;
+    tracing::info!(from = version, to = known, "migrated the database schema");
+    Ok(())
+}
+
+/// A `u64` as a PostgreSQL bigint; larger values fail the commit.
+fn int(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Unavailable(format!("{v} is too large to store")))
+}
+
+/// A bigint read back as a `u64`; a negative one means the row was not written by us.
+fn uint(row: &Row, idx: usize) -> Result<u64, StoreError> {
+    let v: i64 = column(row, idx)?;
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("a stored count is negative ({v})")))
+}
+
+fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    idx: usize,
+) -> Result<T, StoreError> {
+    row.try_get(idx)
+        .map_err(|e| StoreError::Corrupt(format!("a stored value cannot be read back: {e}")))
+}
+
+/// RFC 3339 with nine fractional digits: exact, and ordered as text.
+fn timestamp(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+fn time_column(row: &Row, idx: usize) -> Result<DateTime<Utc>, StoreError> {
+    let text: String = column(row, idx)?;
+    DateTime::parse_from_rfc3339(&text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("a stored time cannot be read back: {e}")))
+}
+
+fn project_row(row: &Row) -> Result<ProjectRecord, StoreError> {
+    Ok(ProjectRecord {
+        id: column(row, 0)?,
+        name: column(row, 1)?,
+        template_id: column(row, 2)?,
+        created_at: time_column(row, 3)?,
+        updated_at: time_column(row, 4)?,
+        version: uint(row, 5)?,
+        node_count: uint(row, 6)?,
+    })
+}
+
+fn session_row(row: &Row) -> Result<SessionRecord, StoreError> {
+    Ok(SessionRecord {
+        id: column(row, 0)?,
+        project_id: column(row, 1)?,
+        created_at: time_column(row, 2)?,
+        last_activity: time_column(row, 3)?,
+        last_seq: uint(row, 4)?,
+    })
+}
+
+const PROJECT_COLUMNS: &str = "id, name, template_id, created_at, updated_at, version, node_count";
+const SESSION_COLUMNS: &str = "id, project_id, created_at, last_activity, last_seq";
+
+/// The kind of a driver error and a short message for people; the full error goes to the log.
+fn pg_error(e: &tokio_postgres::Error) -> StoreError {
+    let Some(code) = e.code() else {
+        // No SQLSTATE: the connection broke, or a value did not convert.
+        if e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()) {
+            return StoreError::Unavailable("the database connection was lost".into());
+        }
+        return StoreError::Unavailable(format!("the database call failed: {e}"));
+    };
+    let message = e
+        .as_db_error()
+        .map_or_else(|| e.to_string(), |d| d.message().to_string());
+    if *code == SqlState::UNIQUE_VIOLATION {
+        return StoreError::Conflict(
+            "a seq or version that is already stored was written again".into(),
+        );
+    }
+    if [
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::LOCK_NOT_AVAILABLE,
+        SqlState::QUERY_CANCELED,
+        SqlState::TOO_MANY_CONNECTIONS,
+        SqlState::OUT_OF_MEMORY,
+    ]
+    .contains(code)
+    {
+        return StoreError::Busy(message);
+    }
+    if *code == SqlState::DISK_FULL {
+        return StoreError::Full("the database's disk is full".into());
+    }
+    if [SqlState::DATA_CORRUPTED, SqlState::INDEX_CORRUPTED].contains(code) {
+        return StoreError::Corrupt(message);
+    }
+    // Read-only standby, shutdown, connection failures and everything else:
+    // the database cannot take writes now.
+    StoreError::Unavailable(message)
+}
+
+/// Logs the full error and returns its typed kind.
+fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> StoreError + '_ {
+    move |e| {
+        let kind = pg_error(&e);
+        tracing::warn!(error = %e, kind = kind.kind(), "store {what} failed");
+        kind
+    }
+}
+
+/// Checks, under row locks held until the transaction ends, that `fence`
+/// still owns its session and that the session's log ends where the committer thinks.
+async fn check_fence(
+    tx: &deadpool_postgres::Transaction<'_>,
+    fence: &Fence,
+) -> Result<(), StoreError> {
+    let sql = "SELECT epoch, owner FROM session_leases WHERE session_id = $1 FOR UPDATE";
+    let lease = tx
+        .query_opt(
+            &tx.prepare_cached(sql).await.map_err(failed("fence"))?,
+            &[&fence.session_id],
+        )
+        .await
+        .map_err(failed("fence"))?;
+    let epoch = match &lease {
+        Some(row) => Some(uint(row, 0)?),
+        None => None,
+    };
+    if epoch != Some(fence.epoch) {
+        return Err(StoreError::Conflict(format!(
+            "session {} is owned by another instance now (lease epoch {} instead of {})",
+            fence.session_id,
+            epoch.map_or_else(|| "none".to_string(), |e| e.to_string()),
+            fence.epoch
+        )));
+    }
+    let sql = "SELECT last_seq FROM sessions WHERE id = $1 FOR UPDATE";
+    let session = tx
+        .query_opt(
+            &tx.prepare_cached(sql).await.map_err(failed("fence"))?,
+            &[&fence.session_id],
+        )
+        .await
+        .map_err(failed("fence"))?;
+    let last_seq = match &session {
+        Some(row) => uint(row, 0)?,
+        None => 0,
+    };
+    if last_seq != fence.last_seq {
+        return Err(StoreError::Conflict(format!(
+            "session {} has events up to seq {last_seq}, not {}",
+            fence.session_id, fence.last_seq
+        )));
+    }
+    Ok(())
+}
+
+/// Runs one statement (prepared once per connection) with `params`.
+async fn exec(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, StoreError> {
+    let stmt = tx.prepare_cached(sql).await.map_err(failed("commit"))?;
+    tx.execute(&stmt, params).await.map_err(failed("commit"))
+}
+
+/// Applies one write inside the commit's transaction.
+async fn apply(tx: &deadpool_postgres::Transaction<'_>, write: &Write) -> Result<(), StoreError> {
+    match write {
+        Write::UpsertProject(p) => {
+            exec(
+                tx,
+                "INSERT INTO projects (id, name, template_id, created_at, updated_at, version, node_count)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, template_id = excluded.template_id,
+                   created_at = excluded.created_at, updated_at = excluded.updated_at,
+                   version = excluded.version, node_count = excluded.node_count",
+                &[
+                    &p.id,
+                    &p.name,
+                    &p.template_id,
+                    &timestamp(&p.created_at),
+                    &timestamp(&p.updated_at),
+                    &int(p.version)?,
+                    &int(p.node_count)?,
+                ],
+            )
+            .await?;
+        }
+        Write::Snapshot {
+            project_id,
+            version,
+            state,
+        } => {
+            let version = int(*version)?;
+            // A snapshot serialised in the background may arrive after a
+            // newer one: the newer one stays.
+            exec(
+                tx,
+                "INSERT INTO project_snapshots (project_id, version, state) VALUES ($1, $2, $3)
+                 ON CONFLICT (project_id) DO UPDATE SET version = excluded.version, state = excluded.state
+                 WHERE excluded.version >= project_snapshots.version",
+                &[project_id, &version, state],
+            )
+            .await?;
+            exec(
+                tx,
+                "DELETE FROM project_ops WHERE project_id = $1 AND version <= $2",
+                &[project_id, &version],
+            )
+            .await?;
+        }
+        Write::AppendOp {
+            project_id,
+            version,
+            op,
+        } => {
+            exec(
+                tx,
+                "INSERT INTO project_ops (project_id, version, op) VALUES ($1, $2, $3)",
+                &[project_id, &int(*version)?, op],
+            )
+            .await?;
+        }
+        Write::DeleteProject(id) => {
+            exec(tx, "DELETE FROM projects WHERE id = $1", &[id]).await?;
+            exec(
+                tx,
+                "DELETE FROM project_snapshots WHERE project_id = $1",
+                &[id],
+            )
+            .await?;
+            exec(tx, "DELETE FROM project_ops WHERE project_id = $1", &[id]).await?;
+        }
+        Write::UpsertSession(s) => {
+            exec(
+                tx,
+                "INSERT INTO sessions (id, project_id, created_at, last_activity, last_seq)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE SET project_id = excluded.project_id,
+                   created_at = excluded.created_at, last_activity = excluded.last_activity,
+                   last_seq = excluded.last_seq",
+                &[
+                    &s.id,
+                    &s.project_id,
+                    &timestamp(&s.created_at),
+                    &timestamp(&s.last_activity),
+                    &int(s.last_seq)?,
+                ],
+            )
+            .await?;
+        }
+        Write::DeleteSession(id) => {
+            exec(tx, "DELETE FROM sessions WHERE id = $1", &[id]).await?;
+            exec(
+                tx,
+                "DELETE FROM session_events WHERE session_id = $1",
+                &[id],
+            )
+            .await?;
+            exec(
+                tx,
+                "DELETE FROM session_leases WHERE session_id = $1",
+                &[id],
+            )
+            .await?;
+        }
+        Write::AppendEvents { session_id, events } => {
+            if events.is_empty() {
+                return Ok(());
+            }
+            // One statement for the whole list (arrays unnested), plain INSERT:
+            // a seq already stored is a collision, never an overwrite.
+            let seqs = events
+                .iter()
+                .map(|e| int(e.seq))
+                .collect::<Result<Vec<i64>, _>>()?;
+            let jsons: Vec<&str> = events.iter().map(|e| e.json.as_str()).collect();
+            exec(
+                tx,
+                "INSERT INTO session_events (session_id, seq, json)
+                 SELECT $1, seq, json FROM unnest($2::bigint[], $3::text[]) AS e(seq, json)",
+                &[session_id, &seqs, &jsons],
+            )
+            .await?;
+        }
+        Write::PruneEvents {
+            session_id,
+            below_seq,
+        } => {
+            // Above i64::MAX every stored seq is below it.
+            let below = i64::try_from(*below_seq).unwrap_or(i64::MAX);
+            exec(
+                tx,
+                "DELETE FROM session_events WHERE session_id = $1 AND seq < $2",
+                &[session_id, &below],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        self.commit_inner(None, writes).await
+    }
+
+    async fn commit_fenced(&self, fence: &Fence, writes: Vec<Write>) -> Result<(), StoreError> {
+        self.commit_inner(Some(fence), writes).await
+    }
+
+    async fn projects(&self) -> Result<Vec<ProjectRecord>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {PROJECT_COLUMNS} FROM projects ORDER BY created_at, id");
+        let rows = client.query(&sql, &[]).await.map_err(failed("read"))?;
+        rows.iter().map(project_row).collect()
+    }
+
+    async fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions ORDER BY created_at, id");
+        let rows = client.query(&sql, &[]).await.map_err(failed("read"))?;
+        rows.iter().map(session_row).collect()
+    }
+
+    async fn session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
+        let stmt = client.prepare_cached(&sql).await.map_err(failed("read"))?;
+        let row = client
+            .query_opt(&stmt, &[&id])
+            .await
+            .map_err(failed("read"))?;
+        row.as_ref().map(session_row).transpose()
+    }
+
+    async fn load_project(&self, id: Uuid) -> Result<Option<LoadedProject>, StoreError> {
+        let mut client = self.client().await?;
+        // One snapshot of the database, so the snapshot and the ops after it
+        // come from the same commit even while another commit replaces the snapshot.
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(failed("read"))?;
+        let sql = format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = $1");
+        let Some(row) = tx.query_opt(&sql, &[&id]).await.map_err(failed("read"))? else {
+            return Ok(None);
+        };
+        let record = project_row(&row)?;
+        let snapshot = tx
+            .query_opt(
+                "SELECT version, state FROM project_snapshots WHERE project_id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(failed("read"))?
+            .map(|row| Ok::<_, StoreError>((uint(&row, 0)?, column::<String>(&row, 1)?)))
+            .transpose()?;
+        let after = int(snapshot.as_ref().map_or(0, |s| s.0))?;
+        let tail = tx
+            .query(
+                "SELECT version, op FROM project_ops WHERE project_id = $1 AND version > $2 ORDER BY version",
+                &[&id, &after],
+            )
+            .await
+            .map_err(failed("read"))?
+            .iter()
+            .map(|row| Ok((uint(row, 0)?, column::<String>(row, 1)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        tx.commit().await.map_err(failed("read"))?;
+        Ok(Some(LoadedProject {
+            record,
+            snapshot,
+            tail,
+        }))
+    }
+
+    async fn events(
+        &self,
+        session_id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        // Seqs are bigints, so none is above i64::MAX.
+        let Ok(after) = i64::try_from(after) else {
+            return Ok(Vec::new());
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT seq, json FROM session_events
+                 WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            )
+            .await
+            .map_err(failed("read"))?;
+        let rows = client
+            .query(&stmt, &[&session_id, &after, &limit])
+            .await
+            .map_err(failed("read"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredEvent {
+                    seq: uint(row, 0)?,
+                    json: column(row, 1)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn event_range(&self, session_id: Uuid) -> Result<Option<(u64, u64)>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT min(seq), max(seq) FROM session_events WHERE session_id = $1")
+            .await
+            .map_err(failed("read"))?;
+        let row = client
+            .query_one(&stmt, &[&session_id])
+            .await
+            .map_err(failed("read"))?;
+        let first: Option<i64> = column(&row, 0)?;
+        let last: Option<i64> = column(&row, 1)?;
+        match (first, last) {
+            (Some(first), Some(last)) => Ok(Some((
+                u64::try_from(first).map_err(|_| StoreError::Corrupt("a negative seq".into()))?,
+                u64::try_from(last).map_err(|_| StoreError::Corrupt("a negative seq".into()))?,
+            ))),
+            _ => Ok(None),
+        }
+    }
+
+    fn is_durable(&self) -> bool {
+        true
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn take_lease(&self, session_id: Uuid) -> Result<LeaseClaim, StoreError> {
+        let client = self.client().await?;
+        // Claimed when free, expired, or already ours; the epoch grows with
+        // every claim, so a commit fenced with an older one is refused.
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO session_leases (session_id, owner, epoch, expires_at)
+                 VALUES ($1, $2, 1, now() + make_interval(secs => $3))
+                 ON CONFLICT (session_id) DO UPDATE
+                   SET owner = excluded.owner, epoch = session_leases.epoch + 1,
+                       expires_at = excluded.expires_at
+                   WHERE session_leases.owner = excluded.owner OR session_leases.expires_at < now()
+                 RETURNING epoch",
+            )
+            .await
+            .map_err(failed("lease"))?;
+        let me = &self.options.instance_id;
+        let row = client
+            .query_opt(&stmt, &[&session_id, me, &self.lease_secs()])
+            .await
+            .map_err(failed("lease"))?;
+        if let Some(row) = row {
+            return Ok(LeaseClaim::Held(Fence {
+                session_id,
+                epoch: uint(&row, 0)?,
+                last_seq: 0,
+            }));
+        }
+        let row = client
+            .query_opt(
+                "SELECT owner, greatest(extract(epoch FROM expires_at - now()), 0)::float8
+                 FROM session_leases WHERE session_id = $1",
+                &[&session_id],
+            )
+            .await
+            .map_err(failed("lease"))?;
+        match row {
+            Some(row) => Ok(LeaseClaim::HeldBy {
+                owner: column(&row, 0)?,
+                expires_in: Duration::from_secs_f64(column::<f64>(&row, 1)?.max(0.0)),
+            }),
+            // Released between the two statements: whoever asks again gets it.
+            None => Err(StoreError::Busy(format!(
+                "the lease on session {session_id} changed hands; retry"
+            ))),
+        }
+    }
+
+    async fn renew_leases(&self, held: &[(Uuid, u64)]) -> Result<Vec<Uuid>, StoreError> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let ids: Vec<Uuid> = held.iter().map(|h| h.0).collect();
+        let epochs = held
+            .iter()
+            .map(|h| int(h.1))
+            .collect::<Result<Vec<i64>, _>>()?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE session_leases l SET expires_at = now() + make_interval(secs => $2)
+                 FROM unnest($3::uuid[], $4::bigint[]) AS h(id, epoch)
+                 WHERE l.session_id = h.id AND l.epoch = h.epoch AND l.owner = $1
+                 RETURNING l.session_id",
+            )
+            .await
+            .map_err(failed("lease"))?;
+        let rows = client
+            .query(
+                &stmt,
+                &[&self.options.instance_id, &self.lease_secs(), &ids, &epochs],
+            )
+            .await
+            .map_err(failed("lease"))?;
+        let renewed: std::collections::HashSet<Uuid> = rows
+            .iter()
+            .map(|r| column(r, 0))
+            .collect::<Result<_, _>>()?;
+        Ok(ids.into_iter().filter(|id| !renewed.contains(id)).collect())
+    }
+
+    async fn release_lease(&self, session_id: Uuid, epoch: u64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM session_leases WHERE session_id = $1 AND epoch = $2 AND owner = $3",
+                &[&session_id, &int(epoch)?, &self.options.instance_id],
+            )
+            .await
+            .map_err(failed("lease"))?;
+        Ok(())
+    }
+
+    /// Refuses new calls; a commit in flight finishes on its connection.
+    async fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.pool.close();
+    }
+}
+
+impl PostgresStore {
+    async fn commit_inner(
+        &self,
+        fence: Option<&Fence>,
+        writes: Vec<Write>,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(failed("commit"))?;
+        if let Some(fence) = fence {
+            check_fence(&tx, fence).await?;
+        }
+        for write in &writes {
+            apply(&tx, write).await?;
+        }
+        // An error here leaves the outcome unknown (the connection may have
+        // died after the server committed); the caller is told it failed and
+        // a later commit on top of it is refused by the fence or by the plain INSERTs.
+        tx.commit().await.map_err(failed("commit"))
+    }
+}

@@ -1,0 +1,479 @@
+//! The PostgreSQL store and a cluster of instances on it, against a private PostgreSQL started by the tests.
+//!
+//! Every test gets its own database on one cluster per test process
+//! (`common::postgres`). Without PostgreSQL binaries each test says it was
+//! skipped and how to install them; with `TALUS_REQUIRE_POSTGRES=1` it fails.
+
+#[path = "common/binary.rs"]
+mod binary;
+mod common;
+#[path = "common/postgres.rs"]
+mod pg;
+#[path = "common/store_suite.rs"]
+mod store_suite;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pg::{cluster, options};
+use store_suite::events;
+use talus_tally::store::{Fence, LeaseClaim, PostgresStore, Store, StoreError, Write};
+use uuid::Uuid;
+
+/// The cluster, or an early return after the skip notice.
+macro_rules! cluster_or_skip {
+    () => {
+        match cluster() {
+            Some(c) => c,
+            None => return,
+        }
+    };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_round_trips_exactly_as_in_the_memory_store() {
+    let pg = cluster_or_skip!();
+    let (_, store) = pg.store().await;
+    store_suite::round_trips_as_the_memory_store(&store).await;
+    store.close().await;
+    let error = store
+        .commit(vec![events(Uuid::new_v4(), [1])])
+        .await
+        .unwrap_err();
+    assert_eq!(error.to_string(), "store unavailable: the store is closed");
+}
+
+/// Also the benchmark of commits on PostgreSQL: it prints commits per second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_from_32_tasks_all_land() {
+    let pg = cluster_or_skip!();
+    let (_, store) = pg.store().await;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let elapsed = store_suite::concurrent_commits_all_land(store.clone(), 32, 30).await;
+    println!(
+        "{} commits from 32 tasks in {elapsed:.2?}: {:.0} commits/s",
+        32 * 30,
+        (32 * 30) as f64 / elapsed.as_secs_f64()
+    );
+    store.close().await;
+}
+
+async fn schema_version(url: &str) -> i64 {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .query_one("SELECT version FROM talus_schema", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_starting_together_on_an_empty_database_migrate_it_once() {
+    let pg = cluster_or_skip!();
+    let url = pg.database().await;
+    let starts = (0..3).map(|i| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            PostgresStore::connect(&url, options(&format!("i{i}")))
+                .await
+                .unwrap()
+        })
+    });
+    let mut stores = Vec::new();
+    for start in starts {
+        stores.push(start.await.unwrap());
+    }
+    assert_eq!(schema_version(&url).await, 1);
+    let s = Uuid::new_v4();
+    stores[0].commit(vec![events(s, 1..=2)]).await.unwrap();
+    assert_eq!(stores[2].event_range(s).await.unwrap(), Some((1, 2)));
+    // A restart on the migrated database changes nothing.
+    drop(stores);
+    let again = PostgresStore::connect(&url, options("again"))
+        .await
+        .unwrap();
+    assert_eq!(again.event_range(s).await.unwrap(), Some((1, 2)));
+    assert_eq!(schema_version(&url).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_with_a_newer_schema_is_refused_and_left_untouched() {
+    let pg = cluster_or_skip!();
+    let (url, store) = pg.store().await;
+    store.close().await;
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("UPDATE talus_schema SET version = 99")
+        .await
+        .unwrap();
+
+    let error = PostgresStore::connect(&url, options("new"))
+        .await
+        .err()
+        .unwrap();
+
+    assert_eq!(
+        format!("{error:#}"),
+        "the database was written by a newer Talus Tally (schema 99, this binary knows up to 1); refusing to use it"
+    );
+    assert_eq!(schema_version(&url).await, 99);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_has_one_lease_holder_and_a_stale_owner_cannot_commit() {
+    let pg = cluster_or_skip!();
+    let url = pg.database().await;
+    let a = PostgresStore::connect(&url, options("a")).await.unwrap();
+    let b = PostgresStore::connect(&url, options("b")).await.unwrap();
+    let s = Uuid::new_v4();
+
+    let LeaseClaim::Held(fence_a) = a.take_lease(s).await.unwrap() else {
+        panic!("a free lease is taken");
+    };
+    match b.take_lease(s).await.unwrap() {
+        LeaseClaim::HeldBy { owner, expires_in } => {
+            assert_eq!(owner, "a");
+            assert!(expires_in <= Duration::from_secs(2), "{expires_in:?}");
+        }
+        other => panic!("the lease is a's: {other:?}"),
+    }
+    a.commit_fenced(&fence_a, vec![events(s, 1..=2), last_seq(s, 2)])
+        .await
+        .unwrap();
+    // The fence's seq is checked too: a commit that does not start where the log ends is refused.
+    let error = a
+        .commit_fenced(&fence_a, vec![events(s, 3..=3), last_seq(s, 3)])
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Conflict(_)), "{error:?}");
+    let at_2 = Fence {
+        last_seq: 2,
+        ..fence_a
+    };
+
+    // a stops renewing (as if killed); b takes the lease once it expired.
+    let started = Instant::now();
+    let fence_b = loop {
+        match b.take_lease(s).await.unwrap() {
+            LeaseClaim::Held(fence) => break fence,
+            LeaseClaim::HeldBy { expires_in, .. } => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "the lease expires"
+                );
+                tokio::time::sleep(expires_in.max(Duration::from_millis(20))).await;
+            }
+        }
+    };
+    assert!(fence_b.epoch > fence_a.epoch);
+    assert_eq!(
+        a.renew_leases(&[(s, fence_a.epoch)]).await.unwrap(),
+        vec![s]
+    );
+
+    let error = a
+        .commit_fenced(&at_2, vec![events(s, 3..=3), last_seq(s, 3)])
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Conflict(_)), "{error:?}");
+    let fence_b = Fence {
+        last_seq: 2,
+        ..fence_b
+    };
+    b.commit_fenced(&fence_b, vec![events(s, 3..=3), last_seq(s, 3)])
+        .await
+        .unwrap();
+    assert!(b
+        .renew_leases(&[(s, fence_b.epoch)])
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(a.event_range(s).await.unwrap(), Some((1, 3)));
+}
+
+/// The session record with its newest seq, as every group's commit writes it.
+fn last_seq(id: Uuid, seq: u64) -> Write {
+    let mut record = store_suite::session(id, None, 0);
+    record.last_seq = seq;
+    Write::UpsertSession(record)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_commits_racing_from_the_same_seq_land_once_in_seq_order() {
+    let pg = cluster_or_skip!();
+    let (_, store) = pg.store().await;
+    let store = Arc::new(store);
+    let s = Uuid::new_v4();
+    let LeaseClaim::Held(fence) = store.take_lease(s).await.unwrap() else {
+        panic!("a free lease is taken");
+    };
+    // 16 commits each believe the log ends at 0: exactly one lands.
+    let racers: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .commit_fenced(&fence, vec![events(s, 1..=3), last_seq(s, 3)])
+                    .await
+            })
+        })
+        .collect();
+    let mut landed = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(()) => landed += 1,
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => panic!("a racer failed otherwise: {e:?}"),
+        }
+    }
+    assert_eq!(landed, 1);
+    assert_eq!(store.event_range(s).await.unwrap(), Some((1, 3)));
+}
+
+/// A server on the PostgreSQL database at `url`, as instance `instance`.
+async fn app_on(url: &str, instance: &str) -> common::App {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    config.session.lease = Duration::from_secs(2);
+    let store = PostgresStore::connect(url, options(instance))
+        .await
+        .unwrap();
+    common::App::start_on(dir, config, Arc::new(store)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_undo_and_redo_survive_a_move_to_another_instance_which_loads_the_session_lazily()
+{
+    let pg = cluster_or_skip!();
+    let url = pg.database().await;
+    let a = app_on(&url, "a").await;
+    let (session, root) = a.create_project("restomod", "Bus").await;
+    let phase = a.create_node(&session, Some(&root), "phase", "Strip").await;
+    a.create_node(&session, Some(&phase), "job", "Engine out")
+        .await;
+    a.undo(&session).await;
+    a.redo(&session).await;
+    a.undo(&session).await;
+    let graph = a.graph(&session).await;
+    let last = a.last_seq(&session).await;
+    // A graceful stop stores the session and gives its lease up.
+    a.shutdown().await;
+
+    let b = app_on(&url, "b").await;
+    assert_eq!(b.graph(&session).await, graph, "b loads what a committed");
+    assert_eq!(b.last_seq(&session).await, last);
+    let redone = b.redo(&session).await;
+    assert_eq!(
+        common::int_of(&redone["events"][0]["seq"]),
+        last + 1,
+        "seqs continue where a stopped"
+    );
+    assert_eq!(
+        common::int_of(&b.graph(&session).await["nodeCount"]),
+        common::int_of(&graph["nodeCount"]) + 1
+    );
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_on_an_instance_that_does_not_own_the_session_is_refused_as_retryable() {
+    let pg = cluster_or_skip!();
+    let url = pg.database().await;
+    let a = app_on(&url, "a").await;
+    let b = app_on(&url, "b").await;
+    let (session, root) = a.create_project("restomod", "Bus").await;
+    let before = a.graph(&session).await;
+
+    let body = b
+        .request(
+            "mutation($s: ID!, $p: ID!) { createNode(sessionId: $s, input: { parentId: $p, typeId: \"phase\", name: \"x\" }) { version } }",
+            serde_json::json!({ "s": session, "p": root }),
+        )
+        .await;
+
+    let error = common::first_error(&body);
+    assert_eq!(common::code_of(&error), "STORE_UNAVAILABLE", "{body}");
+    assert!(
+        common::str_of(&error["message"]).contains("served by instance a"),
+        "{error}"
+    );
+    assert_eq!(a.graph(&session).await, before, "nothing changed");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// One `createNode` on the server at `base`: its node id, `None` for a
+/// retryable refusal (STORE_UNAVAILABLE), `Err` when the server is gone.
+async fn try_create_node(
+    client: &reqwest::Client,
+    base: &str,
+    session: &str,
+    parent: &str,
+    name: &str,
+) -> Result<Option<String>, String> {
+    let body = serde_json::json!({
+        "query": "mutation($s: ID!, $p: ID!, $n: String!) { createNode(sessionId: $s, input: { parentId: $p, typeId: \"phase\", name: $n }) { nodeId } }",
+        "variables": { "s": session, "p": parent, "n": name },
+    });
+    let response = client
+        .post(format!("{base}/graphql"))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+    if let Some(error) = answer["errors"].get(0) {
+        let code = error["extensions"]["code"].as_str().unwrap_or("");
+        assert_eq!(
+            code, "STORE_UNAVAILABLE",
+            "only retryable refusals: {answer}"
+        );
+        return Ok(None);
+    }
+    Ok(Some(common::str_of(
+        &answer["data"]["createNode"]["nodeId"],
+    )))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkill_of_the_owner_under_16_writers_another_instance_takes_over_and_nothing_acknowledged_is_lost(
+) {
+    let pg = cluster_or_skip!();
+    let url = pg.database().await;
+    let start = |name: &str| {
+        binary::spawn_with(&[
+            "--database-url".as_ref(),
+            url.as_ref(),
+            "--instance-id".as_ref(),
+            name.as_ref(),
+            "--lease-secs".as_ref(),
+            "1".as_ref(),
+        ])
+    };
+    let a = start("a");
+    let b = start("b");
+    let (a_url, b_url) = (a.url.clone(), b.url.clone());
+    let (session, root) = common::Http::new(&a_url)
+        .create_project("restomod", "Bus")
+        .await;
+
+    let acked = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let a_dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let first_on_b = Arc::new(parking_lot::Mutex::new(None::<Instant>));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let (acked, a_dead, first_on_b) = (acked.clone(), a_dead.clone(), first_on_b.clone());
+            let (session, root, a_url, b_url) =
+                (session.clone(), root.clone(), a_url.clone(), b_url.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap();
+                for i in 0..6 {
+                    let name = format!("w{w}-{i}");
+                    loop {
+                        assert!(
+                            Instant::now() < deadline,
+                            "{name} is acknowledged within 30 s"
+                        );
+                        let on_b = a_dead.load(std::sync::atomic::Ordering::SeqCst);
+                        let base = if on_b { &b_url } else { &a_url };
+                        match try_create_node(&client, base, &session, &root, &name).await {
+                            Ok(Some(id)) => {
+                                if on_b {
+                                    first_on_b.lock().get_or_insert_with(Instant::now);
+                                }
+                                acked.lock().push(id);
+                                break;
+                            }
+                            // Refused, or a is gone: retry (on b once a is dead).
+                            Ok(None) | Err(_) => {
+                                tokio::time::sleep(Duration::from_millis(50)).await
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // SIGKILL a once a third of the writes are acknowledged.
+    while acked.lock().len() < 32 {
+        assert!(Instant::now() < deadline, "a acknowledges writes");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let killed_at = Instant::now();
+    a.kill();
+    a_dead.store(true, std::sync::atomic::Ordering::SeqCst);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let takeover = first_on_b.lock().expect("b committed") - killed_at;
+    println!("failover: {takeover:.2?} from SIGKILL of the owner to the first commit on another instance (lease 1 s)");
+    assert!(
+        takeover < Duration::from_secs(5),
+        "taken over within a few seconds: {takeover:?}"
+    );
+
+    let hb = common::Http::new(&b_url);
+    let graph = hb.graph(&session).await;
+    let ids: std::collections::HashSet<String> = graph["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| common::str_of(&n["id"]))
+        .collect();
+    let acked = acked.lock().clone();
+    assert_eq!(acked.len(), 96);
+    for id in &acked {
+        assert!(ids.contains(id), "acknowledged node {id} is in the graph");
+    }
+    // The log is gap-free: seqs 1..=last, each once.
+    let reader = PostgresStore::connect(&url, options("reader"))
+        .await
+        .unwrap();
+    let sid = Uuid::parse_str(&session).unwrap();
+    let log = reader.events(sid, 0, 100_000).await.unwrap();
+    assert!(!log.is_empty());
+    assert!(
+        log.iter().map(|e| e.seq).eq(1..=log.len() as u64),
+        "gap-free"
+    );
+    assert_eq!(hb.last_seq(&session).await, log.len() as i64);
+    // Undo and redo work on the new owner.
+    let undone = hb.undo(&session).await;
+    assert!(undone["canRedo"].as_bool().unwrap());
+    hb.redo(&session).await;
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_created_on_one_instance_opens_on_another() {
+    let pg = cluster_or_skip!();
+    let url = pg.database().await;
+    let a = app_on(&url, "a").await;
+    let b = app_on(&url, "b").await;
+    let (session, _) = a.create_project("restomod", "Bus").await;
+    let project = common::str_of(&a.session(&session).await["project"]["id"]);
+
+    let opened = b
+        .query(
+            "mutation($p: ID!) { openProject(projectId: $p) { id project { id name } } }",
+            serde_json::json!({ "p": project }),
+        )
+        .await;
+
+    assert_eq!(
+        opened["openProject"]["project"],
+        serde_json::json!({ "id": project, "name": "Bus" })
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
