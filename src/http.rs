@@ -25,6 +25,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
+use crate::api::expensive::{Admitted, ExpensiveLimiter, EXPENSIVE_BODY_BYTES};
 use crate::api::guard::{selected_operation, selects_mutation, ReadOnly};
 use crate::api::{AppSchema, HttpClient};
 use crate::origin::{host_allowed, origin_allowed, OriginPolicy};
@@ -41,6 +42,8 @@ const CORS_MAX_AGE: Duration = Duration::from_secs(600);
 pub struct AppState {
     pub schema: AppSchema,
     pub max_body_bytes: usize,
+    /// Most operations in one HTTP batch (a JSON list of requests), `--max-http-batch`.
+    pub max_http_batch: usize,
     /// How often the server pings a websocket; a connection silent for `ws_timeout` is dropped.
     pub ws_ping_interval: Duration,
     pub ws_timeout: Duration,
@@ -483,6 +486,27 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
             )
         }
     };
+    // A big body is expensive to parse and to run: it waits for a permit of
+    // the expensive-request limiter (without holding a worker) before either.
+    let limiter = state.schema.data::<Arc<ExpensiveLimiter>>();
+    let permit = match limiter.filter(|_| bytes.len() > EXPENSIVE_BODY_BYTES) {
+        None => None,
+        Some(limiter) => match limiter.admit().await {
+            Ok(permit) => Some(permit),
+            Err(e) => {
+                let mut response = error_response(
+                    media,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "LIMIT_EXCEEDED",
+                    e.message,
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
+        },
+    };
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return bad_request(
             media,
@@ -498,6 +522,22 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
             )
         }
     };
+    // A batch is refused whole before any of it is parsed into requests or
+    // run: each operation is bounded on its own, so the count bounds the sum.
+    if let Value::Array(items) = &body {
+        if items.len() > state.max_http_batch {
+            return error_response(
+                media,
+                StatusCode::BAD_REQUEST,
+                "LIMIT_EXCEEDED",
+                format!(
+                    "the batch has {} operations, more than the limit (max-http-batch is {}); none of them ran",
+                    items.len(),
+                    state.max_http_batch
+                ),
+            );
+        }
+    }
     let request = match &body {
         Value::Object(params) => graphql_request(params).map(BatchRequest::Single),
         Value::Array(items) if !items.is_empty() => items
@@ -535,7 +575,14 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
         ),
         (request, None) => {
             let media = MediaType::negotiate(&headers).unwrap_or(media);
-            execute(&state, &headers, media, request).await
+            // The permit covers the whole execution, so the engine must not wait for another.
+            let request = match &permit {
+                Some(_) => request.data(Admitted),
+                None => request,
+            };
+            let response = execute(&state, &headers, media, request).await;
+            drop(permit);
+            response
         }
     }
 }

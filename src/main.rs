@@ -115,6 +115,9 @@ struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "TALUS_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024, value_parser = count(1024, 1024 * MIB))]
     max_body_bytes: usize,
+    /// Most operations in one HTTP batch (a JSON list of requests in one POST).
+    #[arg(long, env = "TALUS_MAX_HTTP_BATCH", default_value_t = 32, value_parser = count(1, 10_000))]
+    max_http_batch: usize,
     /// Deepest query allowed (fields, and fragment spreads while expanding them).
     #[arg(long, env = "TALUS_MAX_DEPTH", default_value_t = 32, value_parser = count(1, 128))]
     max_depth: usize,
@@ -157,6 +160,13 @@ struct ServeArgs {
     /// Most nodes a project may hold.
     #[arg(long, env = "TALUS_MAX_NODES_PER_PROJECT", default_value_t = 100_000, value_parser = count(1, 100_000_000))]
     max_nodes_per_project: usize,
+    /// Expensive requests (bodies over 16 KiB, queries listing a project's nodes) running at once
+    /// [default: CPU cores - 1, at least 1].
+    #[arg(long, env = "TALUS_MAX_EXPENSIVE_REQUESTS", value_parser = count(1, 10_000))]
+    max_expensive_requests: Option<usize>,
+    /// Expensive requests waiting for their turn; one more is refused with LIMIT_EXCEEDED.
+    #[arg(long, env = "TALUS_MAX_EXPENSIVE_QUEUE", default_value_t = 64, value_parser = count(0, 100_000))]
+    max_expensive_queue: usize,
     /// Most open TCP connections from one IP address.
     #[arg(long, env = "TALUS_MAX_CONNECTIONS_PER_IP", default_value_t = 1024, value_parser = count(1, 10_000_000))]
     max_connections_per_ip: usize,
@@ -227,6 +237,7 @@ impl ServeArgs {
             templates_dir: self.templates.clone(),
             in_memory: self.in_memory,
             max_body_bytes: self.max_body_bytes,
+            max_http_batch: self.max_http_batch,
             max_connections_per_ip: self.max_connections_per_ip,
             ..Config::default()
         };
@@ -262,6 +273,10 @@ impl ServeArgs {
             max_metric_operation_names: self.metrics_max_operation_names as usize,
             apq_cache_entries: self.apq_cache_entries as usize,
             apq_max_query_bytes: self.apq_max_query_bytes as usize,
+            max_expensive_requests: self
+                .max_expensive_requests
+                .unwrap_or_else(talus_tally::api::schema::default_expensive_requests),
+            max_expensive_queue: self.max_expensive_queue,
         };
         c.cors_origins = self.cors_origins.clone();
         c.allowed_hosts = self.allowed_hosts.clone();

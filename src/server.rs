@@ -34,6 +34,8 @@ pub struct Config {
     pub session: SessionConfig,
     pub limits: ApiLimits,
     pub max_body_bytes: usize,
+    /// Most operations in one HTTP batch (`--max-http-batch`).
+    pub max_http_batch: usize,
     pub ws_ping_interval: Duration,
     pub ws_timeout: Duration,
     /// Websockets that send no `connection_init` within this are closed (4408).
@@ -73,6 +75,7 @@ impl Default for Config {
             session: SessionConfig::default(),
             limits: ApiLimits::default(),
             max_body_bytes: 32 * 1024 * 1024,
+            max_http_batch: 32,
             ws_ping_interval: Duration::from_secs(10),
             ws_timeout: Duration::from_secs(30),
             ws_init_timeout: Duration::from_secs(3),
@@ -197,6 +200,7 @@ pub async fn start(
         ),
         schema: schema.clone(),
         max_body_bytes: config.max_body_bytes,
+        max_http_batch: config.max_http_batch,
         ws_ping_interval: config.ws_ping_interval,
         ws_timeout: config.ws_timeout,
         ws_init_timeout: config.ws_init_timeout,

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{code_of, first_error, str_of, App};
+use common::{code_of, first_error, int_of, str_of, App};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -84,6 +84,119 @@ async fn a_batch_longer_than_max_batch_commands_is_refused_before_it_reaches_the
     // Refused at the edge: not even a CommandExecuting event was logged.
     assert_eq!(app.last_seq(&session).await, seq);
     assert_eq!(app.session(&session).await["version"], 0);
+}
+
+#[tokio::test]
+async fn an_http_batch_longer_than_max_http_batch_is_refused_whole_and_none_of_it_runs() {
+    let app = App::start_with(|c| c.max_http_batch = 3).await;
+    let (session, root) = app.create_project("project", "Limits").await;
+    let seq = app.last_seq(&session).await;
+    let projects = app.projects().await.len();
+    let rename = json!({
+        "query": "mutation($s: ID!, $n: ID!) { execute(sessionId: $s, command: { renameNode: { nodeId: $n, name: \"Renamed\" } }) { version } }",
+        "variables": { "s": session, "n": root },
+    });
+    let create = json!({
+        "query": "mutation { createProject(templateId: \"project\", name: \"Batched\") { id } }",
+    });
+    // The refused batch's last operation would create a project; its first ones rename.
+    let batch = json!([rename, rename, rename, create]);
+    let (status, body) = app.post_body(batch.to_string()).await;
+    assert_eq!(status, 400, "{body:#}");
+    assert_limit(&body, "max-http-batch is 3");
+    assert!(body.get("data").is_none(), "{body:#}");
+    assert_eq!(app.last_seq(&session).await, seq, "no event was logged");
+    assert_eq!(app.session(&session).await["version"], 0);
+    assert_eq!(
+        app.projects().await.len(),
+        projects,
+        "no project was created"
+    );
+    // A batch at the limit runs, every operation in order.
+    let (status, body) = app
+        .post_body(json!([rename, rename, rename]).to_string())
+        .await;
+    assert_eq!(status, 200, "{body:#}");
+    let versions: Vec<i64> = body
+        .as_array()
+        .expect("one answer per operation")
+        .iter()
+        .map(|answer| int_of(&answer["data"]["execute"]["version"]))
+        .collect();
+    assert_eq!(versions, [1, 2, 3]);
+}
+
+/// A 1.0 project file of the `project` template: a root with `properties` and `workstreams` children.
+fn project_file(name: &str, root_name: &str, properties: Value, workstreams: usize) -> Value {
+    let root = common::random_id();
+    let children: Vec<String> = (0..workstreams).map(|_| common::random_id()).collect();
+    let mut nodes = serde_json::Map::new();
+    nodes.insert(
+        root.clone(),
+        json!({ "id": root, "type": "project", "name": root_name, "properties": properties,
+                "children": children, "parent_id": null }),
+    );
+    for child in &children {
+        nodes.insert(
+            child.clone(),
+            json!({ "id": child, "type": "workstream", "name": "Part", "properties": {},
+                    "children": [], "parent_id": root }),
+        );
+    }
+    json!({ "version": "1.0", "templates": ["project"], "name": name, "nodes": nodes })
+}
+
+#[tokio::test]
+async fn an_imported_file_over_a_size_limit_is_refused_naming_the_limit_and_creates_nothing() {
+    let app = App::start_with(|c| {
+        c.limits.max_name_bytes = 16;
+        c.limits.max_value_bytes = 64;
+        c.session.command_limits.max_nodes_per_project = 3;
+    })
+    .await;
+    let import = "mutation($f: JSON!) { importProject(file: $f) { id } }";
+    let sessions = "{ sessions { id } }";
+    let before_sessions = app.query(sessions, json!({})).await;
+    let long = "n".repeat(17);
+    let cases = [
+        (
+            project_file("Fits", &long, json!({}), 1),
+            "max-name-bytes is 16",
+        ),
+        (
+            project_file(&long, "Fits", json!({}), 1),
+            "max-name-bytes is 16",
+        ),
+        (
+            project_file("Fits", "Fits", json!({ "summary": "v".repeat(63) }), 1),
+            "max-value-bytes is 64",
+        ),
+        // A value the template does not define is kept, so it is held to the limit too.
+        (
+            project_file("Fits", "Fits", json!({ "notes": ["v".repeat(70)] }), 1),
+            "max-value-bytes is 64",
+        ),
+        (
+            project_file("Fits", "Fits", json!({ long.clone(): 1 }), 1),
+            "max-name-bytes is 16",
+        ),
+        (
+            project_file("Fits", "Fits", json!({}), 3),
+            "max-nodes-per-project is 3",
+        ),
+    ];
+    for (file, flag) in cases {
+        let body = app.request(import, json!({ "f": file })).await;
+        assert_limit(&body, flag);
+    }
+    assert!(app.projects().await.is_empty(), "no project was stored");
+    assert_eq!(app.query(sessions, json!({})).await, before_sessions);
+    // The same file within every limit imports.
+    let fits = project_file("Fits", "Fits", json!({ "summary": "short" }), 2);
+    let data = app.query(import, json!({ "f": fits })).await;
+    let session = str_of(&data["importProject"]["id"]);
+    assert_eq!(app.graph(&session).await["nodeCount"], 3);
+    assert_eq!(app.projects().await.len(), 1);
 }
 
 #[tokio::test]
@@ -351,6 +464,8 @@ fn a_flag_out_of_range_is_refused_by_the_binary_with_a_clear_message_and_exit_co
         ("--max-depth", "100000"),
         ("--max-batch-commands", "0"),
         ("--max-connections-per-ip", "0"),
+        ("--max-http-batch", "0"),
+        ("--max-http-batch", "10001"),
     ];
     for (flag, value) in cases {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_talus-tally"))

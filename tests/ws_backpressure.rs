@@ -32,6 +32,10 @@ async fn write(
 async fn a_subscriber_that_stops_reading_past_the_retained_log_gets_resync_required_not_a_buffered_backlog(
 ) {
     let app = App::start_with(|c| {
+        // The memory store prunes the log like SQLite does; what is tested is
+        // the transport and the subscription, and 16 MB of fsynced SQLite
+        // writes took most of this test's time.
+        c.in_memory = true;
         c.session.event_retention = Some(100);
         c.session.recent_events = 16;
         c.session.broadcast_capacity = 2;

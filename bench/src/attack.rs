@@ -14,10 +14,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::api;
-use crate::http::{error_code, n, Http};
+use crate::http::{data, error_code, n, Http};
 use crate::server::{self, Launch};
 use crate::stats::{Case, Report, Run, Samples};
 use crate::Ctx;
@@ -138,6 +139,62 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// What the ordinary client and the /healthz prober saw.
+struct Measured {
+    latency: Samples,
+    ordinary_errors: u64,
+    /// /healthz probes answered 200, and sent.
+    ok: u64,
+    total: u64,
+    peak_kib: u64,
+}
+
+/// The ordinary client's queries until `deadline`, and a /healthz probe every 50 ms on a fresh connection until `stop`.
+async fn measure(
+    addr: std::net::SocketAddr,
+    pid: Option<u32>,
+    session: String,
+    deadline: Instant,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Measured> {
+    let prober = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut total, mut peak_kib) = (0u64, 0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                total += 1;
+                if server::healthz(addr).await {
+                    ok += 1;
+                }
+                if let Some(kib) = pid.and_then(server::rss_kib) {
+                    peak_kib = peak_kib.max(kib);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (ok, total, peak_kib)
+        })
+    };
+    let mut ordinary = Http::connect(addr).await?;
+    let mut latency = Samples::with_capacity(100_000);
+    let mut ordinary_errors = 0u64;
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        match ordinary.gql(ORDINARY, json!({ "s": session })).await {
+            Ok(_) => latency.push(t.elapsed().as_micros() as u64),
+            Err(_) => ordinary_errors += 1,
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (ok, total, peak_kib) = prober.await?;
+    Ok(Measured {
+        latency,
+        ordinary_errors,
+        ok,
+        total,
+        peak_kib,
+    })
+}
+
 async fn once(ctx: &Ctx, o: &Opts) -> anyhow::Result<Run> {
     let server = ctx.target.start(Launch::default()).await?;
     let addr = server.addr;
@@ -166,8 +223,21 @@ async fn once(ctx: &Ctx, o: &Opts) -> anyhow::Result<Run> {
     let sent = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let mut attackers = Vec::new();
+    // Each body is serialised once: building a 4 MiB body per request took
+    // the bench's own workers, and with them the ordinary client's, for
+    // milliseconds at a time.
+    let bodies: Arc<Vec<(&'static str, Bytes)>> = Arc::new(
+        attacks(&project.session, &project.root)
+            .into_iter()
+            .map(|(name, query, variables)| {
+                let body = serde_json::to_vec(&json!({ "query": query, "variables": variables }))
+                    .expect("a JSON body");
+                (name, Bytes::from(body))
+            })
+            .collect(),
+    );
     for a in 0..o.attackers {
-        let list = attacks(&project.session, &project.root);
+        let list = bodies.clone();
         let (stop, sent, refused) = (stop.clone(), sent.clone(), refused.clone());
         attackers.push(tokio::spawn(async move {
             let mut http = Http::connect(addr).await?;
@@ -175,10 +245,13 @@ async fn once(ctx: &Ctx, o: &Opts) -> anyhow::Result<Run> {
             let mut not_refused: Vec<String> = Vec::new();
             let mut i = a;
             while !stop.load(Ordering::Relaxed) {
-                let (name, query, variables) = &list[i % list.len()];
+                let (name, body) = &list[i % list.len()];
                 i += 1;
                 let t = Instant::now();
-                let result = http.gql(query, variables.clone()).await;
+                let result = match http.post(body.clone()).await {
+                    Ok(bytes) => data(&bytes),
+                    Err(e) => Err(e),
+                };
                 latency.push(t.elapsed().as_micros() as u64);
                 sent.fetch_add(1, Ordering::Relaxed);
                 match result {
@@ -197,39 +270,30 @@ async fn once(ctx: &Ctx, o: &Opts) -> anyhow::Result<Run> {
         }));
     }
 
-    let prober = {
+    // The ordinary client and the prober run on a runtime of their own, on
+    // their own thread: on the attackers' runtime their latency would include
+    // waiting for a bench worker busy receiving an attack's answer.
+    let measured = {
         let stop = stop.clone();
         let pid = server.pid;
-        tokio::spawn(async move {
-            let (mut ok, mut total, mut peak_kib) = (0u64, 0u64, 0u64);
-            while !stop.load(Ordering::Relaxed) {
-                total += 1;
-                if server::healthz(addr).await {
-                    ok += 1;
-                }
-                if let Some(kib) = pid.and_then(server::rss_kib) {
-                    peak_kib = peak_kib.max(kib);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            (ok, total, peak_kib)
+        let session = project.session.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(measure(addr, pid, session, deadline, stop))
         })
     };
-
-    let mut ordinary = Http::connect(addr).await?;
-    let mut latency = Samples::with_capacity(100_000);
-    let mut ordinary_errors = 0u64;
-    while Instant::now() < deadline {
-        let t = Instant::now();
-        match ordinary
-            .gql(ORDINARY, json!({ "s": project.session }))
-            .await
-        {
-            Ok(_) => latency.push(t.elapsed().as_micros() as u64),
-            Err(_) => ordinary_errors += 1,
-        }
-    }
-    stop.store(true, Ordering::Relaxed);
+    let measured = tokio::task::spawn_blocking(move || measured.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the measuring thread panicked"))??;
+    let Measured {
+        mut latency,
+        ordinary_errors,
+        ok,
+        total,
+        peak_kib,
+    } = measured;
 
     let mut attack_latency = Samples::with_capacity(1024);
     let mut not_refused = Vec::new();
@@ -238,7 +302,6 @@ async fn once(ctx: &Ctx, o: &Opts) -> anyhow::Result<Run> {
         attack_latency.extend(&l);
         not_refused.extend(n);
     }
-    let (ok, total, peak_kib) = prober.await?;
     let after = setup.gql(ORDINARY, json!({ "s": project.session })).await?;
     let cpu_after = server.cpu_ms();
     let unchanged = n(&before, "/graph/version")? == n(&after, "/graph/version")?

@@ -69,6 +69,13 @@ impl Http {
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {
+            // A GraphQL error answered with an HTTP error status (a request
+            // refused before it ran) is still that error, with its code.
+            if let Err(e) = data(&bytes) {
+                if e.downcast_ref::<GqlError>().is_some() {
+                    return Err(e);
+                }
+            }
             bail!("HTTP {status}: {}", String::from_utf8_lossy(&bytes));
         }
         Ok(bytes)

@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 
 use super::error::code;
+use super::expensive::{Admitted, ExpensiveLimiter, EXPENSIVE_COMPLEXITY};
 use super::ApiLimits;
 use crate::domain::ErrorCode;
 
@@ -32,13 +33,15 @@ pub struct Validated(pub Arc<AtomicBool>);
 pub struct Codes {
     parsed: Arc<ParseCache>,
     limits: Arc<ApiLimits>,
+    expensive: Arc<ExpensiveLimiter>,
 }
 
 impl Codes {
-    pub fn new(limits: ApiLimits) -> Self {
+    pub fn new(limits: ApiLimits, expensive: Arc<ExpensiveLimiter>) -> Self {
         Codes {
             parsed: Arc::default(),
             limits: Arc::new(limits),
+            expensive,
         }
     }
 }
@@ -48,8 +51,10 @@ impl ExtensionFactory for Codes {
         Arc::new(CodesExtension {
             parsed: self.parsed.clone(),
             limits: self.limits.clone(),
+            expensive: self.expensive.clone(),
             subscription: AtomicBool::new(false),
             document: Mutex::new(None),
+            complexity: AtomicUsize::new(0),
         })
     }
 }
@@ -192,6 +197,10 @@ struct CodesExtension {
     /// cost about 40% of the server's CPU when fanning out (talus-bench).
     subscription: AtomicBool,
     document: Mutex<Option<Document>>,
+    /// The validated document's complexity: past `EXPENSIVE_COMPLEXITY` it
+    /// executes only with a permit of `expensive`.
+    complexity: AtomicUsize,
+    expensive: Arc<ExpensiveLimiter>,
 }
 
 impl CodesExtension {
@@ -381,6 +390,7 @@ impl Extension for CodesExtension {
             }
         };
         if let Some(Document::Valid(result)) = document {
+            self.complexity.store(result.complexity, Ordering::Relaxed);
             passed();
             return Ok(result);
         }
@@ -393,6 +403,7 @@ impl Extension for CodesExtension {
                 })
                 .collect::<Vec<_>>()
         })?;
+        self.complexity.store(result.complexity, Ordering::Relaxed);
         if let Some(Document::Unvalidated(query)) = document {
             self.parsed.validated(&query, result);
         }
@@ -409,6 +420,18 @@ impl Extension for CodesExtension {
         if self.subscription.load(Ordering::Relaxed) {
             return next.run(ctx, operation_name).await;
         }
+        // Held until the response is built; a request the transport admitted
+        // already (a big HTTP body) holds a permit and must not wait for another.
+        let _permit = if self.complexity.load(Ordering::Relaxed) > EXPENSIVE_COMPLEXITY
+            && ctx.data_opt::<Admitted>().is_none()
+        {
+            match self.expensive.admit().await {
+                Ok(permit) => Some(permit),
+                Err(e) => return Response::from_errors(vec![limit(e.message)]),
+            }
+        } else {
+            None
+        };
         let started = Instant::now();
         let mut resp = next.run(ctx, operation_name).await;
         if let Some(budget) = ctx.data_opt::<ItemBudget>() {

@@ -191,32 +191,10 @@ pub fn check_name(name: &str, what: &str, limits: &ApiLimits) -> Result<()> {
     Ok(())
 }
 
-/// Counts the bytes of a value's JSON and stops writing once it passes `max`,
-/// so measuring a huge value costs at most the limit.
-struct Meter {
-    written: usize,
-    max: usize,
-}
-
-impl std::io::Write for Meter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.written += buf.len();
-        if self.written > self.max {
-            return Err(std::io::Error::other("over the limit"));
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// LIMIT_EXCEEDED if a property value, as JSON, is longer than `--max-value-bytes`.
 pub fn check_value(value: &Value, property: &str, limits: &ApiLimits) -> Result<()> {
     let max = limits.max_value_bytes;
-    let mut meter = Meter { written: 0, max };
-    if serde_json::to_writer(&mut meter, value).is_err() {
+    if crate::domain::value::json_longer_than(value, max) {
         return Err(code(
             ErrorCode::LimitExceeded,
             format!(

@@ -3,13 +3,15 @@
 //! Layout: `schema.rs` (Query, Mutation, Subscription roots and `build`),
 //! `types.rs` (view types), `events.rs` (the SessionEvent interface),
 //! `inputs.rs` (command inputs), `error.rs` (errors with `extensions.code`),
-//! `extension.rs` (codes for engine errors, request logging), `guard.rs` (no
+//! `extension.rs` (codes for engine errors, request logging), `expensive.rs` (the
+//! expensive-request limiter), `guard.rs` (no
 //! mutations over GET, persisted-query admission, `__schema.description`), `scalars.rs`,
 //! `contract.rs` (checks the SDL against a contract file).
 
 pub mod contract;
 pub mod error;
 pub mod events;
+pub mod expensive;
 pub mod extension;
 pub mod guard;
 pub mod inputs;

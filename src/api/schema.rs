@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::error::{code, count, gql, int, uuid, OrGql, Result};
 use super::events::SessionEventView;
+use super::expensive::ExpensiveLimiter;
 use super::extension::{charge, Codes};
 use super::guard::Guard;
 use super::inputs::{check_name, check_sizes, CommandInput, CreateNodeInput};
@@ -57,6 +58,18 @@ pub struct ApiLimits {
     pub apq_cache_entries: usize,
     /// Longest query text the APQ cache keeps; longer ones run but are not remembered.
     pub apq_max_query_bytes: usize,
+    /// Expensive requests (`api::expensive`) running at once.
+    pub max_expensive_requests: usize,
+    /// Expensive requests waiting for a permit; one more is refused.
+    pub max_expensive_queue: usize,
+}
+
+/// `--max-expensive-requests` by default: one core fewer than the machine
+/// has, so ordinary requests always find a free worker (at least one).
+pub fn default_expensive_requests() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get().saturating_sub(1))
+        .max(1)
 }
 
 impl Default for ApiLimits {
@@ -76,6 +89,8 @@ impl Default for ApiLimits {
             max_metric_operation_names: 256,
             apq_cache_entries: 1000,
             apq_max_query_bytes: 16 * 1024,
+            max_expensive_requests: default_expensive_requests(),
+            max_expensive_queue: 64,
         }
     }
 }
@@ -99,9 +114,15 @@ pub(crate) mod expected {
 
 /// Builds the schema around a hub.
 pub fn build(hub: Arc<Hub>, limits: &ApiLimits) -> AppSchema {
+    let expensive = Arc::new(ExpensiveLimiter::new(
+        limits.max_expensive_requests,
+        limits.max_expensive_queue,
+    ));
     Schema::build(Query, Mutation, SubscriptionRoot)
         .data(hub)
         .data(limits.clone())
+        // The HTTP transport takes permits for big bodies from the same limiter.
+        .data(expensive.clone())
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
         .extension(super::metrics::OperationMetrics::new(
@@ -111,7 +132,7 @@ pub fn build(hub: Arc<Hub>, limits: &ApiLimits) -> AppSchema {
             limits.apq_cache_entries,
             limits.apq_max_query_bytes,
         ))
-        .extension(Codes::new(limits.clone()))
+        .extension(Codes::new(limits.clone(), expensive))
         .finish()
 }
 
@@ -314,14 +335,22 @@ impl Mutation {
         template_id: Option<ID>,
         name: Option<String>,
     ) -> Result<SessionView> {
+        let api_limits = ctx.data_unchecked::<ApiLimits>();
         if let Some(name) = &name {
-            check_name(name, "the project name", ctx.data_unchecked::<ApiLimits>())?;
+            check_name(name, "the project name", api_limits)?;
         }
+        // A file is held to the limits of the commands that could build it.
+        let limits = project_file::ImportLimits {
+            max_nodes: hub(ctx).config().command_limits.max_nodes_per_project,
+            max_name_bytes: api_limits.max_name_bytes,
+            max_value_bytes: api_limits.max_value_bytes,
+        };
         let (session, imported) = hub(ctx)
             .import_project(
                 &file.0,
                 template_id.as_ref().map(|t| t.as_str()),
                 name.as_deref(),
+                &limits,
             )
             .await
             .gql()?;

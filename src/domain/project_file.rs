@@ -23,6 +23,7 @@ use uuid::Uuid;
 use super::error::{err, DomainError, ErrorCode};
 use super::graph::{Delta, Graph, NodeData, NodeId, Properties};
 use super::template::Template;
+use super::value::json_longer_than;
 
 /// The version string of the format `export` writes.
 pub const FORMAT_VERSION: &str = "1.0";
@@ -70,6 +71,42 @@ pub struct Imported {
     pub name: Option<String>,
     pub orphaned: Vec<Orphan>,
     pub warnings: Vec<Warning>,
+}
+
+/// What an imported file may hold: the limits commands are held to
+/// (`--max-nodes-per-project`, `--max-name-bytes`, `--max-value-bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportLimits {
+    pub max_nodes: usize,
+    /// Longest node name, property id or project name, in bytes.
+    pub max_name_bytes: usize,
+    /// Longest property value, as JSON, in bytes.
+    pub max_value_bytes: usize,
+}
+
+impl ImportLimits {
+    /// No limits: a file is judged by its content only.
+    pub const NONE: ImportLimits = ImportLimits {
+        max_nodes: usize::MAX,
+        max_name_bytes: usize::MAX,
+        max_value_bytes: usize::MAX,
+    };
+
+    /// LIMIT_EXCEEDED if `name` (`what`) is longer than `max_name_bytes`.
+    fn check_name(&self, name: &str, what: impl FnOnce() -> String) -> Result<(), DomainError> {
+        if name.len() > self.max_name_bytes {
+            return Err(err(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "{} is {} bytes long (the limit max-name-bytes is {})",
+                    what(),
+                    name.len(),
+                    self.max_name_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The template id a file names (`template_id`, else the first of `templates`), so a caller can pick the template.
@@ -158,10 +195,35 @@ pub fn import(
     template: &Template,
     now: DateTime<Utc>,
 ) -> Result<Imported, DomainError> {
+    import_within(file, template, now, &ImportLimits::NONE)
+}
+
+/// `import`, refusing a file over `limits` with LIMIT_EXCEEDED naming the
+/// limit: the node count before any node is built, and each name, property id
+/// and property value (as it would be stored) as its node is built.
+pub fn import_within(
+    file: &Value,
+    template: &Template,
+    now: DateTime<Utc>,
+    limits: &ImportLimits,
+) -> Result<Imported, DomainError> {
     let obj = file
         .as_object()
         .ok_or_else(|| bad("a project file must be a JSON object"))?;
     let (format, raw, listed_roots) = read_nodes(obj)?;
+    if raw.len() > limits.max_nodes {
+        return Err(err(
+            ErrorCode::LimitExceeded,
+            format!(
+                "the file holds {} nodes (the limit max-nodes-per-project is {})",
+                raw.len(),
+                limits.max_nodes
+            ),
+        ));
+    }
+    if let Some(Value::String(name)) = obj.get("name") {
+        limits.check_name(name, || "the file's project name".to_string())?;
+    }
     let mut warnings = Vec::new();
     if let Some(hint) = template_hint(file) {
         if hint != template.id && Some(&hint) != template.alias.as_ref() {
@@ -180,7 +242,7 @@ pub fn import(
     let mut orphaned = Vec::new();
     for (index_in_file, parent, index) in order {
         let node = &raw[index_in_file];
-        let data = node_data(node, template, now, &mut orphaned, &mut warnings)?;
+        let data = node_data(node, template, now, limits, &mut orphaned, &mut warnings)?;
         if let Some(p) = parent {
             let parent_type = &graph.node(&p)?.type_id;
             let allowed = template
@@ -471,10 +533,24 @@ fn node_data(
     node: &RawNode<'_>,
     template: &Template,
     now: DateTime<Utc>,
+    limits: &ImportLimits,
     orphaned: &mut Vec<Orphan>,
     warnings: &mut Vec<Warning>,
 ) -> Result<NodeData, DomainError> {
     let id = node.id;
+    let check_value = |key: &str, value: &Value| {
+        limits.check_name(key, || format!("a property id of node {id}"))?;
+        if json_longer_than(value, limits.max_value_bytes) {
+            return Err(err(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the value of property '{key}' of node {id} is more than {max} bytes as JSON (the limit max-value-bytes is {max})",
+                    max = limits.max_value_bytes
+                ),
+            ));
+        }
+        Ok(())
+    };
     let type_key = match node.obj.get("type") {
         Some(Value::String(t)) => t.as_str(),
         _ => return Err(bad(format!("node {id} has no string 'type'"))),
@@ -495,6 +571,7 @@ fn node_data(
         Some(Value::Object(given)) => {
             for (key, raw) in given {
                 let Some(def) = ty.resolve_property(key) else {
+                    check_value(key, raw)?;
                     orphaned.push(Orphan {
                         node_id: id,
                         key: key.clone(),
@@ -518,6 +595,7 @@ fn node_data(
                         raw.clone()
                     }
                 };
+                check_value(def.id.as_str(), &value)?;
                 if properties.insert(def.id.as_str().into(), value).is_some() {
                     warnings.push(Warning {
                         node_id: Some(id),
@@ -545,6 +623,7 @@ fn node_data(
             _ => ty.name.clone(),
         },
     };
+    limits.check_name(&name, || format!("the name of node {id}"))?;
 
     let created_at = match node.obj.get("created_at") {
         None | Some(Value::Null) => now,

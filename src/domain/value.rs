@@ -193,6 +193,32 @@ pub fn describe(raw: &Value) -> String {
     }
 }
 
+/// Whether `value` written as JSON is longer than `max` bytes. Writing stops
+/// once it passes `max`, so measuring a huge value costs at most the limit.
+pub fn json_longer_than(value: &Value, max: usize) -> bool {
+    /// Counts the bytes written and fails the write past the limit.
+    struct Meter {
+        written: usize,
+        max: usize,
+    }
+
+    impl std::io::Write for Meter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.written += buf.len();
+            if self.written > self.max {
+                return Err(std::io::Error::other("over the limit"));
+            }
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    serde_json::to_writer(&mut Meter { written: 0, max }, value).is_err()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

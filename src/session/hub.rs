@@ -457,6 +457,7 @@ impl Hub {
         file: &Value,
         template_id: Option<&str>,
         name: Option<&str>,
+        limits: &project_file::ImportLimits,
     ) -> Result<(Arc<Session>, project_file::Imported), DomainError> {
         let template_id = match template_id {
             Some(t) => t.to_string(),
@@ -468,17 +469,7 @@ impl Hub {
             })?,
         };
         let template = self.template(&template_id)?;
-        let imported = project_file::import(file, &template, Utc::now())?;
-        let max = self.config.command_limits.max_nodes_per_project;
-        if imported.graph.len() > max {
-            return Err(err(
-                ErrorCode::LimitExceeded,
-                format!(
-                    "the file holds {} nodes (the limit max-nodes-per-project is {max})",
-                    imported.graph.len()
-                ),
-            ));
-        }
+        let imported = project_file::import_within(file, &template, Utc::now(), limits)?;
         let name = match name.or(imported.name.as_deref()) {
             Some(n) => clean_name(n)?,
             None => "Imported project".to_string(),
