@@ -620,7 +620,6 @@ impl SubscriptionRoot {
         session_id: ID,
         since: Option<i32>,
     ) -> Result<BoxStream<'static, Result<SessionEventView>>> {
-        let user = access::user(ctx)?;
         let id = uuid(&session_id, "sessionId")?;
         let mut since = since.map(|s| count(s, "since")).transpose()?;
         if let Some(resume) = ctx.data_opt::<super::ResumeFrom>() {
@@ -648,6 +647,7 @@ impl SubscriptionRoot {
             let view = SessionEventView::from_event(one.event.clone(), template);
             return Ok(futures_util::stream::once(async move { Ok(view) }).boxed());
         }
+        let user = access::user(ctx)?;
         let s = access::session_by_id(ctx, id, Role::Viewer)?;
         let (client, slot) = match ctx.data_opt::<ConnClient>() {
             Some(c) => {
