@@ -85,18 +85,28 @@ impl Default for Config {
 /// The command rate with authentication on, unless `--rate-limit` says otherwise.
 const DEFAULT_RATE_LIMIT: u32 = 200;
 
-/// The token verifier a config asks for, and the refusal to serve a
-/// non-loopback address without one (unless `--insecure-no-auth`).
+/// Whether `addr` is reachable from this machine only (127.0.0.0/8, ::1, or ::ffff:127.x.y.z).
+fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
+}
+
+/// Refuses to serve a non-loopback address without authentication (unless `--insecure-no-auth`).
+fn refuse_exposed(config: &Config, addr: SocketAddr) -> anyhow::Result<()> {
+    if config.auth.is_on() || is_loopback(addr) || config.insecure_no_auth {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve {addr} without authentication: anyone who can reach it could read, change and delete every project. \
+         Configure a key with --jwt-secret SECRET (TALUS_JWT_SECRET, HS256) or --jwt-public-key PATH (TALUS_JWT_PUBLIC_KEY, a PEM RS256/ES256 key or a JWKS file), \
+         listen on 127.0.0.1, or pass --insecure-no-auth if a proxy in front authenticates"
+    )
+}
+
+/// The token verifier a config asks for (`None`: authentication off), after `refuse_exposed`.
 fn verifier(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Arc<Verifier>>> {
+    refuse_exposed(config, addr)?;
     let verifier = Verifier::from_config(&config.auth)?.map(Arc::new);
-    if verifier.is_none() && !addr.ip().is_loopback() {
-        if !config.insecure_no_auth {
-            anyhow::bail!(
-                "refusing to serve {addr} without authentication: anyone who can reach it could read, change and delete every project. \
-                 Configure a key with --jwt-secret SECRET (TALUS_JWT_SECRET, HS256) or --jwt-public-key PATH (TALUS_JWT_PUBLIC_KEY, a PEM RS256/ES256 key or a JWKS file), \
-                 listen on 127.0.0.1, or pass --insecure-no-auth if a proxy in front authenticates"
-            );
-        }
+    if verifier.is_none() && !is_loopback(addr) {
         tracing::warn!(%addr, "authentication is off on a non-loopback address (--insecure-no-auth): anyone who can reach it may do everything");
     }
     Ok(verifier)
@@ -302,6 +312,8 @@ pub async fn start(
 
 /// Runs until `shutdown` completes, then stops gracefully.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // Refused before listening: an exposed server without authentication never accepts anything.
+    refuse_exposed(&config, config.addr)?;
     let listener = TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("could not listen on {}", config.addr))?;
