@@ -253,14 +253,20 @@ fn refusal(kind: &ErrorKind) -> AuthError {
     match kind {
         ErrorKind::InvalidSignature => AuthError::BadSignature,
         ErrorKind::ExpiredSignature => AuthError::Expired,
-        ErrorKind::InvalidAudience => AuthError::Rejected("its audience (aud) is not this server's".into()),
-        ErrorKind::InvalidIssuer => AuthError::Rejected("its issuer (iss) is not the configured one".into()),
+        ErrorKind::InvalidAudience => {
+            AuthError::Rejected("its audience (aud) is not this server's".into())
+        }
+        ErrorKind::InvalidIssuer => {
+            AuthError::Rejected("its issuer (iss) is not the configured one".into())
+        }
         ErrorKind::ImmatureSignature => AuthError::Rejected("it is not valid yet (nbf)".into()),
         ErrorKind::MissingRequiredClaim(c) => AuthError::Rejected(format!("it has no {c} claim")),
         ErrorKind::InvalidAlgorithm => {
             AuthError::Rejected("its algorithm is not the configured key's".into())
         }
-        ErrorKind::InvalidClaimFormat(c) => AuthError::Malformed(format!("the {c} claim has the wrong type")),
+        ErrorKind::InvalidClaimFormat(c) => {
+            AuthError::Malformed(format!("the {c} claim has the wrong type"))
+        }
         ErrorKind::Json(_) => AuthError::Malformed("its claims are not the expected JSON".into()),
         _ => AuthError::Malformed("it is not a JWT (header.claims.signature)".into()),
     }
@@ -284,8 +290,12 @@ fn pem(text: &str, path: &Path) -> anyhow::Result<(DecodingKey, Algorithm)> {
 /// (its `alg`, or RS256 for RSA and ES256 for P-256 keys).
 fn jwks(text: &str, path: &Path) -> anyhow::Result<Vec<(String, (DecodingKey, Algorithm))>> {
     use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
-    let set: JwkSet = serde_json::from_str(text)
-        .with_context(|| format!("{} is not a JWKS file ({{\"keys\": [...]}})", path.display()))?;
+    let set: JwkSet = serde_json::from_str(text).with_context(|| {
+        format!(
+            "{} is not a JWKS file ({{\"keys\": [...]}})",
+            path.display()
+        )
+    })?;
     let mut keys = Vec::new();
     for (i, jwk) in set.keys.iter().enumerate() {
         let kid = jwk
@@ -382,24 +392,34 @@ mod tests {
             Duration::from_secs(60),
         )
         .unwrap();
-        let user = verifier(None).verify_bearer(&format!("Bearer {token}")).unwrap();
+        let user = verifier(None)
+            .verify_bearer(&format!("Bearer {token}"))
+            .unwrap();
         assert_eq!(user.id, "alice");
         assert_eq!(user.name.as_deref(), Some("Alice"));
     }
 
     #[test]
     fn a_token_signed_with_another_secret_is_refused() {
-        let token =
-            mint_hs256("another-secret-of-enough-bytes", "alice", None, Duration::from_secs(60))
-                .unwrap();
+        let token = mint_hs256(
+            "another-secret-of-enough-bytes",
+            "alice",
+            None,
+            Duration::from_secs(60),
+        )
+        .unwrap();
         assert_eq!(verifier(None).verify(&token), Err(AuthError::BadSignature));
     }
 
     #[test]
     fn a_token_without_the_configured_audience_is_refused() {
-        let token =
-            mint_hs256("a-test-secret-of-enough-bytes", "alice", None, Duration::from_secs(60))
-                .unwrap();
+        let token = mint_hs256(
+            "a-test-secret-of-enough-bytes",
+            "alice",
+            None,
+            Duration::from_secs(60),
+        )
+        .unwrap();
         assert!(matches!(
             verifier(Some("talus")).verify(&token),
             Err(AuthError::Rejected(_))
@@ -409,8 +429,14 @@ mod tests {
     #[test]
     fn garbage_and_other_schemes_are_malformed() {
         let v = verifier(None);
-        assert!(matches!(v.verify("not.a.jwt"), Err(AuthError::Malformed(_))));
-        assert!(matches!(v.verify_bearer("Basic abc"), Err(AuthError::Malformed(_))));
+        assert!(matches!(
+            v.verify("not.a.jwt"),
+            Err(AuthError::Malformed(_))
+        ));
+        assert!(matches!(
+            v.verify_bearer("Basic abc"),
+            Err(AuthError::Malformed(_))
+        ));
     }
 
     #[test]

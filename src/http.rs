@@ -336,10 +336,16 @@ fn public_only(request: &async_graphql::Request) -> bool {
     };
     doc.operations.iter().all(|(_, op)| {
         op.node.ty == OperationType::Query
-            && op.node.selection_set.node.items.iter().all(|item| match &item.node {
-                Selection::Field(f) => PUBLIC.contains(&f.node.name.node.as_str()),
-                _ => false,
-            })
+            && op
+                .node
+                .selection_set
+                .node
+                .items
+                .iter()
+                .all(|item| match &item.node {
+                    Selection::Field(f) => PUBLIC.contains(&f.node.name.node.as_str()),
+                    _ => false,
+                })
     })
 }
 

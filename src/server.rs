@@ -165,8 +165,9 @@ pub async fn grant(
         !user.trim().is_empty() && user.len() <= 200,
         "the user id must be 1 to 200 bytes"
     );
-    let store = SqliteStore::open(&path, SqliteOptions::default())
-        .map_err(|e| anyhow::anyhow!("could not open the data dir {}: {e:#}", data_dir.display()))?;
+    let store = SqliteStore::open(&path, SqliteOptions::default()).map_err(|e| {
+        anyhow::anyhow!("could not open the data dir {}: {e:#}", data_dir.display())
+    })?;
     let result = async {
         let projects = store.projects().await?;
         anyhow::ensure!(
@@ -175,11 +176,13 @@ pub async fn grant(
             data_dir.display()
         );
         store
-            .commit(vec![crate::store::Write::PutMember(crate::store::Membership {
-                project_id: project,
-                user_id: user.trim().to_string(),
-                role,
-            })])
+            .commit(vec![crate::store::Write::PutMember(
+                crate::store::Membership {
+                    project_id: project,
+                    user_id: user.trim().to_string(),
+                    role,
+                },
+            )])
             .await?;
         Ok(())
     }

@@ -170,7 +170,10 @@ impl Tokens {
             editor: es256(keys, &claims("eddie", later, AUDIENCE)),
             viewer: hs256(SECRET, &claims("vera", later, AUDIENCE)),
             stranger: es256(keys, &claims("nora", later, AUDIENCE)),
-            bad_signature: hs256("another-secret-entirely-here", &claims("olivia", later, AUDIENCE)),
+            bad_signature: hs256(
+                "another-secret-entirely-here",
+                &claims("olivia", later, AUDIENCE),
+            ),
             expired: es256(keys, &claims("olivia", now() - 3600, AUDIENCE)),
             wrong_audience: hs256(SECRET, &claims("olivia", later, "someone-else")),
         }
@@ -206,7 +209,10 @@ async fn fixture(app: &App, tokens: &Tokens) -> Fixture {
     )
     .await;
     let session = data["createProject"]["id"].as_str().unwrap().to_string();
-    let project = data["createProject"]["project"]["id"].as_str().unwrap().to_string();
+    let project = data["createProject"]["project"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let root = data["createProject"]["graph"]["roots"][0]["id"]
         .as_str()
         .unwrap()
@@ -367,7 +373,13 @@ async fn every_query_and_mutation_answers_each_kind_of_caller_as_its_role_allows
         for who in EVERYONE {
             let f = fixture(&app, &tokens).await;
             if let Some(prepare) = op.prepare {
-                ok(&app, &tokens.owner_header(), prepare, json!({ "s": f.session })).await;
+                ok(
+                    &app,
+                    &tokens.owner_header(),
+                    prepare,
+                    json!({ "s": f.session }),
+                )
+                .await;
             }
             let before = state(&app, &tokens, &f).await;
             let declared = variables(&f)
@@ -378,7 +390,8 @@ async fn every_query_and_mutation_answers_each_kind_of_caller_as_its_role_allows
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect::<serde_json::Map<_, _>>();
             let header = tokens.header(who);
-            let (status, body) = post(&app, header.as_deref(), op.query, Value::Object(declared)).await;
+            let (status, body) =
+                post(&app, header.as_deref(), op.query, Value::Object(declared)).await;
             let case = format!("{} as {who:?}: {status} {body}", op.name);
             let bad_token = matches!(
                 who,
@@ -419,7 +432,10 @@ async fn every_query_and_mutation_answers_each_kind_of_caller_as_its_role_allows
                         }
                         Hidden::Invisible => {
                             assert!(body.get("errors").is_none(), "{case}");
-                            assert!(!shows_fixture(&body["data"], &f), "a non-member must not see the fixture: {case}");
+                            assert!(
+                                !shows_fixture(&body["data"], &f),
+                                "a non-member must not see the fixture: {case}"
+                            );
                             true
                         }
                     },
@@ -427,21 +443,31 @@ async fn every_query_and_mutation_answers_each_kind_of_caller_as_its_role_allows
                         assert_eq!(code(&body), "FORBIDDEN", "{case}");
                         let message = body["errors"][0]["message"].as_str().unwrap_or("");
                         let role = format!("{needed:?}").to_uppercase();
-                        assert!(message.contains(&role), "FORBIDDEN names the role needed: {case}");
+                        assert!(
+                            message.contains(&role),
+                            "FORBIDDEN names the role needed: {case}"
+                        );
                         true
                     }
                     (Needs::Role(_), Some(_)) => {
                         assert_eq!(status, 200, "{case}");
                         assert!(body.get("errors").is_none(), "{case}");
                         if op.hidden == Hidden::Invisible {
-                            assert!(shows_fixture(&body["data"], &f), "a member sees the fixture: {case}");
+                            assert!(
+                                shows_fixture(&body["data"], &f),
+                                "a member sees the fixture: {case}"
+                            );
                         }
                         false
                     }
                 }
             };
             if refused || !op.writes {
-                assert_eq!(state(&app, &tokens, &f).await, before, "nothing changed: {case}");
+                assert_eq!(
+                    state(&app, &tokens, &f).await,
+                    before,
+                    "nothing changed: {case}"
+                );
             }
         }
     }
@@ -453,8 +479,15 @@ async fn me_and_my_role_name_the_caller_and_members_list_every_role() {
     let app = server(&keys, |_| {}).await;
     let tokens = Tokens::new(&keys);
     let f = fixture(&app, &tokens).await;
-    let query = "query($p: ID!) { me { userId name } project(id: $p) { myRole members { userId role } } }";
-    let data = ok(&app, &format!("Bearer {}", tokens.editor), query, json!({ "p": f.project })).await;
+    let query =
+        "query($p: ID!) { me { userId name } project(id: $p) { myRole members { userId role } } }";
+    let data = ok(
+        &app,
+        &format!("Bearer {}", tokens.editor),
+        query,
+        json!({ "p": f.project }),
+    )
+    .await;
     assert_eq!(data["me"], json!({ "userId": "eddie", "name": "EDDIE" }));
     assert_eq!(data["project"]["myRole"], "EDITOR");
     assert_eq!(
@@ -476,12 +509,36 @@ async fn the_last_owner_can_be_neither_removed_nor_demoted_but_a_second_owner_ma
     let owner = tokens.owner_header();
     let revoke = "mutation($p: ID!, $u: ID!) { revokeAccess(projectId: $p, userId: $u) { members { userId role } } }";
     let grant = "mutation($p: ID!, $u: ID!, $r: Role!) { grantAccess(projectId: $p, userId: $u, role: $r) { members { userId role } } }";
-    let (_, body) = post(&app, Some(&owner), revoke, json!({ "p": f.project, "u": "olivia" })).await;
+    let (_, body) = post(
+        &app,
+        Some(&owner),
+        revoke,
+        json!({ "p": f.project, "u": "olivia" }),
+    )
+    .await;
     assert_eq!(code(&body), "BAD_USER_INPUT", "{body}");
-    let (_, body) = post(&app, Some(&owner), grant, json!({ "p": f.project, "u": "olivia", "r": "EDITOR" })).await;
+    let (_, body) = post(
+        &app,
+        Some(&owner),
+        grant,
+        json!({ "p": f.project, "u": "olivia", "r": "EDITOR" }),
+    )
+    .await;
     assert_eq!(code(&body), "BAD_USER_INPUT", "{body}");
-    ok(&app, &owner, grant, json!({ "p": f.project, "u": "eddie", "r": "OWNER" })).await;
-    let data = ok(&app, &owner, revoke, json!({ "p": f.project, "u": "olivia" })).await;
+    ok(
+        &app,
+        &owner,
+        grant,
+        json!({ "p": f.project, "u": "eddie", "r": "OWNER" }),
+    )
+    .await;
+    let data = ok(
+        &app,
+        &owner,
+        revoke,
+        json!({ "p": f.project, "u": "olivia" }),
+    )
+    .await;
     assert_eq!(
         data["revokeAccess"]["members"],
         json!([{ "userId": "eddie", "role": "OWNER" }, { "userId": "vera", "role": "VIEWER" }])
@@ -497,11 +554,35 @@ async fn a_demoted_editors_next_command_is_forbidden_and_a_promoted_viewers_succ
     let owner = tokens.owner_header();
     let rename = "mutation($s: ID!, $a: ID!) { execute(sessionId: $s, command: { renameNode: { nodeId: $a, name: \"X\" } }) { version } }";
     let vars = json!({ "s": f.session, "a": f.first });
-    ok(&app, &format!("Bearer {}", tokens.editor), rename, vars.clone()).await;
+    ok(
+        &app,
+        &format!("Bearer {}", tokens.editor),
+        rename,
+        vars.clone(),
+    )
+    .await;
     let grant = "mutation($p: ID!, $u: ID!, $r: Role!) { grantAccess(projectId: $p, userId: $u, role: $r) { id } }";
-    ok(&app, &owner, grant, json!({ "p": f.project, "u": "eddie", "r": "VIEWER" })).await;
-    ok(&app, &owner, grant, json!({ "p": f.project, "u": "vera", "r": "EDITOR" })).await;
-    let (_, body) = post(&app, Some(&format!("Bearer {}", tokens.editor)), rename, vars.clone()).await;
+    ok(
+        &app,
+        &owner,
+        grant,
+        json!({ "p": f.project, "u": "eddie", "r": "VIEWER" }),
+    )
+    .await;
+    ok(
+        &app,
+        &owner,
+        grant,
+        json!({ "p": f.project, "u": "vera", "r": "EDITOR" }),
+    )
+    .await;
+    let (_, body) = post(
+        &app,
+        Some(&format!("Bearer {}", tokens.editor)),
+        rename,
+        vars.clone(),
+    )
+    .await;
     assert_eq!(code(&body), "FORBIDDEN", "{body}");
     ok(&app, &format!("Bearer {}", tokens.viewer), rename, vars).await;
 }
@@ -543,17 +624,25 @@ async fn commands_over_the_per_user_rate_are_refused_with_the_time_to_wait_and_o
     for i in 0..4 {
         let (_, body) = post(&app, Some(&editor), rename, vars.clone()).await;
         if i < 3 {
-            assert!(version(&body).is_some(), "command {i} is within the burst: {body}");
+            assert!(
+                version(&body).is_some(),
+                "command {i} is within the burst: {body}"
+            );
         } else {
             refused = Some(body);
         }
     }
     let refused = refused.unwrap();
     assert_eq!(code(&refused), "LIMIT_EXCEEDED", "{refused}");
-    let wait = refused["errors"][0]["extensions"]["retryAfterMs"].as_u64().unwrap();
+    let wait = refused["errors"][0]["extensions"]["retryAfterMs"]
+        .as_u64()
+        .unwrap();
     assert!(wait > 0 && wait <= 1000, "{refused}");
     let (_, body) = post(&app, Some(&tokens.owner_header()), rename, vars).await;
-    assert!(version(&body).is_some(), "another user has its own allowance: {body}");
+    assert!(
+        version(&body).is_some(),
+        "another user has its own allowance: {body}"
+    );
 }
 
 #[tokio::test]
@@ -579,12 +668,22 @@ async fn a_subscription_over_sse_without_a_token_is_refused_with_401_before_the_
     assert_eq!(refused.status().as_u16(), 401);
     let refused: Value = refused.json().await.unwrap();
     assert_eq!(code(&refused), "UNAUTHENTICATED");
-    let expired = send(Some(format!("Bearer {}", tokens.expired))).await.unwrap();
+    let expired = send(Some(format!("Bearer {}", tokens.expired)))
+        .await
+        .unwrap();
     assert_eq!(expired.status().as_u16(), 401);
-    let viewer = send(Some(format!("Bearer {}", tokens.viewer))).await.unwrap();
+    let viewer = send(Some(format!("Bearer {}", tokens.viewer)))
+        .await
+        .unwrap();
     assert_eq!(viewer.status().as_u16(), 200);
-    let content_type = viewer.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+    let content_type = viewer.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
 }
 
 #[tokio::test]
@@ -620,14 +719,26 @@ async fn a_jwks_file_verifies_tokens_by_kid() {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(kid.to_string());
         let token = jsonwebtoken::encode(&header, &claims, key).unwrap();
-        let data = ok(&app, &format!("Bearer {token}"), "{ me { userId } }", json!({})).await;
+        let data = ok(
+            &app,
+            &format!("Bearer {token}"),
+            "{ me { userId } }",
+            json!({}),
+        )
+        .await;
         assert_eq!(data["me"]["userId"], "kim", "kid {kid}");
     }
     // Key one's signature under key two's kid does not verify.
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some("two".into());
     let token = jsonwebtoken::encode(&header, &claims, &signers[0].1).unwrap();
-    let (status, body) = post(&app, Some(&format!("Bearer {token}")), "{ me { userId } }", json!({})).await;
+    let (status, body) = post(
+        &app,
+        Some(&format!("Bearer {token}")),
+        "{ me { userId } }",
+        json!({}),
+    )
+    .await;
     assert_eq!(status, 401, "{body}");
 }
 
@@ -643,7 +754,10 @@ async fn with_authentication_off_everyone_is_anonymous_and_sharing_is_refused() 
     let project = &data["createProject"]["project"];
     assert_eq!(project["myRole"], Value::Null);
     assert_eq!(project["members"], json!([]));
-    assert_eq!(app.query("{ me { userId } }", json!({})).await["me"], Value::Null);
+    assert_eq!(
+        app.query("{ me { userId } }", json!({})).await["me"],
+        Value::Null
+    );
     let error = app
         .error(
             "mutation($p: ID!) { grantAccess(projectId: $p, userId: \"a\", role: OWNER) { id } }",

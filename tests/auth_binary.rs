@@ -16,7 +16,12 @@ const SECRET: &str = "a-shared-secret-for-the-binary";
 /// The binary with no authentication settings inherited from the environment.
 fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_talus-tally"));
-    for var in ["TALUS_JWT_SECRET", "TALUS_JWT_PUBLIC_KEY", "TALUS_INSECURE_NO_AUTH", "TALUS_ADDR"] {
+    for var in [
+        "TALUS_JWT_SECRET",
+        "TALUS_JWT_PUBLIC_KEY",
+        "TALUS_INSECURE_NO_AUTH",
+        "TALUS_ADDR",
+    ] {
         command.env_remove(var);
     }
     command
@@ -46,7 +51,14 @@ fn insecure_no_auth_starts_on_a_non_loopback_address_with_a_warning() {
     let dir = tempfile::tempdir().unwrap();
     // The server is stopped as soon as it says it listens: nothing is sent to it.
     let mut child = binary()
-        .args(["serve", "--in-memory", "--insecure-no-auth", "--addr", "0.0.0.0:0", "--data-dir"])
+        .args([
+            "serve",
+            "--in-memory",
+            "--insecure-no-auth",
+            "--addr",
+            "0.0.0.0:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -72,13 +84,26 @@ fn insecure_no_auth_starts_on_a_non_loopback_address_with_a_warning() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert!(warned, "a warning names --insecure-no-auth before the server listens");
+    assert!(
+        warned,
+        "a warning names --insecure-no-auth before the server listens"
+    );
 }
 
 #[test]
 fn the_token_command_prints_a_hs256_token_the_server_accepts() {
     let output = binary()
-        .args(["token", "--jwt-secret", SECRET, "--sub", "alice", "--name", "Alice", "--ttl", "1h"])
+        .args([
+            "token",
+            "--jwt-secret",
+            SECRET,
+            "--sub",
+            "alice",
+            "--name",
+            "Alice",
+            "--ttl",
+            "1h",
+        ])
         .output()
         .expect("the binary runs");
     assert!(output.status.success(), "{output:?}");
@@ -107,14 +132,32 @@ async fn grant_gives_an_owner_to_a_project_created_before_authentication_was_on(
     let dir = app.restart().await;
     let data_dir = dir.path().join("data");
     let status = binary()
-        .args(["grant", "--project", &project, "--user", "alice", "--role", "owner", "--data-dir"])
+        .args([
+            "grant",
+            "--project",
+            &project,
+            "--user",
+            "alice",
+            "--role",
+            "owner",
+            "--data-dir",
+        ])
         .arg(&data_dir)
         .status()
         .expect("the binary runs");
     assert!(status.success());
     // An unknown project is refused.
     let unknown = binary()
-        .args(["grant", "--project", "292b9e11-45c7-94f4-20db-7f6085266a4f", "--user", "alice", "--role", "owner", "--data-dir"])
+        .args([
+            "grant",
+            "--project",
+            "292b9e11-45c7-94f4-20db-7f6085266a4f",
+            "--user",
+            "alice",
+            "--role",
+            "owner",
+            "--data-dir",
+        ])
         .arg(&data_dir)
         .output()
         .unwrap();
@@ -127,7 +170,10 @@ async fn grant_gives_an_owner_to_a_project_created_before_authentication_was_on(
     })
     .await;
     let ttl = Duration::from_secs(600);
-    for (user, expected) in [("alice", json!([{ "id": project, "myRole": "OWNER" }])), ("bob", json!([]))] {
+    for (user, expected) in [
+        ("alice", json!([{ "id": project, "myRole": "OWNER" }])),
+        ("bob", json!([])),
+    ] {
         let token = talus_tally::auth::mint_hs256(SECRET, user, None, ttl).unwrap();
         let body: serde_json::Value = reqwest::Client::new()
             .post(app.url("/graphql"))

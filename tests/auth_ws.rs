@@ -174,10 +174,22 @@ async fn a_missing_malformed_badly_signed_expired_or_wrong_audience_token_closes
     let cases = [
         ("no token", json!({})),
         ("malformed", json!({ "authorization": "Bearer not-a-jwt" })),
-        ("not bearer", json!({ "authorization": format!("Basic {}", token("olivia")) })),
-        ("bad signature", json!({ "authorization": format!("Bearer {}", token_with("some-other-secret-value", "olivia", later, AUDIENCE)) })),
-        ("expired", json!({ "authorization": format!("Bearer {}", token_with(SECRET, "olivia", later - 7200, AUDIENCE)) })),
-        ("wrong audience", json!({ "authorization": format!("Bearer {}", token_with(SECRET, "olivia", later, "elsewhere")) })),
+        (
+            "not bearer",
+            json!({ "authorization": format!("Basic {}", token("olivia")) }),
+        ),
+        (
+            "bad signature",
+            json!({ "authorization": format!("Bearer {}", token_with("some-other-secret-value", "olivia", later, AUDIENCE)) }),
+        ),
+        (
+            "expired",
+            json!({ "authorization": format!("Bearer {}", token_with(SECRET, "olivia", later - 7200, AUDIENCE)) }),
+        ),
+        (
+            "wrong audience",
+            json!({ "authorization": format!("Bearer {}", token_with(SECRET, "olivia", later, "elsewhere")) }),
+        ),
     ];
     for (case, payload) in cases {
         let mut socket = open(&app, payload).await;
@@ -204,7 +216,10 @@ async fn an_open_connection_closes_with_4403_when_its_token_expires() {
     let at = now();
     assert_eq!(closed, Err(4403));
     assert!(at >= exp as f64 - 0.05, "closed at {at}, before exp {exp}");
-    assert!(at < exp as f64 + 5.0, "closed at {at}, long after exp {exp}");
+    assert!(
+        at < exp as f64 + 5.0,
+        "closed at {at}, long after exp {exp}"
+    );
 }
 
 #[tokio::test]
@@ -212,7 +227,11 @@ async fn subscribing_answers_each_kind_of_member_as_its_role_allows() {
     let app = server(|_| {}).await;
     let (session, _, _) = shared_project(&app).await;
     // A non-member is told the session does not exist.
-    let mut stranger = acked(&app, json!({ "authorization": format!("Bearer {}", token("nora")) })).await;
+    let mut stranger = acked(
+        &app,
+        json!({ "authorization": format!("Bearer {}", token("nora")) }),
+    )
+    .await;
     subscribe(&mut stranger, "e", &session).await;
     let refused = next(&mut stranger).await.unwrap();
     let errors = if refused["type"] == "error" {
@@ -220,7 +239,10 @@ async fn subscribing_answers_each_kind_of_member_as_its_role_allows() {
     } else {
         refused["payload"]["errors"].clone()
     };
-    assert_eq!(errors[0]["extensions"]["code"], "SESSION_NOT_FOUND", "{refused}");
+    assert_eq!(
+        errors[0]["extensions"]["code"], "SESSION_NOT_FOUND",
+        "{refused}"
+    );
     // Viewers, editors and owners receive the events, starting with their own ClientJoined.
     for user in ["vera", "eddie", "olivia"] {
         let mut socket = acked(&app, json!({ "authorization": format!("Bearer {}", token(user)), "clientId": format!("{user}-tab") })).await;
@@ -268,10 +290,17 @@ async fn user_id_and_name_come_from_the_token_and_cannot_be_spoofed_through_the_
 async fn revoking_a_member_ends_its_open_subscription_with_forbidden_within_a_second() {
     let app = server(|_| {}).await;
     let (session, project, _) = shared_project(&app).await;
-    let mut socket = acked(&app, json!({ "authorization": format!("Bearer {}", token("vera")) })).await;
+    let mut socket = acked(
+        &app,
+        json!({ "authorization": format!("Bearer {}", token("vera")) }),
+    )
+    .await;
     subscribe(&mut socket, "e", &session).await;
     let joined = next(&mut socket).await.unwrap();
-    assert_eq!(joined["payload"]["data"]["sessionEvents"]["__typename"], "ClientJoined");
+    assert_eq!(
+        joined["payload"]["data"]["sessionEvents"]["__typename"],
+        "ClientJoined"
+    );
     app.as_bearer(&token("olivia"))
         .query(
             "mutation($p: ID!) { revokeAccess(projectId: $p, userId: \"vera\") { id } }",
@@ -288,7 +317,10 @@ async fn revoking_a_member_ends_its_open_subscription_with_forbidden_within_a_se
     })
     .await
     .expect("the stream ends within a second of the revocation");
-    assert_eq!(ended["payload"]["errors"][0]["extensions"]["code"], "FORBIDDEN", "{ended}");
+    assert_eq!(
+        ended["payload"]["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{ended}"
+    );
     let complete = next(&mut socket).await.unwrap();
     assert_eq!(complete, json!({ "id": "e", "type": "complete" }));
 }
@@ -301,7 +333,11 @@ async fn connections_beyond_the_per_user_cap_are_closed_with_4429_and_other_user
     let two = acked(&app, bearer.clone()).await;
     let mut three = open(&app, bearer.clone()).await;
     assert_eq!(next(&mut three).await, Err(4429));
-    acked(&app, json!({ "authorization": format!("Bearer {}", token("eddie")) })).await;
+    acked(
+        &app,
+        json!({ "authorization": format!("Bearer {}", token("eddie")) }),
+    )
+    .await;
     // A slot is given back when a connection ends.
     drop(two);
     let again = tokio::time::timeout(TIMEOUT, async {

@@ -9,16 +9,16 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use serde_json::Value;
 
+use super::access::{self, AccessPolicy};
 use super::error::{code, count, gql, int, uuid, OrGql, Result};
 use super::events::SessionEventView;
 use super::extension::{charge, Codes};
 use super::guard::Guard;
 use super::inputs::{check_name, check_sizes, CommandInput, CreateNodeInput};
 use super::types::{
-    hub, search, CleanupResultView, CommandResultView, GraphView, NodeView, ProjectView,
-    RoleView, SessionView, TemplateErrorView, TemplateView, ViewerView,
+    hub, search, CleanupResultView, CommandResultView, GraphView, NodeView, ProjectView, RoleView,
+    SessionView, TemplateErrorView, TemplateView, ViewerView,
 };
-use super::access::{self, AccessPolicy};
 use super::{ConnClient, RenderOne};
 use crate::domain::{project_file, Command, ErrorCode, Role};
 use crate::session::{ClientInfo, Hub, Outcome, Session};

@@ -347,9 +347,7 @@ impl Hub {
         }
         let members = self.index.members(&project_id);
         let owners = members.iter().filter(|(_, r)| *r == Role::Owner).count();
-        let is_owner = members
-            .iter()
-            .any(|(u, r)| u == user && *r == Role::Owner);
+        let is_owner = members.iter().any(|(u, r)| u == user && *r == Role::Owner);
         if is_owner && owners == 1 && to != Some(Role::Owner) {
             return Err(err(
                 ErrorCode::BadUserInput,
@@ -651,7 +649,11 @@ impl Hub {
         let idle: Vec<Uuid> = self
             .sessions()
             .into_iter()
-            .filter(|s| s.read().active_clients() == 0 && s.last_activity() < cutoff && pick(s))
+            .filter(|s| {
+                // The read guard is released before `pick`, which reads the state again.
+                let idle = s.read().active_clients() == 0;
+                idle && s.last_activity() < cutoff && pick(s)
+            })
             .map(|s| s.id)
             .collect();
         let mut removed = 0;

@@ -682,7 +682,12 @@ struct Group<'a> {
 }
 
 impl Group<'_> {
-    fn event(&mut self, command_id: Option<Uuid>, by: &Actor, kind: EventKind) -> Arc<SessionEvent> {
+    fn event(
+        &mut self,
+        command_id: Option<Uuid>,
+        by: &Actor,
+        kind: EventKind,
+    ) -> Arc<SessionEvent> {
         let mut event = SessionEvent::new(
             self.next_seq,
             self.session.id,
@@ -1040,16 +1045,12 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, work: Work) -> Done {
                     if fault == Some(super::config::FaultKind::Unserialisable) {
                         group.unserialisable = true;
                     }
-                    finish_applied(
-                        project,
-                        group,
-                        applied,
-                        &by,
-                        |command_type, version| EventKind::CommandExecuted {
+                    finish_applied(project, group, applied, &by, |command_type, version| {
+                        EventKind::CommandExecuted {
                             command_type,
                             version,
-                        },
-                    )
+                        }
+                    })
                 }
                 Err(e) => {
                     group.event(
@@ -1134,25 +1135,19 @@ fn history_step(
     } else {
         project.dispatcher.undo()?
     };
-    finish_applied(
-        project,
-        group,
-        applied,
-        by,
-        |command_type, version| {
-            if redo {
-                EventKind::CommandRedone {
-                    command_type,
-                    version,
-                }
-            } else {
-                EventKind::CommandUndone {
-                    command_type,
-                    version,
-                }
+    finish_applied(project, group, applied, by, |command_type, version| {
+        if redo {
+            EventKind::CommandRedone {
+                command_type,
+                version,
             }
-        },
-    )
+        } else {
+            EventKind::CommandUndone {
+                command_type,
+                version,
+            }
+        }
+    })
 }
 
 /// Turns an applied dispatcher step into its events and logged op.

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{LoadedProject, Membership, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write};
+use super::{
+    LoadedProject, Membership, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write,
+};
 
 /// What a `HookedStore` does before each commit.
 #[async_trait]

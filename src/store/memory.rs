@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use uuid::Uuid;
 
-use super::{LoadedProject, Membership, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write};
+use super::{
+    LoadedProject, Membership, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write,
+};
 
 #[derive(Default)]
 struct Data {

@@ -98,7 +98,10 @@ pub enum Write {
     /// Give a user a role on a project, replacing the role it had.
     PutMember(Membership),
     /// Take a user's role on a project away (nothing if it had none).
-    RemoveMember { project_id: Uuid, user_id: String },
+    RemoveMember {
+        project_id: Uuid,
+        user_id: String,
+    },
     UpsertSession(SessionRecord),
     /// Remove a session with its event log.
     DeleteSession(Uuid),

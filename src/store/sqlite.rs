@@ -48,8 +48,10 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, Row, TransactionBehavio
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::{
+    LoadedProject, Membership, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write,
+};
 use crate::domain::Role;
-use super::{LoadedProject, Membership, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write};
 
 /// The schema, one migration per version: `MIGRATIONS[i]` takes a database
 /// from `user_version` i to i + 1. Append new versions; never edit old ones.
@@ -821,7 +823,11 @@ fn apply(conn: &Connection, write: &Write) -> rusqlite::Result<()> {
                 "INSERT INTO project_members (project_id, user_id, role) VALUES (?1, ?2, ?3)
                  ON CONFLICT (project_id, user_id) DO UPDATE SET role = excluded.role",
             )?
-            .execute(params![m.project_id.to_string(), m.user_id, m.role.as_str()])?;
+            .execute(params![
+                m.project_id.to_string(),
+                m.user_id,
+                m.role.as_str()
+            ])?;
         }
         Write::RemoveMember {
             project_id,
