@@ -126,15 +126,22 @@ impl Verifier {
         let validation = |alg: Algorithm| {
             let mut v = Validation::new(alg);
             v.leeway = config.leeway_secs;
-            v.set_required_spec_claims(&["exp", "sub"]);
+            // A configured issuer or audience must be in the token, not only
+            // match when present.
+            let mut required = vec!["exp", "sub"];
             match &config.audience {
-                Some(aud) => v.set_audience(&[aud]),
+                Some(aud) => {
+                    v.set_audience(&[aud]);
+                    required.push("aud");
+                }
                 // Without a configured audience a token's `aud` is not checked.
                 None => v.validate_aud = false,
             }
             if let Some(iss) = &config.issuer {
                 v.set_issuer(&[iss]);
+                required.push("iss");
             }
+            v.set_required_spec_claims(&required);
             v
         };
         let hmac = match &config.secret {
