@@ -28,7 +28,7 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use crate::api::guard::{selected_operation, selects_mutation, ReadOnly};
 use crate::api::{AppSchema, Caller, HttpClient};
 use crate::auth::{AuthError, Verifier};
-use crate::origin::{origin_allowed, OriginPolicy};
+use crate::origin::{host_allowed, origin_allowed, OriginPolicy};
 use crate::sse::{StreamSettings, Streaming};
 
 /// Read buffer of a websocket; larger client messages are read in several steps.
@@ -94,8 +94,28 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Refuses a request whose `Origin` is neither the server's own nor allowed (403).
+/// Refuses a request addressed to a `Host` this server does not answer, or
+/// whose `Origin` is neither the server's own nor allowed (403).
 async fn check_origin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if !host_allowed(&state.origins, request.headers()) {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        tracing::info!(%host, "refused a request addressed to an unknown host");
+        let media = MediaType::negotiate(request.headers()).unwrap_or(MediaType::Json);
+        return error_response(
+            media,
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            format!(
+                "requests addressed to the host {host} are not answered (DNS-rebinding protection); \
+                 the server's operator can allow the name with --allowed-hosts"
+            ),
+        );
+    }
     if origin_allowed(&state.origins, request.headers()) {
         return next.run(request).await;
     }

@@ -200,6 +200,11 @@ struct ServeArgs {
     /// loopback, http://localhost:* and http://127.0.0.1:* are allowed too.
     #[arg(long, env = "TALUS_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     cors_origins: Vec<AllowedOrigin>,
+    /// Host names (without port) requests may be addressed to, comma-separated. While the
+    /// server listens on loopback only loopback names and IP literals are answered otherwise
+    /// (DNS-rebinding protection); given, the check applies on every address.
+    #[arg(long, env = "TALUS_ALLOWED_HOSTS", value_delimiter = ',', value_parser = parse_host)]
+    allowed_hosts: Vec<String>,
     /// Documents the Automatic Persisted Queries cache keeps (least recently used go first).
     #[arg(long, env = "TALUS_APQ_CACHE_ENTRIES", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -253,6 +258,22 @@ struct AuthArgs {
     /// Open websocket connections one authenticated user may hold.
     #[arg(long, env = "TALUS_MAX_CONNECTIONS_PER_USER", default_value_t = 64, value_parser = count(1, 1_000_000))]
     max_connections_per_user: usize,
+}
+
+fn parse_host(s: &str) -> Result<String, String> {
+    let host = s.trim().to_ascii_lowercase();
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if valid {
+        Ok(host)
+    } else {
+        Err(format!(
+            "'{s}' is not a host name: write it without scheme or port, e.g. talus.example.com"
+        ))
+    }
 }
 
 impl ServeArgs {
@@ -311,6 +332,7 @@ impl ServeArgs {
         c.rate_limit = self.auth.rate_limit;
         c.rate_burst = self.auth.rate_burst;
         c.max_connections_per_user = self.auth.max_connections_per_user;
+        c.allowed_hosts = self.allowed_hosts.clone();
         Ok(c)
     }
 }

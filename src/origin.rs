@@ -1,4 +1,4 @@
-//! Which web origins may call the API (HTTP and websocket upgrades): the server's own, those of `--cors-origins`, and local dev servers while on loopback.
+//! Which web origins may call the API (HTTP and websocket upgrades): the server's own, those of `--cors-origins`, and local dev servers while on loopback; and which `Host` names a request may be addressed to (DNS-rebinding protection).
 //!
 //! A browser sends `Origin` with every cross-origin request and websocket
 //! upgrade (and with same-origin POSTs), and it cannot be forged by a page.
@@ -7,6 +7,14 @@
 //! browsers (curl, server-side code, the graphql-ws library in node) send no
 //! `Origin`, and a request without one is allowed: the check is against
 //! cross-site requests from browsers, not an authentication.
+//!
+//! The server's own origin is taken from `Host`, and a page can choose that:
+//! DNS rebinding points the page's own name (`evil.example`) at 127.0.0.1, so
+//! its requests are same-origin and carry `Host: evil.example`. A server on
+//! loopback therefore only answers requests addressed to a loopback name
+//! (`localhost`, `*.localhost`), an IP literal (which cannot be rebound), or a
+//! name of `--allowed-hosts`; with `--allowed-hosts` given, that check applies
+//! on every address.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -67,10 +75,12 @@ impl fmt::Display for AllowedOrigin {
     }
 }
 
-/// The origins allowed besides the server's own.
+/// The origins allowed besides the server's own, and the `Host` names requests may use.
 #[derive(Debug, Clone, Default)]
 pub struct OriginPolicy {
     allowed: Vec<AllowedOrigin>,
+    /// None: any `Host`. Some: loopback names, IP literals and these (lower case, no port).
+    hosts: Option<Vec<String>>,
 }
 
 impl OriginPolicy {
@@ -89,13 +99,51 @@ impl OriginPolicy {
                 });
             }
         }
-        OriginPolicy { allowed }
+        OriginPolicy {
+            allowed,
+            hosts: listening.ip().is_loopback().then(Vec::new),
+        }
+    }
+
+    /// Also answers requests addressed to `hosts` (`--allowed-hosts`, names
+    /// without a port); when there are any, the `Host` check applies on every
+    /// address, not only on loopback.
+    pub fn with_hosts(mut self, hosts: &[String]) -> OriginPolicy {
+        if !hosts.is_empty() {
+            let known = self.hosts.get_or_insert_with(Vec::new);
+            known.extend(hosts.iter().map(|h| h.trim().to_ascii_lowercase()));
+        }
+        self
     }
 
     /// The allowed origins besides the server's own, for the log.
     pub fn allowed(&self) -> &[AllowedOrigin] {
         &self.allowed
     }
+}
+
+/// Whether a request's `Host` is one this server answers: any, unless it
+/// listens on loopback or has `--allowed-hosts`; then a loopback name, an IP
+/// literal or an allowed name. A request without `Host` (HTTP/1.0) is not a
+/// browser's and is allowed.
+pub fn host_allowed(policy: &OriginPolicy, headers: &HeaderMap) -> bool {
+    let Some(known) = &policy.hosts else {
+        return true;
+    };
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let lower = host.to_str().unwrap_or("").trim().to_ascii_lowercase();
+    let url = format!("http://{lower}");
+    let Some(authority) = Origin::parse(&url) else {
+        return false;
+    };
+    let name = authority.host;
+    let ip_literal = name.starts_with('[') || name.parse::<std::net::Ipv4Addr>().is_ok();
+    ip_literal
+        || name == "localhost"
+        || name.ends_with(".localhost")
+        || known.iter().any(|k| k == name)
 }
 
 /// Whether a request may proceed: it has no `Origin`, or its `Origin` is the
@@ -269,6 +317,42 @@ mod tests {
         assert!(!origin_allowed(&p, &h("https://app.example.com:8443")));
         assert!(!origin_allowed(&p, &h("http://app.example.com")));
         assert!(origin_allowed(&p, &h("http://dev.example.com:5173")));
+    }
+
+    #[test]
+    fn on_loopback_only_loopback_names_ip_literals_and_allowed_hosts_are_answered() {
+        let p = policy(&[], "127.0.0.1:8000").with_hosts(&["Talus.Internal".to_string()]);
+        for host in [
+            "127.0.0.1:8000",
+            "localhost:8000",
+            "app.localhost",
+            "[::1]:8000",
+            "10.0.0.7:8000",
+            "talus.internal:8000",
+        ] {
+            assert!(host_allowed(&p, &headers(None, host)), "{host}");
+        }
+        // A rebound name: the page's own origin, so the origin check passes.
+        let rebound = headers(Some("http://evil.example:8000"), "evil.example:8000");
+        assert!(origin_allowed(&p, &rebound));
+        assert!(!host_allowed(&p, &rebound));
+        for host in [
+            "localhost.evil.example",
+            "talus.internal.evil.example",
+            "",
+            "a b",
+        ] {
+            assert!(!host_allowed(&p, &headers(None, host)), "{host}");
+        }
+    }
+
+    #[test]
+    fn off_loopback_any_host_is_answered_unless_allowed_hosts_are_given() {
+        let open = policy(&[], "0.0.0.0:8000");
+        assert!(host_allowed(&open, &headers(None, "api.example.com")));
+        let strict = open.with_hosts(&["api.example.com".to_string()]);
+        assert!(host_allowed(&strict, &headers(None, "api.example.com")));
+        assert!(!host_allowed(&strict, &headers(None, "other.example.com")));
     }
 
     #[test]

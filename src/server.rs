@@ -55,6 +55,8 @@ pub struct Config {
     pub rate_burst: Option<u32>,
     /// Open websockets one user may hold (`--max-connections-per-user`).
     pub max_connections_per_user: usize,
+    /// `Host` names answered besides loopback names and IP literals (`--allowed-hosts`).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for Config {
@@ -78,6 +80,7 @@ impl Default for Config {
             rate_limit: None,
             rate_burst: None,
             max_connections_per_user: 64,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -260,7 +263,9 @@ pub async fn start(
         user_connections: Arc::new(crate::ws::UserConnections::new(
             config.max_connections_per_user,
         )),
-        origins: Arc::new(OriginPolicy::new(&config.cors_origins, addr)),
+        origins: Arc::new(
+            OriginPolicy::new(&config.cors_origins, addr).with_hosts(&config.allowed_hosts),
+        ),
         schema: schema.clone(),
         max_body_bytes: config.max_body_bytes,
         ws_ping_interval: config.ws_ping_interval,

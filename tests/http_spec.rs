@@ -359,6 +359,58 @@ async fn a_foreign_origin_is_refused_with_403_and_runs_nothing() {
 }
 
 #[tokio::test]
+async fn a_request_addressed_to_a_rebound_host_name_is_refused_on_loopback_and_runs_nothing() {
+    let app = App::start_with(|c| {
+        c.in_memory = true;
+        c.allowed_hosts = vec!["talus.internal".to_string()];
+    })
+    .await;
+    let port = app.addr.port();
+    // DNS rebinding: the page's own name now points at 127.0.0.1, so its
+    // requests are same-origin; only the Host names the page.
+    let rebound = format!("evil.example:{port}");
+    let origin = format!("http://{rebound}");
+    let mutation = r#"{"query":"mutation { createSession { id } }"}"#;
+    let a = post(
+        &app,
+        &[JSON, ("host", &rebound), ("origin", &origin)],
+        mutation,
+    )
+    .await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert_eq!(a.body["errors"][0]["extensions"]["code"], "FORBIDDEN");
+    assert!(
+        a.body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allowed-hosts"),
+        "{}",
+        a.body
+    );
+    let a = get(
+        &app,
+        &[("query", "{ sessions { id } }")],
+        &[("host", &rebound)],
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    assert_eq!(
+        app.query("{ sessions { id } }", json!({})).await["sessions"],
+        json!([]),
+        "nothing ran"
+    );
+    // Loopback names, IP literals and --allowed-hosts are answered.
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("talus.internal:{port}"),
+    ] {
+        let a = post(&app, &[JSON, ("host", &host)], mutation).await;
+        assert_eq!(a.status, 200, "{host}: {}", a.body);
+    }
+}
+
+#[tokio::test]
 async fn the_servers_own_origin_local_dev_servers_and_configured_origins_are_allowed() {
     let app = App::start_with(|c| {
         c.in_memory = true;

@@ -475,6 +475,15 @@ async fn websocket_upgrades_from_foreign_origins_are_refused() {
             vec![("sec-websocket-protocol", "chat")],
             400,
         ),
+        (
+            "a page whose own name was rebound to 127.0.0.1 (DNS rebinding)",
+            vec![
+                ws,
+                ("host", "evil.example"),
+                ("origin", "http://evil.example"),
+            ],
+            403,
+        ),
     ];
     for (name, headers, status) in cases {
         assert_eq!(handshake(&app, &headers).await, status, "{name}");

@@ -12,7 +12,7 @@
 //! - `fleet.rs`: many subscribers at once.
 //! - `api.rs`: typed helpers for the mutations the scenarios use.
 //! - `stats.rs`: percentiles, runs, the table, targets and the JSON report.
-//! - one file per scenario: `fanout`, `throughput`, `mixed`, `connections`, `graph_size`, `startup`, `stalled`, `attack`.
+//! - one file per scenario: `fanout`, `throughput`, `mixed`, `connections`, `graph_size`, `startup`, `stalled`, `attack`, `storm`.
 mod api;
 mod attack;
 mod connections;
@@ -25,6 +25,7 @@ mod server;
 mod stalled;
 mod startup;
 mod stats;
+mod storm;
 mod throughput;
 mod ws;
 
@@ -87,6 +88,8 @@ enum Scenario {
     Stalled(stalled::Opts),
     /// 8. Issue 10's hostile requests nonstop while an ordinary client queries: its latency, /healthz, refusals.
     Attack(attack::Opts),
+    /// 9. Reconnect storm: subscribers on many sessions, writers running, the server restarted (SIGTERM, SIGKILL); time until all are live, events lost or duplicated.
+    Storm(storm::Opts),
 }
 
 /// What every scenario needs.
@@ -165,6 +168,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Startup(o) => ("startup", startup::run(&ctx, o).await?, None),
             Scenario::Stalled(o) => ("stalled", stalled::run(&ctx, o).await?, None),
             Scenario::Attack(o) => ("attack", attack::run(&ctx, o).await?, None),
+            Scenario::Storm(o) => ("storm", storm::run(&ctx, o).await?, None),
         };
         let path = cli.json.clone().unwrap_or_else(|| default_json(name));
         report.finish(columns, &path)

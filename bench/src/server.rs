@@ -38,6 +38,8 @@ pub struct Launch {
     pub in_memory: bool,
     /// Use this data dir (kept afterwards) instead of a fresh temp dir.
     pub data_dir: Option<PathBuf>,
+    /// Listen here (a restart on the address its clients know) instead of on a free port.
+    pub addr: Option<SocketAddr>,
     pub args: Vec<String>,
 }
 
@@ -114,7 +116,10 @@ fn spawn(bin: &Path, extra: &[String], launch: Launch) -> anyhow::Result<Server>
         None => (temp_dir("data")?, false),
     };
     // A free port picked here, so the server's log level does not matter.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let addr = match launch.addr {
+        Some(addr) => addr,
+        None => std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?,
+    };
     let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .arg("--addr")
@@ -211,6 +216,18 @@ impl Server {
     pub async fn stop(self) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || drop(self)).await?;
         Ok(())
+    }
+
+    /// Kills a started server with SIGKILL (no shutdown at all) and waits for it to be gone.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            tokio::task::spawn_blocking(move || {
+                let _ = child.kill();
+                let _ = child.wait();
+            })
+            .await?;
+        }
+        self.stop().await
     }
 }
 

@@ -61,6 +61,12 @@ pub struct Sub {
     pub last_seq: u64,
     /// Events whose seq was not the previous one + 1 (lost or out of order).
     pub seq_errors: u64,
+    /// Events skipped: the sum of every gap between consecutive seqs.
+    pub gaps: u64,
+    /// Events whose seq was not above the previous one (seen twice or out of order).
+    pub duplicates: u64,
+    /// Whether the first event must follow `last_seq` (a subscription resumed with `since`).
+    resumed: bool,
     pub resyncs: u64,
     pub received: u64,
 }
@@ -81,6 +87,19 @@ pub async fn subscribe(
     session_id: &str,
     client_id: String,
     extra: &str,
+) -> anyhow::Result<Sub> {
+    subscribe_since(addr, session_id, client_id, extra, None).await
+}
+
+/// [`subscribe`], resuming after seq `since` when given: the server first
+/// replays every event after it, and the subscriber checks that the first one
+/// is `since + 1`.
+pub async fn subscribe_since(
+    addr: SocketAddr,
+    session_id: &str,
+    client_id: String,
+    extra: &str,
+    since: Option<u64>,
 ) -> anyhow::Result<Sub> {
     let tcp = TcpStream::connect(addr)
         .await
@@ -113,15 +132,20 @@ pub async fn subscribe(
             None => bail!("the server closed the websocket before connection_ack"),
         }
     }
-    let query =
-        format!("subscription($s: ID!) {{ sessionEvents(sessionId: $s) {{ {BASE} {extra} }} }}");
-    let sub = json!({"id": "1", "type": "subscribe", "payload": {"query": query, "variables": {"s": session_id}}});
+    let query = format!(
+        "subscription($s: ID!, $since: Int) {{ sessionEvents(sessionId: $s, since: $since) {{ {BASE} {extra} }} }}"
+    );
+    let sub = json!({"id": "1", "type": "subscribe",
+                     "payload": {"query": query, "variables": {"s": session_id, "since": since}}});
     ws.send(Message::text(sub.to_string())).await?;
     let mut s = Sub {
         ws,
         client_id,
-        last_seq: 0,
+        last_seq: since.unwrap_or(0),
         seq_errors: 0,
+        gaps: 0,
+        duplicates: 0,
+        resumed: since.is_some(),
         resyncs: 0,
         received: 0,
     };
@@ -162,8 +186,13 @@ impl Sub {
                         .data
                         .ok_or_else(|| anyhow!("next without data"))?
                         .event;
-                    if self.received > 0 && event.seq != self.last_seq + 1 {
+                    if (self.received > 0 || self.resumed) && event.seq != self.last_seq + 1 {
                         self.seq_errors += 1;
+                        if event.seq > self.last_seq {
+                            self.gaps += event.seq - self.last_seq - 1;
+                        } else {
+                            self.duplicates += 1;
+                        }
                     }
                     if event.typename == "ResyncRequired" {
                         self.resyncs += 1;
