@@ -27,7 +27,8 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::api::expensive::{Admitted, ExpensiveLimiter, EXPENSIVE_BODY_BYTES};
 use crate::api::guard::{selected_operation, selects_mutation, ReadOnly};
-use crate::api::{AppSchema, HttpClient};
+use crate::api::{AppSchema, Caller, HttpClient};
+use crate::auth::{AuthError, Verifier};
 use crate::origin::{host_allowed, origin_allowed, OriginPolicy};
 use crate::sse::{StreamSettings, Streaming};
 
@@ -56,6 +57,10 @@ pub struct AppState {
     pub connections: tokio_util::task::TaskTracker,
     /// Which `Origin`s may call `/graphql` (HTTP and websocket upgrades).
     pub origins: Arc<OriginPolicy>,
+    /// Verifies bearer tokens; `None` while authentication is off.
+    pub verifier: Option<Arc<Verifier>>,
+    /// Open websockets per user (`--max-connections-per-user`).
+    pub user_connections: Arc<crate::ws::UserConnections>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -304,6 +309,79 @@ fn mutation_not_allowed(media: MediaType, method: &Method) -> Response {
     response
 }
 
+/// 401 with a GraphQL error body: the token is missing where one is needed, or bad.
+fn unauthenticated_response(media: MediaType, error: &AuthError) -> Response {
+    let mut response = error_response(
+        media,
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHENTICATED",
+        error.to_string(),
+    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// The caller an `Authorization` header names: `Ok(None)` without a header
+/// (or with authentication off), `Err` for a bad token (answered with 401
+/// before anything runs).
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>, AuthError> {
+    let Some(verifier) = &state.verifier else {
+        return Ok(None);
+    };
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::Malformed("the Authorization header is not text".into()))?;
+    let user = verifier.verify_bearer(value)?;
+    Ok(Some(Caller(Arc::new(user))))
+}
+
+/// Whether a request that carries no token may still run as a stream: with
+/// authentication on only the public root fields (templates, template,
+/// templateErrors, introspection) may, as over plain HTTP.
+fn public_only(request: &async_graphql::Request) -> bool {
+    use async_graphql::parser::types::Selection;
+    const PUBLIC: [&str; 6] = [
+        "templates",
+        "template",
+        "templateErrors",
+        "__typename",
+        "__schema",
+        "__type",
+    ];
+    let Ok(doc) = async_graphql::parser::parse_query(&request.query) else {
+        // The engine reports the parse error; it runs nothing.
+        return true;
+    };
+    doc.operations.iter().all(|(_, op)| {
+        op.node.ty == OperationType::Query
+            && op
+                .node
+                .selection_set
+                .node
+                .items
+                .iter()
+                .all(|item| match &item.node {
+                    Selection::Field(f) => PUBLIC.contains(&f.node.name.node.as_str()),
+                    _ => false,
+                })
+    })
+}
+
+/// Whether any error of a response is UNAUTHENTICATED (answered with 401).
+fn needs_token(response: &async_graphql::Response) -> bool {
+    response.errors.iter().any(|e| {
+        e.extensions
+            .as_ref()
+            .and_then(|x| x.get("code"))
+            .is_some_and(|c| *c == async_graphql::Value::from("UNAUTHENTICATED"))
+    })
+}
+
 fn http_client(headers: &HeaderMap) -> Option<HttpClient> {
     headers
         .get("x-client-id")
@@ -404,10 +482,17 @@ async fn execute(
     if let Some(client) = http_client(headers) {
         request = request.data(client);
     }
+    match authenticate(state, headers) {
+        Ok(Some(caller)) => request = request.data(caller),
+        Ok(None) => {}
+        Err(e) => return unauthenticated_response(media, &e),
+    }
     let response = state.schema.execute_batch(request).await;
     let (status, body) = match &response {
         BatchResponse::Single(one) => {
-            let status = if media == MediaType::GraphQlResponse && is_request_error(one) {
+            let status = if needs_token(one) {
+                StatusCode::UNAUTHORIZED
+            } else if media == MediaType::GraphQlResponse && is_request_error(one) {
                 StatusCode::BAD_REQUEST
             } else {
                 StatusCode::OK
@@ -417,11 +502,19 @@ async fn execute(
         // The spec does not cover batches: each answer is shaped for the media
         // type, and the batch as a whole ran, so 200.
         BatchResponse::Batch(all) => (
-            StatusCode::OK,
+            if all.iter().any(needs_token) {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::OK
+            },
             Value::Array(all.iter().map(|r| response_body(media, r)).collect()),
         ),
     };
     let mut out = json_response(media, status, &body);
+    if status == StatusCode::UNAUTHORIZED {
+        out.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
     if let Some(cache) = response.cache_control().value() {
         if let Ok(v) = cache.parse() {
             out.headers_mut().insert(header::CACHE_CONTROL, v);
@@ -618,6 +711,16 @@ fn stream(
     request: async_graphql::Request,
     kind: Streaming,
 ) -> Response {
+    // A stream cannot turn into a 401 once it has started: the token is checked first.
+    let mut request = request;
+    match authenticate(state, headers) {
+        Ok(Some(caller)) => request = request.data(caller),
+        Ok(None) if state.verifier.is_some() && !public_only(&request) => {
+            return unauthenticated_response(MediaType::Json, &AuthError::Missing)
+        }
+        Ok(None) => {}
+        Err(e) => return unauthenticated_response(MediaType::Json, &e),
+    }
     let settings = StreamSettings {
         heartbeat: state.ws_ping_interval,
         write_timeout: state.ws_timeout,

@@ -1,5 +1,6 @@
 //! Talus Tally: a real-time, template-driven project graph server.
 pub mod api;
+pub mod auth;
 pub mod conn_limit;
 pub mod domain;
 pub mod http;

@@ -33,6 +33,37 @@ struct Cli {
 enum Cmd {
     /// Serve the GraphQL API, playground and subscriptions (the default).
     Serve(Box<ServeArgs>),
+    /// Print a HS256 token signed with the configured secret (for development and examples).
+    Token {
+        /// The HS256 secret the server is started with.
+        #[arg(long, env = "TALUS_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: String,
+        /// The userId (the token's `sub`).
+        #[arg(long)]
+        sub: String,
+        /// The display name (the token's `name`).
+        #[arg(long)]
+        name: Option<String>,
+        /// How long the token is valid: 90s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = talus_tally::auth::parse_ttl)]
+        ttl: Duration,
+    },
+    /// Give a user a role on a stored project, in the data dir of a stopped server
+    /// (projects created before authentication was turned on have no owner).
+    Grant {
+        /// Where the SQLite store (talus.db) lives.
+        #[arg(long, env = "TALUS_DATA_DIR", default_value = "talus-data")]
+        data_dir: PathBuf,
+        /// The project's id.
+        #[arg(long)]
+        project: uuid::Uuid,
+        /// The userId (a token's `sub`).
+        #[arg(long)]
+        user: String,
+        /// owner, editor or viewer.
+        #[arg(long, value_parser = parse_role)]
+        role: talus_tally::domain::Role,
+    },
     /// Print the GraphQL schema (SDL).
     Schema {
         /// Instead of printing it, check the schema against this contract
@@ -207,10 +238,51 @@ struct ServeArgs {
     /// Database connections per instance, with --database-url (1 to 1,000).
     #[arg(long, env = "TALUS_DATABASE_POOL", default_value_t = 16, value_parser = count(1, 1_000))]
     database_pool: usize,
+    #[command(flatten)]
+    auth: AuthArgs,
 }
 
 fn parse_origin(s: &str) -> Result<AllowedOrigin, String> {
     s.parse()
+}
+
+fn parse_role(s: &str) -> Result<talus_tally::domain::Role, String> {
+    talus_tally::domain::Role::parse(s)
+        .ok_or_else(|| format!("'{s}' is not a role: owner, editor or viewer"))
+}
+
+/// Authentication and per-user limits (README: "Authentication").
+#[derive(Args, Clone)]
+struct AuthArgs {
+    /// HS256 shared secret; turns authentication on.
+    #[arg(long, env = "TALUS_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// A PEM public key (RS256 or ES256) or a JWKS file (keys chosen by kid); turns authentication on.
+    #[arg(long, env = "TALUS_JWT_PUBLIC_KEY", value_name = "PATH")]
+    jwt_public_key: Option<PathBuf>,
+    /// Required token issuer (iss), if given.
+    #[arg(long, env = "TALUS_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Required token audience (aud), if given.
+    #[arg(long, env = "TALUS_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Clock skew allowed on a token's exp, in seconds (0 to 300).
+    #[arg(long, env = "TALUS_JWT_LEEWAY_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(0..=300))]
+    jwt_leeway_secs: u64,
+    /// Serve without authentication on a non-loopback address (a proxy in front must authenticate).
+    #[arg(long, env = "TALUS_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+    /// Commands (mutations that change a graph) per second per user; 0 turns the limit off
+    /// (default: 200 with authentication on, off with it off).
+    #[arg(long, env = "TALUS_RATE_LIMIT", value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    rate_limit: Option<u32>,
+    /// Commands a user may send at once before the rate applies (default: twice the rate).
+    #[arg(long, env = "TALUS_RATE_BURST", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    rate_burst: Option<u32>,
+    /// Open websocket connections one authenticated user may hold.
+    #[arg(long, env = "TALUS_MAX_CONNECTIONS_PER_USER", default_value_t = 64, value_parser = count(1, 1_000_000))]
+    max_connections_per_user: usize,
 }
 
 fn parse_host(s: &str) -> Result<String, String> {
@@ -279,6 +351,17 @@ impl ServeArgs {
             max_expensive_queue: self.max_expensive_queue,
         };
         c.cors_origins = self.cors_origins.clone();
+        c.auth = talus_tally::auth::AuthConfig {
+            secret: self.auth.jwt_secret.clone(),
+            public_key: self.auth.jwt_public_key.clone(),
+            issuer: self.auth.jwt_issuer.clone(),
+            audience: self.auth.jwt_audience.clone(),
+            leeway_secs: self.auth.jwt_leeway_secs,
+        };
+        c.insecure_no_auth = self.auth.insecure_no_auth;
+        c.rate_limit = self.auth.rate_limit;
+        c.rate_burst = self.auth.rate_burst;
+        c.max_connections_per_user = self.auth.max_connections_per_user;
         c.allowed_hosts = self.allowed_hosts.clone();
         c.cluster =
             self.database_url
@@ -341,6 +424,31 @@ fn main() -> anyhow::Result<()> {
                 println!("  {p}");
             }
             std::process::exit(1);
+        }
+        Some(Cmd::Token {
+            jwt_secret,
+            sub,
+            name,
+            ttl,
+        }) => {
+            println!(
+                "{}",
+                talus_tally::auth::mint_hs256(&jwt_secret, &sub, name.as_deref(), ttl)?
+            );
+            return Ok(());
+        }
+        Some(Cmd::Grant {
+            data_dir,
+            project,
+            user,
+            role,
+        }) => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(server::grant(&data_dir, project, &user, role))?;
+            println!("{user} is now {role} of project {project}");
+            return Ok(());
         }
         Some(Cmd::Serve(args)) => *args,
         None => cli.serve,

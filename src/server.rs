@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiLimits, AppSchema};
+use crate::auth::{AuthConfig, Verifier};
 use crate::http::{self, AppState};
 use crate::origin::{AllowedOrigin, OriginPolicy};
 use crate::session::{Hub, SessionConfig};
@@ -47,6 +48,17 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     /// Origins allowed to call the API besides the server's own (`--cors-origins`).
     pub cors_origins: Vec<AllowedOrigin>,
+    /// Token verification (`--jwt-*`); authentication is on when a key is given.
+    pub auth: AuthConfig,
+    /// Serve without authentication on a non-loopback address (`--insecure-no-auth`).
+    pub insecure_no_auth: bool,
+    /// Commands per second per user (`--rate-limit`); `None`: 200 with
+    /// authentication on, none with it off; 0: none.
+    pub rate_limit: Option<u32>,
+    /// Commands a user may send in a burst (`--rate-burst`); `None`: twice the rate.
+    pub rate_burst: Option<u32>,
+    /// Open websockets one user may hold (`--max-connections-per-user`).
+    pub max_connections_per_user: usize,
     /// `Host` names answered besides loopback names and IP literals (`--allowed-hosts`).
     pub allowed_hosts: Vec<String>,
     /// The shared PostgreSQL store (`--database-url`) instead of SQLite, with this instance's name and lease.
@@ -82,10 +94,45 @@ impl Default for Config {
             ws_queue: 256,
             max_connections_per_ip: 1024,
             cors_origins: Vec::new(),
+            auth: AuthConfig::default(),
+            insecure_no_auth: false,
+            rate_limit: None,
+            rate_burst: None,
+            max_connections_per_user: 64,
             allowed_hosts: Vec::new(),
             cluster: None,
         }
     }
+}
+
+/// The command rate with authentication on, unless `--rate-limit` says otherwise.
+const DEFAULT_RATE_LIMIT: u32 = 200;
+
+/// Whether `addr` is reachable from this machine only (127.0.0.0/8, ::1, or ::ffff:127.x.y.z).
+fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
+}
+
+/// Refuses to serve a non-loopback address without authentication (unless `--insecure-no-auth`).
+fn refuse_exposed(config: &Config, addr: SocketAddr) -> anyhow::Result<()> {
+    if config.auth.is_on() || is_loopback(addr) || config.insecure_no_auth {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve {addr} without authentication: anyone who can reach it could read, change and delete every project. \
+         Configure a key with --jwt-secret SECRET (TALUS_JWT_SECRET, HS256) or --jwt-public-key PATH (TALUS_JWT_PUBLIC_KEY, a PEM RS256/ES256 key or a JWKS file), \
+         listen on 127.0.0.1, or pass --insecure-no-auth if a proxy in front authenticates"
+    )
+}
+
+/// The token verifier a config asks for (`None`: authentication off), after `refuse_exposed`.
+fn verifier(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Arc<Verifier>>> {
+    refuse_exposed(config, addr)?;
+    let verifier = Verifier::from_config(&config.auth)?.map(Arc::new);
+    if verifier.is_none() && !is_loopback(addr) {
+        tracing::warn!(%addr, "authentication is off on a non-loopback address (--insecure-no-auth): anyone who can reach it may do everything");
+    }
+    Ok(verifier)
 }
 
 /// The store a config asks for: SQLite in the data dir, or memory.
@@ -136,6 +183,51 @@ pub async fn open_postgres(cluster: &ClusterConfig) -> anyhow::Result<Arc<dyn St
     Ok(Arc::new(store))
 }
 
+/// Gives `user` `role` on a stored project in `data_dir` (`talus-tally grant`),
+/// for an operator: e.g. the owner of a project created before authentication
+/// was turned on. The server must be stopped (it holds the data dir's lock).
+pub async fn grant(
+    data_dir: &std::path::Path,
+    project: uuid::Uuid,
+    user: &str,
+    role: crate::domain::Role,
+) -> anyhow::Result<()> {
+    let path = data_dir.join("talus.db");
+    anyhow::ensure!(
+        path.exists(),
+        "there is no store at {} (wrong --data-dir?)",
+        path.display()
+    );
+    anyhow::ensure!(
+        !user.trim().is_empty() && user.len() <= 200,
+        "the user id must be 1 to 200 bytes"
+    );
+    let store = SqliteStore::open(&path, SqliteOptions::default()).map_err(|e| {
+        anyhow::anyhow!("could not open the data dir {}: {e:#}", data_dir.display())
+    })?;
+    let result = async {
+        let projects = store.projects().await?;
+        anyhow::ensure!(
+            projects.iter().any(|p| p.id == project),
+            "there is no project {project} in {}",
+            data_dir.display()
+        );
+        store
+            .commit(vec![crate::store::Write::PutMember(
+                crate::store::Membership {
+                    project_id: project,
+                    user_id: user.trim().to_string(),
+                    role,
+                },
+            )])
+            .await?;
+        Ok(())
+    }
+    .await;
+    store.close().await;
+    result
+}
+
 /// The templates a config asks for, with load errors and warnings logged.
 pub fn load_templates(config: &Config) -> TemplateCatalog {
     let catalog = match &config.templates_dir {
@@ -183,18 +275,32 @@ pub async fn start(
     listener: TcpListener,
     store: Arc<dyn Store>,
 ) -> anyhow::Result<Running> {
+    let addr = listener.local_addr()?;
+    let verifier = verifier(&config, addr)?;
     let templates = Arc::new(load_templates(&config));
     let mut session_config = config.session.clone();
     if let Some(cluster) = &config.cluster {
         session_config.lease = cluster.lease;
     }
     let hub = Hub::start(session_config, store, templates).await?;
-    let schema = api::build(hub.clone(), &config.limits);
+    let rate = config.rate_limit.unwrap_or(if verifier.is_some() {
+        DEFAULT_RATE_LIMIT
+    } else {
+        0
+    });
+    let access = api::AccessPolicy {
+        auth: verifier.is_some(),
+        rate: api::RateLimit::new(rate, config.rate_burst.unwrap_or(rate.saturating_mul(2))),
+    };
+    let schema = api::build_with_access(hub.clone(), &config.limits, access);
     let stop = CancellationToken::new();
     let (ws_stop, ws_stop_rx) = watch::channel(false);
     let connections = TaskTracker::new();
-    let addr = listener.local_addr()?;
     let state = AppState {
+        verifier,
+        user_connections: Arc::new(crate::ws::UserConnections::new(
+            config.max_connections_per_user,
+        )),
         origins: Arc::new(
             OriginPolicy::new(&config.cors_origins, addr).with_hosts(&config.allowed_hosts),
         ),
@@ -253,6 +359,8 @@ pub async fn start(
 
 /// Runs until `shutdown` completes, then stops gracefully.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // Refused before listening: an exposed server without authentication never accepts anything.
+    refuse_exposed(&config, config.addr)?;
     let listener = TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("could not listen on {}", config.addr))?;

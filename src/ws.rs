@@ -42,7 +42,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::api::extension::Validated;
-use crate::api::{ApiLimits, AppSchema, ConnClient, Probe, RenderOne};
+use crate::api::{ApiLimits, AppSchema, Caller, ConnClient, Probe, RenderOne};
+use crate::auth::{AuthError, Verifier};
 use crate::http::AppState;
 use crate::session::{ClientInfo, EventKind, RenderKey, SessionEvent};
 
@@ -84,6 +85,77 @@ pub fn connection_client(payload: Option<&Map<String, Value>>) -> Result<ConnCli
         connected_at: Utc::now(),
         subscriptions: Arc::new(AtomicUsize::new(0)),
     })
+}
+
+/// The bearer token of a `connection_init` payload: `authorization`, or
+/// `headers.Authorization` (any case), as graphql-ws clients send them.
+fn payload_token(payload: Option<&Map<String, Value>>) -> Option<&str> {
+    fn find(map: &Map<String, Value>) -> Option<&str> {
+        map.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .and_then(|(_, v)| v.as_str())
+    }
+    let payload = payload?;
+    find(payload).or_else(|| match payload.get("headers") {
+        Some(Value::Object(headers)) => find(headers),
+        _ => None,
+    })
+}
+
+/// The user a `connection_init` payload authenticates, when authentication is on.
+pub fn connection_caller(
+    verifier: &Verifier,
+    payload: Option<&Map<String, Value>>,
+) -> Result<Caller, AuthError> {
+    let value = payload_token(payload).ok_or(AuthError::Missing)?;
+    Ok(Caller(Arc::new(verifier.verify_bearer(value)?)))
+}
+
+/// Open websockets per authenticated user, capped (`--max-connections-per-user`).
+pub struct UserConnections {
+    open: Mutex<HashMap<String, usize>>,
+    limit: usize,
+}
+
+impl UserConnections {
+    pub fn new(limit: usize) -> Self {
+        UserConnections {
+            open: Mutex::new(HashMap::new()),
+            limit,
+        }
+    }
+
+    /// A connection slot for `user`, held until dropped; `None` at the cap.
+    pub fn take(self: &Arc<Self>, user: &str) -> Option<UserSlot> {
+        let mut open = self.open.lock();
+        let n = open.entry(user.to_string()).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot {
+            owner: self.clone(),
+            user: user.to_string(),
+        })
+    }
+}
+
+/// One open websocket of a user.
+pub struct UserSlot {
+    owner: Arc<UserConnections>,
+    user: String,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock();
+        if let Some(n) = open.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// The `payload` of a subscribe (`start`) message.
@@ -301,8 +373,12 @@ async fn render(
     plan: &Plan,
     event: Arc<SessionEvent>,
     probe: Option<Probe>,
+    caller: Option<&Caller>,
 ) -> Response {
-    let request = plan.request.request().data(RenderOne { event, probe });
+    let mut request = plan.request.request().data(RenderOne { event, probe });
+    if let Some(caller) = caller {
+        request = request.data(caller.clone());
+    }
     schema
         .execute_stream(request)
         .next()
@@ -431,6 +507,8 @@ impl Drop for Ops {
 struct Op {
     schema: AppSchema,
     client: ConnClient,
+    /// The connection's authenticated user (authentication on).
+    caller: Option<Caller>,
     out: mpsc::Sender<Out>,
     serial: u64,
     id: String,
@@ -470,10 +548,13 @@ impl Op {
     /// Any operation, executed by the schema: results as `next`, request errors as `error`.
     async fn execute(&self, payload: Payload) {
         let validated = Arc::new(AtomicBool::new(false));
-        let request = payload
+        let mut request = payload
             .request()
             .data(self.client.clone())
             .data(Validated(validated.clone()));
+        if let Some(caller) = &self.caller {
+            request = request.data(caller.clone());
+        }
         let mut results = self.schema.execute_stream(request);
         let head = frame_head(&self.id, self.next_type());
         let mut first = true;
@@ -510,7 +591,14 @@ impl Op {
                 reason: String::new(),
             },
         ));
-        let checked = render(&self.schema, plan, synthetic, Some(probe.clone())).await;
+        let checked = render(
+            &self.schema,
+            plan,
+            synthetic,
+            Some(probe.clone()),
+            self.caller.as_ref(),
+        )
+        .await;
         let args = *probe.lock();
         let (Some((session_id, since)), true) = (args, checked.errors.is_empty()) else {
             return false;
@@ -522,8 +610,17 @@ impl Op {
             id: self.client.id.clone(),
             name: self.client.name.clone(),
             connected_at: self.client.connected_at,
-            user_id: None,
+            user_id: self.caller.as_ref().map(|c| c.0.id.clone()),
         };
+        // Watched from before the subscription starts, so a revocation in
+        // between is not missed.
+        let lost: futures_util::future::BoxFuture<'static, ()> =
+            match (&self.caller, hub.find_session(session_id)) {
+                (Some(caller), Some(session)) => {
+                    Box::pin(hub.access_lost(&session, caller.0.id.clone()))
+                }
+                _ => Box::pin(std::future::pending()),
+            };
         let Ok(events) = hub.subscribe(session_id, since, Some(client)).await else {
             return false;
         };
@@ -538,10 +635,27 @@ impl Op {
         // Every frame of this subscription starts the same way: build that once.
         let head = frame_head(&self.id, self.next_type());
         let mut events = std::pin::pin!(events);
-        while let Some(event) = events.next().await {
+        let mut lost = lost;
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = &mut lost => {
+                    // Removed from the project: the stream ends with FORBIDDEN.
+                    let error = async_graphql::Response::from_errors(vec![
+                        crate::api::access::revoked().into_server_error(async_graphql::Pos::default()),
+                    ]);
+                    let body = serde_json::to_string(&error).unwrap_or_else(|_| "{}".into());
+                    self.send(format!("{head}{body}}}"), false).await;
+                    break;
+                }
+                event = events.next() => match event {
+                    Some(event) => event,
+                    None => break,
+                },
+            };
             let rendered = event
                 .rendered(&plan.key, || async {
-                    let response = render(&self.schema, plan, event.clone(), None).await;
+                    let response = render(&self.schema, plan, event.clone(), None, None).await;
                     Arc::from(serde_json::to_string(&response).unwrap_or_else(|_| "{}".into()))
                 })
                 .await;
@@ -601,6 +715,12 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
     let timeout = state.ws_timeout;
     let mut ops = Ops::default();
     let mut client: Option<ConnClient> = None;
+    let mut caller: Option<Caller> = None;
+    // Held while the connection lives: the user's share of --max-connections-per-user.
+    let mut _user_slot: Option<crate::ws::UserSlot> = None;
+    // Armed at connection_init with the token's expiry: the connection closes then.
+    let expiry = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(expiry);
     let mut last_seen = Instant::now();
     let mut ping = tokio::time::interval_at(
         Instant::now() + state.ws_ping_interval,
@@ -640,10 +760,29 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                         if client.is_some() {
                             break End::Close(4429, "Too many initialisation requests".into());
                         }
-                        match connection_client(payload.as_ref()) {
-                            Ok(c) => client = Some(c),
+                        let mut c = match connection_client(payload.as_ref()) {
+                            Ok(c) => c,
                             Err(reason) => break End::Close(4403, format!("Forbidden: {reason}")),
+                        };
+                        if let Some(verifier) = &state.verifier {
+                            let user = match connection_caller(verifier, payload.as_ref()) {
+                                Ok(user) => user,
+                                Err(e) => break End::Close(4403, close_reason(&format!("Forbidden: {e}"))),
+                            };
+                            let Some(slot) = state.user_connections.take(&user.0.id) else {
+                                break End::Close(4429, close_reason(&format!(
+                                    "Too many connections: the limit max-connections-per-user is {}",
+                                    state.user_connections.limit
+                                )));
+                            };
+                            _user_slot = Some(slot);
+                            // The display name is the token's, never the payload's.
+                            c.name = user.0.name.clone();
+                            let deadline = Instant::now() + user.0.remaining(verifier.leeway_secs());
+                            expiry.as_mut().reset(deadline);
+                            caller = Some(user);
                         }
+                        client = Some(c);
                         let mut frames = vec![r#"{"type":"connection_ack"}"#.to_string()];
                         if legacy {
                             // The legacy protocol's keep-alive starts right after the ack.
@@ -681,6 +820,7 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                         let op = Op {
                             schema: state.schema.clone(),
                             client: c.clone(),
+                            caller: caller.clone(),
                             out: out_tx.clone(),
                             serial,
                             id: id.clone(),
@@ -732,6 +872,9 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                     Ok(Err(())) => break End::Gone,
                     Err(_) => break End::Stalled,
                 }
+            }
+            _ = &mut expiry, if caller.is_some() => {
+                break End::Close(4403, "Forbidden: the token expired; reconnect with a new one".into());
             }
             _ = &mut init_deadline, if client.is_none() => {
                 break End::Close(4408, "Connection initialisation timeout".into());

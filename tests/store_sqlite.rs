@@ -87,7 +87,7 @@ async fn a_database_from_a_newer_version_is_refused_and_left_untouched() {
 
     assert_eq!(
         format!("{error:#}").rsplit(": ").next().unwrap(),
-        "talus.db was written by a newer Talus Tally (schema 99, this binary knows up to 2); refusing to open it"
+        "talus.db was written by a newer Talus Tally (schema 99, this binary knows up to 3); refusing to open it"
     );
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }

@@ -65,6 +65,9 @@ impl Http {
         if let Some(id) = &self.client_id {
             req = req.header("x-client-id", id);
         }
+        if let Some(bearer) = BEARER.get() {
+            req = req.header("authorization", bearer);
+        }
         let resp = self.send.send_request(req.body(Full::new(body))?).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
@@ -133,3 +136,7 @@ pub fn n(v: &Value, pointer: &str) -> anyhow::Result<u64> {
         .and_then(|x| x.as_u64())
         .ok_or_else(|| anyhow!("no integer at {pointer} in {v}"))
 }
+
+/// `Bearer <token>` sent with every request and in every `connection_init`
+/// (`--token`), for a server with authentication on.
+pub static BEARER: std::sync::OnceLock<String> = std::sync::OnceLock::new();

@@ -65,6 +65,9 @@ struct Cli {
     wait_quiet_secs: u64,
     #[arg(long, global = true, default_value_t = 0.7)]
     quiet_load: f64,
+    /// A token (e.g. from `talus-tally token`) sent as `Authorization: Bearer` and in connection_init.
+    #[arg(long, global = true)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -135,6 +138,9 @@ async fn wait_quiet(secs: u64, below: f64) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(token) = &cli.token {
+        let _ = http::BEARER.set(format!("Bearer {token}"));
+    }
     let fds = server::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

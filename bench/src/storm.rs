@@ -476,12 +476,7 @@ async fn writer(
         tick.tick().await;
         let (session, task) = mine[(n as usize) % mine.len()];
         n += 1;
-        let body = api::update_body(
-            session,
-            task,
-            api::TEXT_PROP,
-            &json!(format!("w{w}-{n}")),
-        );
+        let body = api::update_body(session, task, api::TEXT_PROP, &json!(format!("w{w}-{n}")));
         loop {
             if !writing.load(Ordering::Acquire) {
                 return;

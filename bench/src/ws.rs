@@ -112,7 +112,10 @@ pub async fn subscribe_since(
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config()))
         .await
         .context("websocket handshake failed")?;
-    let init = json!({"type": "connection_init", "payload": {"clientId": client_id, "name": "talus-bench"}});
+    let mut init = json!({"type": "connection_init", "payload": {"clientId": client_id, "name": "talus-bench"}});
+    if let Some(bearer) = crate::http::BEARER.get() {
+        init["payload"]["authorization"] = json!(bearer);
+    }
     ws.send(Message::text(init.to_string())).await?;
     loop {
         match ws.next().await {

@@ -16,6 +16,12 @@ const welcome = `# Welcome to the Talus Tally playground.
 #   Undo            undo the last command, or Redo it
 #   Graph           the whole graph of the session
 #
+# If the server runs with authentication on (--jwt-secret),
+# get a dev token with
+#   talus-tally token --jwt-secret SECRET --sub alice
+# and put {"Authorization": "Bearer <token>"} in the
+# Headers tab below; subscriptions send it too.
+#
 # Run with the run button or Ctrl-Enter. Ctrl-Space
 # completes names; the Docs button (top left) describes
 # every type and field.

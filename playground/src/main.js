@@ -14,10 +14,23 @@ import { exampleTabs, newTabQuery } from './examples.js';
 const url = new URL('/graphql', window.location.href).href;
 const wsUrl = url.replace(/^http/, 'ws');
 
-const fetcher = createGraphiQLFetcher({
+// The headers of the latest request (GraphiQL's Headers tab). Over HTTP they
+// are sent as they are; a websocket has no headers, so its connection_init
+// carries the Authorization one, as the server expects when authentication is on.
+let headers = {};
+const authorization = () => {
+  const entry = Object.entries(headers || {}).find(([k]) => k.toLowerCase() === 'authorization');
+  return entry ? { authorization: String(entry[1]) } : {};
+};
+
+const base = createGraphiQLFetcher({
   url,
-  wsClient: createClient({ url: wsUrl }),
+  wsClient: createClient({ url: wsUrl, connectionParams: authorization }),
 });
+const fetcher = (params, options) => {
+  headers = options?.headers ?? {};
+  return base(params, options);
+};
 
 createRoot(document.getElementById('graphiql')).render(
   createElement(

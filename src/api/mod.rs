@@ -8,6 +8,7 @@
 //! mutations over GET, persisted-query admission, `__schema.description`), `scalars.rs`,
 //! `contract.rs` (checks the SDL against a contract file).
 
+pub mod access;
 pub mod contract;
 pub mod error;
 pub mod events;
@@ -21,7 +22,8 @@ pub mod schema;
 pub mod shape;
 pub mod types;
 
-pub use schema::{build, ApiLimits, AppSchema};
+pub use access::{AccessPolicy, Caller, RateLimit};
+pub use schema::{build, build_with_access, ApiLimits, AppSchema};
 
 use std::sync::atomic::AtomicUsize;
 

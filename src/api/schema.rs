@@ -9,6 +9,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use serde_json::Value;
 
+use super::access::{self, AccessPolicy};
 use super::error::{code, count, gql, int, uuid, OrGql, Result};
 use super::events::SessionEventView;
 use super::expensive::ExpensiveLimiter;
@@ -16,11 +17,11 @@ use super::extension::{charge, Codes};
 use super::guard::Guard;
 use super::inputs::{check_name, check_sizes, CommandInput, CreateNodeInput};
 use super::types::{
-    hub, search, session, CleanupResultView, CommandResultView, GraphView, NodeView, ProjectView,
-    RoleView, SessionView, TemplateErrorView, TemplateView, ViewerView,
+    hub, search, CleanupResultView, CommandResultView, GraphView, NodeView, ProjectView, RoleView,
+    SessionView, TemplateErrorView, TemplateView, ViewerView,
 };
-use super::{ConnClient, HttpClient, RenderOne};
-use crate::domain::{project_file, Command, ErrorCode};
+use super::{ConnClient, RenderOne};
+use crate::domain::{project_file, Command, ErrorCode, Role};
 use crate::session::{ClientInfo, Hub, Outcome, Session};
 
 pub type AppSchema = Schema<Query, Mutation, SubscriptionRoot>;
@@ -112,14 +113,20 @@ pub(crate) mod expected {
     pub const EVENTS: usize = 10;
 }
 
-/// Builds the schema around a hub.
+/// Builds the schema around a hub, with authentication off.
 pub fn build(hub: Arc<Hub>, limits: &ApiLimits) -> AppSchema {
+    build_with_access(hub, limits, AccessPolicy::default())
+}
+
+/// Builds the schema around a hub with an access policy (authentication, rate limit).
+pub fn build_with_access(hub: Arc<Hub>, limits: &ApiLimits, access: AccessPolicy) -> AppSchema {
     let expensive = Arc::new(ExpensiveLimiter::new(
         limits.max_expensive_requests,
         limits.max_expensive_queue,
     ));
     Schema::build(Query, Mutation, SubscriptionRoot)
         .data(hub)
+        .data(access)
         .data(limits.clone())
         // The HTTP transport takes permits for big bodies from the same limiter.
         .data(expensive.clone())
@@ -134,14 +141,6 @@ pub fn build(hub: Arc<Hub>, limits: &ApiLimits) -> AppSchema {
         ))
         .extension(Codes::new(limits.clone(), expensive))
         .finish()
-}
-
-/// Who is asking: the websocket connection's client, else the HTTP `x-client-id`.
-fn client_id(ctx: &Context<'_>) -> Option<String> {
-    if let Some(c) = ctx.data_opt::<ConnClient>() {
-        return Some(c.id.clone());
-    }
-    ctx.data_opt::<HttpClient>().map(|c| c.0.clone())
 }
 
 fn version(v: Option<i32>) -> Result<Option<u64>> {
@@ -189,44 +188,56 @@ impl Query {
 
     #[graphql(complexity = "child_complexity.saturating_mul(expected::SESSIONS).saturating_add(1)")]
     async fn sessions(&self, ctx: &Context<'_>) -> Result<Vec<SessionView>> {
-        let sessions = hub(ctx).sessions();
+        access::who(ctx)?;
+        let mut sessions = hub(ctx).sessions();
+        sessions.retain(|s| access::can_see_session(ctx, s));
         charge(ctx, sessions.len(), "sessions")?;
         Ok(sessions.into_iter().map(SessionView).collect())
     }
 
     /// A session, or null if there is none with that id.
     async fn session(&self, ctx: &Context<'_>, id: ID) -> Result<Option<SessionView>> {
+        access::who(ctx)?;
         let id = uuid(&id, "id")?;
         // In a shared store a session not live here is loaded on first use.
-        match hub(ctx).session(id).await {
-            Ok(s) => Ok(Some(SessionView(s))),
-            Err(e) if e.code == ErrorCode::SessionNotFound => Ok(None),
-            Err(e) => Err(gql(e)),
-        }
+        let s = match hub(ctx).session(id).await {
+            Ok(s) => s,
+            Err(e) if e.code == ErrorCode::SessionNotFound => return Ok(None),
+            Err(e) => return Err(gql(e)),
+        };
+        Ok(access::can_see_session(ctx, &s).then(|| SessionView(s)))
     }
 
     /// The authenticated caller (null when authentication is off).
-    async fn me(&self) -> Option<ViewerView> {
-        // Authentication is not configurable yet, so there is never a caller to name.
-        None
+    async fn me(&self, ctx: &Context<'_>) -> Result<Option<ViewerView>> {
+        Ok(access::user(ctx)?.map(|u| ViewerView {
+            user_id: ID(u.id.clone()),
+            name: u.name.clone(),
+        }))
     }
 
     /// Projects kept by the server's store (with authentication on: those the caller is a member of).
     #[graphql(complexity = "child_complexity.saturating_mul(expected::PROJECTS).saturating_add(1)")]
     async fn projects(&self, ctx: &Context<'_>) -> Result<Vec<ProjectView>> {
-        let projects = hub(ctx).projects();
+        access::who(ctx)?;
+        let mut projects = hub(ctx).projects();
+        projects.retain(|p| access::can_see_project(ctx, p.id));
         charge(ctx, projects.len(), "projects")?;
         Ok(projects.into_iter().map(ProjectView).collect())
     }
 
     async fn project(&self, ctx: &Context<'_>, id: ID) -> Result<Option<ProjectView>> {
+        access::who(ctx)?;
         let id = uuid(&id, "id")?;
-        Ok(hub(ctx).project(id).map(ProjectView))
+        Ok(hub(ctx)
+            .project(id)
+            .filter(|p| access::can_see_project(ctx, p.id))
+            .map(ProjectView))
     }
 
     /// The live graph of a session. Errors with SESSION_NOT_FOUND or NO_PROJECT.
     async fn graph(&self, ctx: &Context<'_>, session_id: ID) -> Result<GraphView> {
-        let s = session(ctx, &session_id).await?;
+        let s = access::session(ctx, &session_id, Role::Viewer).await?;
         s.read().project().gql()?;
         GraphView::capture(&s, &ctx.look_ahead()).ok_or_else(|| {
             code(
@@ -237,7 +248,7 @@ impl Query {
     }
 
     async fn node(&self, ctx: &Context<'_>, session_id: ID, id: ID) -> Result<Option<NodeView>> {
-        let s = session(ctx, &session_id).await?;
+        let s = access::session(ctx, &session_id, Role::Viewer).await?;
         let id = uuid(&id, "id")?;
         let state = s.read();
         let project = state.project().gql()?;
@@ -261,7 +272,7 @@ impl Query {
         #[graphql(default = 100)] limit: Option<i32>,
     ) -> Result<Vec<NodeView>> {
         let limit = limit.unwrap_or(100);
-        let s = session(ctx, &session_id).await?;
+        let s = access::session(ctx, &session_id, Role::Viewer).await?;
         let nodes = s.read().project().gql()?.dispatcher.graph().len();
         let limit = count(limit, "limit")? as usize;
         charge(ctx, limit.min(nodes), "searchNodes")?;
@@ -275,7 +286,7 @@ impl Query {
 
     /// The session's project as a Talus Tally project file (format version 1.0).
     async fn export_project(&self, ctx: &Context<'_>, session_id: ID) -> Result<Json<Value>> {
-        let s = session(ctx, &session_id).await?;
+        let s = access::session(ctx, &session_id, Role::Viewer).await?;
         // A copy under the lock, the file built off it on a blocking thread:
         // the session's writer waits for the copy only.
         let (graph, template_id, name) = {
@@ -305,7 +316,8 @@ pub struct Mutation;
 impl Mutation {
     /// An empty session (no project yet).
     async fn create_session(&self, ctx: &Context<'_>) -> Result<SessionView> {
-        Ok(SessionView(hub(ctx).create_session().await.gql()?))
+        let owner = access::user(ctx)?.map(|u| u.id.as_str());
+        Ok(SessionView(hub(ctx).create_session(owner).await.gql()?))
     }
 
     /// A new project from a template, opened in a new session with its root node.
@@ -315,15 +327,20 @@ impl Mutation {
         template_id: ID,
         name: String,
     ) -> Result<SessionView> {
+        let owner = access::user(ctx)?.map(|u| u.id.as_str());
         check_name(&name, "the project name", ctx.data_unchecked::<ApiLimits>())?;
         Ok(SessionView(
-            hub(ctx).create_project(&template_id, &name).await.gql()?,
+            hub(ctx)
+                .create_project(&template_id, &name, owner)
+                .await
+                .gql()?,
         ))
     }
 
     /// Open a stored project; if a live session already has it open, that session is returned.
     async fn open_project(&self, ctx: &Context<'_>, project_id: ID) -> Result<SessionView> {
         let id = uuid(&project_id, "projectId")?;
+        access::project(ctx, id, Role::Viewer, "opening a project")?;
         Ok(SessionView(hub(ctx).open_project(id).await.gql()?))
     }
 
@@ -336,6 +353,7 @@ impl Mutation {
         name: Option<String>,
     ) -> Result<SessionView> {
         let api_limits = ctx.data_unchecked::<ApiLimits>();
+        let owner = access::user(ctx)?.map(|u| u.id.as_str());
         if let Some(name) = &name {
             check_name(name, "the project name", api_limits)?;
         }
@@ -351,6 +369,7 @@ impl Mutation {
                 template_id.as_ref().map(|t| t.as_str()),
                 name.as_deref(),
                 &limits,
+                owner,
             )
             .await
             .gql()?;
@@ -367,6 +386,7 @@ impl Mutation {
 
     async fn delete_project(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let id = uuid(&id, "id")?;
+        access::project(ctx, id, Role::Owner, "deleting a project")?;
         hub(ctx).delete_project(id).await.gql()
     }
 
@@ -378,8 +398,10 @@ impl Mutation {
         user_id: ID,
         role: RoleView,
     ) -> Result<ProjectView> {
-        let _ = (user_id, role);
-        sharing(ctx, &project_id)
+        let (id, _) = sharing(ctx, &project_id)?;
+        let user_id = member_id(&user_id)?;
+        hub(ctx).grant(id, &user_id, role.into()).await.gql()?;
+        shared(ctx, id)
     }
 
     /// OWNER only. The last owner cannot be removed.
@@ -389,13 +411,16 @@ impl Mutation {
         project_id: ID,
         user_id: ID,
     ) -> Result<ProjectView> {
-        let _ = user_id;
-        sharing(ctx, &project_id)
+        let (id, _) = sharing(ctx, &project_id)?;
+        let user_id = member_id(&user_id)?;
+        hub(ctx).revoke(id, &user_id).await.gql()?;
+        shared(ctx, id)
     }
 
     async fn close_session(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let id = uuid(&id, "id")?;
-        hub(ctx).close_session(id).await.gql()
+        let s = access::session_by_id(ctx, id, Role::Editor).await?;
+        hub(ctx).close_session(s.id).await.gql()
     }
 
     /// Close sessions with no active client idle for longer than this. Nothing stored is lost.
@@ -412,7 +437,16 @@ impl Mutation {
             ));
         }
         let idle = Duration::from_secs_f64((max_inactive_hours * 3600.0).min(1e12));
-        let r = hub(ctx).cleanup(idle).await.gql()?;
+        // With authentication on, a caller cleans up only sessions it owns.
+        let r = match access::user(ctx)? {
+            None => hub(ctx).cleanup(idle).await.gql()?,
+            Some(u) => {
+                let hub = hub(ctx);
+                hub.cleanup_matching(idle, |s| hub.session_role(s, &u.id) == Some(Role::Owner))
+                    .await
+                    .gql()?
+            }
+        };
         Ok(CleanupResultView {
             sessions_removed: int(r.sessions_removed)?,
             active_sessions: int(r.active_sessions)?,
@@ -427,6 +461,7 @@ impl Mutation {
         command: CommandInput,
         expected_version: Option<i32>,
     ) -> Result<CommandResultView> {
+        access::who(ctx)?;
         let command = command.into_command()?;
         run(ctx, &session_id, command, version(expected_version)?).await
     }
@@ -439,6 +474,7 @@ impl Mutation {
         commands: Vec<CommandInput>,
         expected_version: Option<i32>,
     ) -> Result<CommandResultView> {
+        access::who(ctx)?;
         // Also checked by the domain; refused here before the inputs are converted or queued.
         let max = hub(ctx).config().command_limits.max_batch_commands;
         if commands.len() > max {
@@ -465,15 +501,17 @@ impl Mutation {
 
     /// Errors with NOTHING_TO_UNDO when the undo stack is empty.
     async fn undo(&self, ctx: &Context<'_>, session_id: ID) -> Result<CommandResultView> {
-        let s = session(ctx, &session_id).await?;
-        let outcome = s.undo(client_id(ctx)).await.gql()?;
+        let s = access::session(ctx, &session_id, Role::Editor).await?;
+        access::rate(ctx)?;
+        let outcome = s.undo(access::actor(ctx)?).await.gql()?;
         Ok(result(outcome, s))
     }
 
     /// Errors with NOTHING_TO_REDO when the redo stack is empty.
     async fn redo(&self, ctx: &Context<'_>, session_id: ID) -> Result<CommandResultView> {
-        let s = session(ctx, &session_id).await?;
-        let outcome = s.redo(client_id(ctx)).await.gql()?;
+        let s = access::session(ctx, &session_id, Role::Editor).await?;
+        access::rate(ctx)?;
+        let outcome = s.redo(access::actor(ctx)?).await.gql()?;
         Ok(result(outcome, s))
     }
 
@@ -535,20 +573,41 @@ impl Mutation {
     }
 }
 
-/// Sharing needs users: with authentication off, every caller is anonymous and
-/// may already do everything, so there is no one to grant a role to.
-fn sharing(ctx: &Context<'_>, project_id: &ID) -> Result<ProjectView> {
+/// The project to share, if the caller is its OWNER. Sharing needs users:
+/// with authentication off, every caller is anonymous and may already do
+/// everything, so there is no one to grant a role to.
+fn sharing(ctx: &Context<'_>, project_id: &ID) -> Result<(uuid::Uuid, ProjectView)> {
     let id = uuid(project_id, "projectId")?;
-    hub(ctx).project(id).ok_or_else(|| {
+    let record = access::project(ctx, id, Role::Owner, "sharing a project")?;
+    if access::user(ctx)?.is_none() {
+        return Err(code(
+            ErrorCode::BadUserInput,
+            "sharing needs authentication, which is off on this server: everyone may already do everything",
+        ));
+    }
+    Ok((id, ProjectView(record)))
+}
+
+/// A userId argument: the `sub` of someone's token, 1 to 200 bytes.
+fn member_id(id: &ID) -> Result<String> {
+    let id = id.trim();
+    if id.is_empty() || id.len() > 200 {
+        return Err(code(
+            ErrorCode::BadUserInput,
+            "userId must be a user id (a token's sub) of 1 to 200 bytes",
+        ));
+    }
+    Ok(id.to_string())
+}
+
+/// The project after a sharing change, as its owner sees it.
+fn shared(ctx: &Context<'_>, id: uuid::Uuid) -> Result<ProjectView> {
+    hub(ctx).project(id).map(ProjectView).ok_or_else(|| {
         code(
             ErrorCode::ProjectNotFound,
             format!("there is no project {id}"),
         )
-    })?;
-    Err(code(
-        ErrorCode::BadUserInput,
-        "sharing needs authentication, which is off on this server: everyone may already do everything",
-    ))
+    })
 }
 
 async fn run(
@@ -557,10 +616,12 @@ async fn run(
     command: Command,
     expected: Option<u64>,
 ) -> Result<CommandResultView> {
+    access::who(ctx)?;
     check_sizes(&command, ctx.data_unchecked::<ApiLimits>())?;
-    let s = session(ctx, session_id).await?;
+    let s = access::session(ctx, session_id, Role::Editor).await?;
+    access::rate(ctx)?;
     let outcome = s
-        .execute(command, expected, client_id(ctx))
+        .execute(command, expected, access::actor(ctx)?)
         .await
         .map_err(gql)?;
     Ok(result(outcome, s))
@@ -587,7 +648,7 @@ impl SubscriptionRoot {
         ctx: &Context<'_>,
         session_id: ID,
         since: Option<i32>,
-    ) -> Result<BoxStream<'static, SessionEventView>> {
+    ) -> Result<BoxStream<'static, Result<SessionEventView>>> {
         let id = uuid(&session_id, "sessionId")?;
         let mut since = since.map(|s| count(s, "since")).transpose()?;
         if let Some(resume) = ctx.data_opt::<super::ResumeFrom>() {
@@ -596,20 +657,27 @@ impl SubscriptionRoot {
         let hub = hub(ctx).clone();
         if let Some(one) = ctx.data_opt::<RenderOne>() {
             // Rendering one recorded event for the websocket transport: no subscription, no presence.
-            let s = hub.find_session(id).ok_or_else(|| {
-                code(
-                    ErrorCode::SessionNotFound,
-                    format!("there is no session {id}; it may have been closed"),
-                )
-            })?;
+            // The transport's first (probing) render checks access; the
+            // subscription it then opens watches for a revocation itself.
+            let s = if one.probe.is_some() {
+                access::session_by_id(ctx, id, Role::Viewer).await?
+            } else {
+                hub.find_session(id).ok_or_else(|| {
+                    code(
+                        ErrorCode::SessionNotFound,
+                        format!("there is no session {id}; it may have been closed"),
+                    )
+                })?
+            };
             if let Some(probe) = &one.probe {
                 *probe.lock() = Some((id, since));
             }
             let template = s.read().project.as_ref().map(|p| p.template.clone());
             let view = SessionEventView::from_event(one.event.clone(), template);
-            return Ok(futures_util::stream::once(async move { view }).boxed());
+            return Ok(futures_util::stream::once(async move { Ok(view) }).boxed());
         }
-        let s = hub.session(id).await.gql()?;
+        let user = access::user(ctx)?;
+        let s = access::session_by_id(ctx, id, Role::Viewer).await?;
         let (client, slot) = match ctx.data_opt::<ConnClient>() {
             Some(c) => {
                 let limit = ctx
@@ -627,7 +695,7 @@ impl SubscriptionRoot {
                     id: c.id.clone(),
                     name: c.name.clone(),
                     connected_at: c.connected_at,
-                    user_id: None,
+                    user_id: user.map(|u| u.id.clone()),
                 };
                 (Some(info), Some(slot))
             }
@@ -639,16 +707,38 @@ impl SubscriptionRoot {
         let active = crate::metrics::GaugeGuard::new(crate::metrics::names::SUBSCRIPTIONS);
         // Looked up once per subscription, not once per delivered event.
         let delivered = metrics::counter!(crate::metrics::names::EVENTS_DELIVERED);
-        Ok(events
-            .map(move |e| {
-                let _slot = &slot;
-                let _active = &active;
-                delivered.increment(1);
-                if let Some(probe) = &probe {
-                    probe.store(e.seq, Ordering::Release);
+        let events = events.map(move |e| {
+            let _slot = &slot;
+            let _active = &active;
+            delivered.increment(1);
+            if let Some(probe) = &probe {
+                probe.store(e.seq, Ordering::Release);
+            }
+            SessionEventView::from_event(e, template.clone())
+        });
+        let Some(user) = user else {
+            return Ok(events.map(Ok).boxed());
+        };
+        // A member removed from the project (or the project deleted) stops
+        // receiving at once: the stream ends with FORBIDDEN.
+        let lost = hub.access_lost(&s, user.id.clone());
+        Ok(async_stream::stream! {
+            let mut events = std::pin::pin!(events);
+            let mut lost = std::pin::pin!(lost);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut lost => {
+                        yield Err(access::revoked());
+                        break;
+                    }
+                    event = events.next() => match event {
+                        Some(view) => yield Ok(view),
+                        None => break,
+                    },
                 }
-                SessionEventView::from_event(e, template.clone())
-            })
-            .boxed())
+            }
+        }
+        .boxed())
     }
 }

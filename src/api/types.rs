@@ -12,7 +12,7 @@ use super::events::SessionEventView;
 use super::extension::charge;
 use super::scalars::Timestamp;
 use crate::domain::template::{NodeType, PropertyDef, PropertyType};
-use crate::domain::{Key, Node, Properties, Template};
+use crate::domain::{Key, Node, Properties, Role, Template};
 use crate::session::{ClientInfo, Hub, Outcome, Session};
 use crate::store::ProjectRecord;
 
@@ -294,14 +294,40 @@ impl ProjectView {
         hub(ctx).session_of_project(self.0.id).map(SessionView)
     }
     /// The caller's role (null when authentication is off).
-    async fn my_role(&self) -> Option<RoleView> {
-        // Authentication is not configurable yet: every caller is anonymous.
-        None
+    async fn my_role(&self, ctx: &Context<'_>) -> Option<RoleView> {
+        super::access::project_role(ctx, self.0.id).map(RoleView::from)
     }
     /// Who may see and change the project. Empty while authentication is off,
     /// since then nobody is a member and everyone may do everything.
-    async fn members(&self) -> Vec<MemberView> {
-        Vec::new()
+    async fn members(&self, ctx: &Context<'_>) -> Vec<MemberView> {
+        hub(ctx)
+            .members(self.0.id)
+            .into_iter()
+            .map(|(user, role)| MemberView {
+                user_id: ID(user),
+                role: role.into(),
+            })
+            .collect()
+    }
+}
+
+impl From<Role> for RoleView {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Owner => RoleView::Owner,
+            Role::Editor => RoleView::Editor,
+            Role::Viewer => RoleView::Viewer,
+        }
+    }
+}
+
+impl From<RoleView> for Role {
+    fn from(role: RoleView) -> Self {
+        match role {
+            RoleView::Owner => Role::Owner,
+            RoleView::Editor => Role::Editor,
+            RoleView::Viewer => Role::Viewer,
+        }
     }
 }
 

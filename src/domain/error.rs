@@ -26,6 +26,8 @@ pub enum ErrorCode {
     VersionConflict,
     StoreUnavailable,
     LimitExceeded,
+    Unauthenticated,
+    Forbidden,
     Internal,
 }
 
@@ -53,6 +55,8 @@ impl ErrorCode {
             ErrorCode::VersionConflict => "VERSION_CONFLICT",
             ErrorCode::StoreUnavailable => "STORE_UNAVAILABLE",
             ErrorCode::LimitExceeded => "LIMIT_EXCEEDED",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::Internal => "INTERNAL",
         }
     }

@@ -2,6 +2,7 @@
 //!
 //! Nothing here knows about GraphQL, HTTP, tokio or SQLite; everything is
 //! synchronous and deterministic given its inputs.
+pub mod access;
 pub mod command;
 pub mod error;
 pub mod graph;
@@ -12,6 +13,7 @@ pub mod properties;
 pub mod template;
 pub mod value;
 
+pub use access::Role;
 pub use command::{Command, Ctx};
 pub use error::{DomainError, ErrorCode};
 pub use graph::{Delta, Graph, Key, Node, NodeData, NodeId, Properties};

@@ -19,6 +19,15 @@ pub struct ClientInfo {
     pub user_id: Option<String>,
 }
 
+/// Who causes a change: the client and, with authentication on, the user
+/// behind it. Every event the change writes names both.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actor {
+    pub client_id: Option<String>,
+    /// The authenticated user (the token's `sub`); none while authentication is off.
+    pub user_id: Option<String>,
+}
+
 /// What happened; the graph deltas are the domain's own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum EventKind {

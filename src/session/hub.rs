@@ -19,8 +19,12 @@ use super::{subscribe, ProjectIndex};
 use crate::domain::command::clean_name;
 use crate::domain::error::err;
 use crate::domain::graph::NodeData;
-use crate::domain::{project_file, Delta, Dispatcher, DomainError, ErrorCode, Graph, Template};
-use crate::store::{LeaseClaim, ProjectRecord, SessionRecord, Store, StoreError, Write};
+use crate::domain::{
+    project_file, Delta, Dispatcher, DomainError, ErrorCode, Graph, Role, Template,
+};
+use crate::store::{
+    LeaseClaim, Membership, ProjectRecord, SessionRecord, Store, StoreError, Write,
+};
 use crate::templates::TemplateCatalog;
 
 fn store_error(e: StoreError) -> DomainError {
@@ -97,6 +101,9 @@ impl Hub {
         for record in hub.store.projects().await? {
             hub.index.upsert(record);
         }
+        for m in hub.store.memberships().await? {
+            hub.index.set_member(m.project_id, m.user_id, m.role);
+        }
         if hub.store.is_shared() {
             // Sessions load lazily, by the instance that takes their lease
             // (`session`), so startup does not grow with the stored sessions.
@@ -124,7 +131,7 @@ impl Hub {
             // whole log; the log may be ahead of a record written before it.
             let logged = hub.store.event_range(record.id).await?.map_or(0, |r| r.1);
             let last_seq = record.last_seq.max(logged);
-            hub.register(&record, project, last_seq, None);
+            hub.register(&record, None, project, last_seq, None);
         }
         let weak = Arc::downgrade(&hub);
         let interval = hub.config.reaper_interval;
@@ -230,7 +237,7 @@ impl Hub {
         match loaded {
             Ok((last_seq, record, project)) => {
                 tracing::info!(session = %id, epoch, last_seq, "took the session over");
-                Ok(self.register(&record, project, last_seq, Some(epoch)))
+                Ok(self.register(&record, None, project, last_seq, Some(epoch)))
             }
             Err(e) => {
                 if let Err(e) = self.store.release_lease(id, epoch).await {
@@ -343,6 +350,7 @@ impl Hub {
     fn register(
         &self,
         record: &SessionRecord,
+        owner: Option<String>,
         project: Option<OpenProject>,
         last_seq: u64,
         epoch: Option<u64>,
@@ -350,6 +358,7 @@ impl Hub {
         let project_id = project.as_ref().map(|p| p.record.id);
         let session = Session::new(
             record,
+            owner,
             project,
             last_seq,
             self.config.clone(),
@@ -375,15 +384,121 @@ impl Hub {
         }
     }
 
-    /// A new empty session.
-    pub async fn create_session(&self) -> Result<Arc<Session>, DomainError> {
+    /// A new empty session, belonging to `owner` (with authentication on).
+    pub async fn create_session(&self, owner: Option<&str>) -> Result<Arc<Session>, DomainError> {
         let record = Self::new_session_record(None);
         let epoch = self.new_epoch(record.id).await?;
         self.store
             .commit(vec![Write::UpsertSession(record.clone())])
             .await
             .map_err(store_error)?;
-        Ok(self.register(&record, None, 0, epoch))
+        Ok(self.register(&record, owner.map(str::to_string), None, 0, epoch))
+    }
+
+    /// `user`'s role on a stored project, if it is a member.
+    pub fn role(&self, project_id: Uuid, user: &str) -> Option<Role> {
+        self.index.role(&project_id, user)
+    }
+
+    /// `user`'s role in a session: its project's role, or OWNER of an empty
+    /// session it created.
+    pub fn session_role(&self, session: &Session, user: &str) -> Option<Role> {
+        let project = session.read().project.as_ref().map(|p| p.record.id);
+        match project {
+            Some(pid) => self.index.role(&pid, user),
+            None => (session.owner.as_deref() == Some(user)).then_some(Role::Owner),
+        }
+    }
+
+    /// A project's members, by user id.
+    pub fn members(&self, project_id: Uuid) -> Vec<(String, Role)> {
+        self.index.members(&project_id)
+    }
+
+    /// Wakes whenever some membership changes or a project is deleted.
+    pub fn access_changes(&self) -> watch::Receiver<u64> {
+        self.index.access_changes()
+    }
+
+    /// Resolves once `user` may no longer see `session`: removed from its
+    /// project, or the project deleted. Never, for an empty session (its
+    /// creator owns it for good).
+    pub fn access_lost(
+        &self,
+        session: &Session,
+        user: String,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        // Subscribed before the first check, so no change slips between them.
+        let mut changes = self.index.access_changes();
+        let index = self.index.clone();
+        let project = session.read().project.as_ref().map(|p| p.record.id);
+        async move {
+            let Some(pid) = project else {
+                return std::future::pending().await;
+            };
+            while index.role(&pid, &user).is_some() {
+                if changes.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        }
+    }
+
+    /// Gives `user` `role` on a stored project (replacing its role); the last
+    /// owner cannot be demoted.
+    pub async fn grant(&self, project_id: Uuid, user: &str, role: Role) -> Result<(), DomainError> {
+        let _guard = self.lifecycle.lock().await;
+        self.check_not_last_owner(project_id, user, Some(role))?;
+        self.store
+            .commit(vec![Write::PutMember(Membership {
+                project_id,
+                user_id: user.to_string(),
+                role,
+            })])
+            .await
+            .map_err(store_error)?;
+        self.index.set_member(project_id, user.to_string(), role);
+        Ok(())
+    }
+
+    /// Takes `user`'s role on a stored project away; the last owner cannot be removed.
+    pub async fn revoke(&self, project_id: Uuid, user: &str) -> Result<(), DomainError> {
+        let _guard = self.lifecycle.lock().await;
+        self.check_not_last_owner(project_id, user, None)?;
+        self.store
+            .commit(vec![Write::RemoveMember {
+                project_id,
+                user_id: user.to_string(),
+            }])
+            .await
+            .map_err(store_error)?;
+        self.index.remove_member(&project_id, user);
+        Ok(())
+    }
+
+    /// Refuses a change of `user`'s role to `to` that would leave the project without an owner.
+    fn check_not_last_owner(
+        &self,
+        project_id: Uuid,
+        user: &str,
+        to: Option<Role>,
+    ) -> Result<(), DomainError> {
+        if self.index.get(&project_id).is_none() {
+            return Err(err(
+                ErrorCode::ProjectNotFound,
+                format!("there is no project {project_id}"),
+            ));
+        }
+        let members = self.index.members(&project_id);
+        let owners = members.iter().filter(|(_, r)| *r == Role::Owner).count();
+        let is_owner = members.iter().any(|(u, r)| u == user && *r == Role::Owner);
+        if is_owner && owners == 1 && to != Some(Role::Owner) {
+            return Err(err(
+                ErrorCode::BadUserInput,
+                format!("{user} is the last owner of project {project_id}; make someone else OWNER first"),
+            ));
+        }
+        Ok(())
     }
 
     /// Stores a new project with `graph` and opens it in a new session.
@@ -392,6 +507,7 @@ impl Hub {
         template: Arc<Template>,
         name: String,
         graph: Graph,
+        owner: Option<&str>,
     ) -> Result<Arc<Session>, DomainError> {
         let now = Utc::now();
         let mut dispatcher = Dispatcher::new(graph);
@@ -410,28 +526,41 @@ impl Hub {
         let session_record = Self::new_session_record(Some(record.id));
         let _guard = self.lifecycle.lock().await;
         let epoch = self.new_epoch(session_record.id).await?;
-        self.store
-            .commit(vec![
-                Write::UpsertProject(record.clone()),
-                Write::Snapshot {
-                    project_id: record.id,
-                    version: 0,
-                    state,
-                },
-                Write::UpsertSession(session_record.clone()),
-            ])
-            .await
-            .map_err(store_error)?;
+        let mut writes = vec![
+            Write::UpsertProject(record.clone()),
+            Write::Snapshot {
+                project_id: record.id,
+                version: 0,
+                state,
+            },
+            Write::UpsertSession(session_record.clone()),
+        ];
+        // The creator owns the project from its first commit on: there is no
+        // moment at which it exists without an owner.
+        if let Some(owner) = owner {
+            writes.push(Write::PutMember(Membership {
+                project_id: record.id,
+                user_id: owner.to_string(),
+                role: Role::Owner,
+            }));
+        }
+        self.store.commit(writes).await.map_err(store_error)?;
         self.index.upsert(record.clone());
+        if let Some(owner) = owner {
+            self.index
+                .set_member(record.id, owner.to_string(), Role::Owner);
+        }
         let project = OpenProject::new(record, template, dispatcher, 0);
-        Ok(self.register(&session_record, Some(project), 0, epoch))
+        Ok(self.register(&session_record, None, Some(project), 0, epoch))
     }
 
-    /// A new project from a template, with its root node named after it, open in a new session.
+    /// A new project from a template, with its root node named after it, open
+    /// in a new session; `owner` (with authentication on) becomes its OWNER.
     pub async fn create_project(
         &self,
         template_id: &str,
         name: &str,
+        owner: Option<&str>,
     ) -> Result<Arc<Session>, DomainError> {
         let template = self.template(template_id)?;
         let name = clean_name(name)?;
@@ -448,16 +577,18 @@ impl Hub {
             parent_id: None,
             index: 0,
         })?;
-        self.start_project(template, name, graph).await
+        self.start_project(template, name, graph, owner).await
     }
 
-    /// Imports a Talus Tally project file as a new project, open in a new session.
+    /// Imports a Talus Tally project file as a new project, open in a new
+    /// session; `owner` (with authentication on) becomes its OWNER.
     pub async fn import_project(
         &self,
         file: &Value,
         template_id: Option<&str>,
         name: Option<&str>,
         limits: &project_file::ImportLimits,
+        owner: Option<&str>,
     ) -> Result<(Arc<Session>, project_file::Imported), DomainError> {
         let template_id = match template_id {
             Some(t) => t.to_string(),
@@ -475,7 +606,7 @@ impl Hub {
             None => "Imported project".to_string(),
         };
         let session = self
-            .start_project(template, name, imported.graph.clone())
+            .start_project(template, name, imported.graph.clone(), owner)
             .await?;
         Ok((session, imported))
     }
@@ -571,7 +702,7 @@ impl Hub {
             .commit(vec![Write::UpsertSession(record.clone())])
             .await
             .map_err(store_error)?;
-        Ok(self.register(&record, Some(project), 0, epoch))
+        Ok(self.register(&record, None, Some(project), 0, epoch))
     }
 
     /// Deletes a stored project; refused while people are working in it.
@@ -634,6 +765,16 @@ impl Hub {
 
     /// Closes sessions with no active client idle for longer than `max_idle`.
     pub async fn cleanup(&self, max_idle: Duration) -> Result<CleanupResult, DomainError> {
+        self.cleanup_matching(max_idle, |_| true).await
+    }
+
+    /// `cleanup` limited to the sessions `pick` chooses (with authentication
+    /// on, those the caller owns).
+    pub async fn cleanup_matching(
+        &self,
+        max_idle: Duration,
+        pick: impl Fn(&Session) -> bool,
+    ) -> Result<CleanupResult, DomainError> {
         // Chosen and closed under the lock, so no open or delete slips in between.
         let _guard = self.lifecycle.lock().await;
         // Saturating: an idle limit longer than the calendar reaches closes nothing.
@@ -644,7 +785,11 @@ impl Hub {
         let idle: Vec<Uuid> = self
             .sessions()
             .into_iter()
-            .filter(|s| s.read().active_clients() == 0 && s.last_activity() < cutoff)
+            .filter(|s| {
+                // The read guard is released before `pick`, which reads the state again.
+                let idle = s.read().active_clients() == 0;
+                idle && s.last_activity() < cutoff && pick(s)
+            })
             .map(|s| s.id)
             .collect();
         let mut removed = 0;

@@ -30,7 +30,7 @@ use tokio::sync::{broadcast, oneshot, Notify};
 use uuid::Uuid;
 
 use super::config::SessionConfig;
-use super::event::{Batch, ClientInfo, EventKind, SessionEvent};
+use super::event::{Actor, Batch, ClientInfo, EventKind, SessionEvent};
 use super::subscribe::StorePages;
 use super::ProjectIndex;
 use crate::domain::error::err;
@@ -120,13 +120,13 @@ pub(super) enum Work {
     Execute {
         command: Command,
         expected_version: Option<u64>,
-        client_id: Option<String>,
+        by: Actor,
     },
     Undo {
-        client_id: Option<String>,
+        by: Actor,
     },
     Redo {
-        client_id: Option<String>,
+        by: Actor,
     },
     Join {
         client: ClientInfo,
@@ -179,6 +179,10 @@ struct Inbox {
 pub struct Session {
     pub id: Uuid,
     pub created_at: DateTime<Utc>,
+    /// Who created the session, when authentication is on: an empty session
+    /// (no project yet) belongs to its creator. Kept in memory only; a session
+    /// with a project is governed by the project's members.
+    pub owner: Option<String>,
     state: RwLock<State>,
     last_activity_ms: AtomicI64,
     inbox: Mutex<Inbox>,
@@ -213,6 +217,7 @@ impl Session {
     /// A session with no actor yet: the first job starts one. The caller has already stored its record.
     pub(super) fn new(
         record: &SessionRecord,
+        owner: Option<String>,
         project: Option<OpenProject>,
         last_seq: u64,
         config: Arc<SessionConfig>,
@@ -223,6 +228,7 @@ impl Session {
         Arc::new(Session {
             id: record.id,
             created_at: record.created_at,
+            owner,
             state: RwLock::new(State {
                 project: project.map(Box::new),
                 last_seq,
@@ -406,29 +412,30 @@ impl Session {
         })?
     }
 
+    /// Runs a command for `by`, whose client and user every event it causes names.
     pub async fn execute(
         self: &Arc<Self>,
         command: Command,
         expected_version: Option<u64>,
-        client_id: Option<String>,
+        by: Actor,
     ) -> Result<Outcome, DomainError> {
         self.ask(
             Work::Execute {
                 command,
                 expected_version,
-                client_id,
+                by,
             },
             Answer::Outcome,
         )
         .await
     }
 
-    pub async fn undo(self: &Arc<Self>, client_id: Option<String>) -> Result<Outcome, DomainError> {
-        self.ask(Work::Undo { client_id }, Answer::Outcome).await
+    pub async fn undo(self: &Arc<Self>, by: Actor) -> Result<Outcome, DomainError> {
+        self.ask(Work::Undo { by }, Answer::Outcome).await
     }
 
-    pub async fn redo(self: &Arc<Self>, client_id: Option<String>) -> Result<Outcome, DomainError> {
-        self.ask(Work::Redo { client_id }, Answer::Outcome).await
+    pub async fn redo(self: &Arc<Self>, by: Actor) -> Result<Outcome, DomainError> {
+        self.ask(Work::Redo { by }, Answer::Outcome).await
     }
 
     pub(super) async fn join(self: &Arc<Self>, client: ClientInfo) -> Result<(), DomainError> {
@@ -731,17 +738,19 @@ impl Group<'_> {
     fn event(
         &mut self,
         command_id: Option<Uuid>,
-        client_id: &Option<String>,
+        by: &Actor,
         kind: EventKind,
     ) -> Arc<SessionEvent> {
-        let event = Arc::new(SessionEvent::new(
+        let mut event = SessionEvent::new(
             self.next_seq,
             self.session.id,
             Utc::now(),
             command_id,
-            client_id.clone(),
+            by.client_id.clone(),
             kind,
-        ));
+        );
+        event.user_id = by.user_id.clone();
+        let event = Arc::new(event);
         self.next_seq += 1;
         self.events.push(event.clone());
         event
@@ -1057,7 +1066,7 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, work: Work) -> Done {
         Work::Execute {
             command,
             expected_version,
-            client_id,
+            by,
         } => {
             let command_id = Uuid::new_v4();
             let command_type = command.type_name().to_string();
@@ -1077,7 +1086,7 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, work: Work) -> Done {
             }
             group.event(
                 Some(command_id),
-                &client_id,
+                &by,
                 EventKind::CommandExecuting {
                     command_type: command_type.clone(),
                 },
@@ -1096,21 +1105,17 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, work: Work) -> Done {
                     if fault == Some(super::config::FaultKind::Unserialisable) {
                         group.unserialisable = true;
                     }
-                    finish_applied(
-                        project,
-                        group,
-                        applied,
-                        &client_id,
-                        |command_type, version| EventKind::CommandExecuted {
+                    finish_applied(project, group, applied, &by, |command_type, version| {
+                        EventKind::CommandExecuted {
                             command_type,
                             version,
-                        },
-                    )
+                        }
+                    })
                 }
                 Err(e) => {
                     group.event(
                         Some(command_id),
-                        &client_id,
+                        &by,
                         EventKind::CommandFailed {
                             command_type,
                             code: e.code.as_str().to_string(),
@@ -1122,8 +1127,8 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, work: Work) -> Done {
             };
             Done::Outcome(outcome)
         }
-        Work::Undo { client_id } => Done::Outcome(history_step(state, group, &client_id, false)),
-        Work::Redo { client_id } => Done::Outcome(history_step(state, group, &client_id, true)),
+        Work::Undo { by } => Done::Outcome(history_step(state, group, &by, false)),
+        Work::Redo { by } => Done::Outcome(history_step(state, group, &by, true)),
         Work::Join { client } => {
             let clients = group.clients(state);
             let entry = clients
@@ -1132,9 +1137,13 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, work: Work) -> Done {
             entry.1 += 1;
             if entry.1 == 1 {
                 let active = u32::try_from(clients.len()).unwrap_or(u32::MAX);
+                let by = Actor {
+                    client_id: Some(client.id.clone()),
+                    user_id: client.user_id.clone(),
+                };
                 group.event(
                     None,
-                    &Some(client.id.clone()),
+                    &by,
                     EventKind::ClientJoined {
                         client,
                         active_clients: active,
@@ -1154,9 +1163,13 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, work: Work) -> Done {
                     return Done::Nothing;
                 };
                 let active = u32::try_from(clients.len()).unwrap_or(u32::MAX);
+                let by = Actor {
+                    client_id: Some(client_id),
+                    user_id: client.user_id.clone(),
+                };
                 group.event(
                     None,
-                    &Some(client_id),
+                    &by,
                     EventKind::ClientLeft {
                         client,
                         active_clients: active,
@@ -1173,7 +1186,7 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, work: Work) -> Done {
 fn history_step(
     state: &mut State,
     group: &mut Group<'_>,
-    client_id: &Option<String>,
+    by: &Actor,
     redo: bool,
 ) -> Result<Outcome, DomainError> {
     let project = state.project.as_mut().ok_or_else(no_project)?;
@@ -1182,25 +1195,19 @@ fn history_step(
     } else {
         project.dispatcher.undo()?
     };
-    finish_applied(
-        project,
-        group,
-        applied,
-        client_id,
-        |command_type, version| {
-            if redo {
-                EventKind::CommandRedone {
-                    command_type,
-                    version,
-                }
-            } else {
-                EventKind::CommandUndone {
-                    command_type,
-                    version,
-                }
+    finish_applied(project, group, applied, by, |command_type, version| {
+        if redo {
+            EventKind::CommandRedone {
+                command_type,
+                version,
             }
-        },
-    )
+        } else {
+            EventKind::CommandUndone {
+                command_type,
+                version,
+            }
+        }
+    })
 }
 
 /// Turns an applied dispatcher step into its events and logged op.
@@ -1208,7 +1215,7 @@ fn finish_applied(
     project: &mut OpenProject,
     group: &mut Group<'_>,
     applied: crate::domain::Applied,
-    client_id: &Option<String>,
+    by: &Actor,
     done: impl FnOnce(String, u64) -> EventKind,
 ) -> Result<Outcome, DomainError> {
     // First, so that whatever happens next the step can be taken back.
@@ -1237,11 +1244,11 @@ fn finish_applied(
     group.ops.push(applied.op);
     let first = group.events.len();
     for delta in applied.deltas {
-        group.event(Some(applied.command_id), client_id, EventKind::Delta(delta));
+        group.event(Some(applied.command_id), by, EventKind::Delta(delta));
     }
     group.event(
         Some(applied.command_id),
-        client_id,
+        by,
         done(applied.command_type, applied.version),
     );
     // Events of an execute start with its CommandExecuting, already in the group.

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{LoadedProject, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write};
+use super::{
+    LoadedProject, Membership, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write,
+};
 
 /// What a `HookedStore` does before each commit.
 #[async_trait]
@@ -49,6 +51,10 @@ impl<S: Store, H: CommitHook> Store for HookedStore<S, H> {
 
     async fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
         self.inner.sessions().await
+    }
+
+    async fn memberships(&self) -> Result<Vec<Membership>, StoreError> {
+        self.inner.memberships().await
     }
 
     async fn load_project(&self, id: Uuid) -> Result<Option<LoadedProject>, StoreError> {

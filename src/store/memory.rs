@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use uuid::Uuid;
 
-use super::{LoadedProject, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write};
+use super::{
+    LoadedProject, Membership, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write,
+};
 
 #[derive(Default)]
 struct Data {
@@ -16,6 +18,8 @@ struct Data {
     ops: HashMap<Uuid, BTreeMap<u64, String>>,
     sessions: HashMap<Uuid, SessionRecord>,
     events: HashMap<Uuid, BTreeMap<u64, String>>,
+    /// Project -> user -> role.
+    members: HashMap<Uuid, BTreeMap<String, crate::domain::Role>>,
 }
 
 impl Data {
@@ -110,6 +114,21 @@ impl Store for MemoryStore {
                     d.projects.remove(&id);
                     d.snapshots.remove(&id);
                     d.ops.remove(&id);
+                    d.members.remove(&id);
+                }
+                Write::PutMember(m) => {
+                    d.members
+                        .entry(m.project_id)
+                        .or_default()
+                        .insert(m.user_id, m.role);
+                }
+                Write::RemoveMember {
+                    project_id,
+                    user_id,
+                } => {
+                    if let Some(members) = d.members.get_mut(&project_id) {
+                        members.remove(&user_id);
+                    }
                 }
                 Write::UpsertSession(s) => {
                     d.sessions.insert(s.id, s);
@@ -143,6 +162,20 @@ impl Store for MemoryStore {
 
     async fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
         Ok(self.data.lock().sessions.values().cloned().collect())
+    }
+
+    async fn memberships(&self) -> Result<Vec<Membership>, StoreError> {
+        let d = self.data.lock();
+        Ok(d.members
+            .iter()
+            .flat_map(|(project_id, members)| {
+                members.iter().map(|(user_id, role)| Membership {
+                    project_id: *project_id,
+                    user_id: user_id.clone(),
+                    role: *role,
+                })
+            })
+            .collect())
     }
 
     async fn load_project(&self, id: Uuid) -> Result<Option<LoadedProject>, StoreError> {

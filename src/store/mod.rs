@@ -20,6 +20,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::domain::Role;
+
 pub use memory::MemoryStore;
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
@@ -67,6 +69,15 @@ pub struct LoadedProject {
     pub tail: Vec<(u64, String)>,
 }
 
+/// A user's role on a project (authentication on). Kept with the project:
+/// deleting the project deletes its memberships.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub project_id: Uuid,
+    pub user_id: String,
+    pub role: Role,
+}
+
 /// One change to the store; a `commit` applies a list of them atomically.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
@@ -86,8 +97,15 @@ pub enum Write {
         version: u64,
         op: String,
     },
-    /// Remove a project with its snapshot and ops.
+    /// Remove a project with its snapshot, ops and memberships.
     DeleteProject(Uuid),
+    /// Give a user a role on a project, replacing the role it had.
+    PutMember(Membership),
+    /// Take a user's role on a project away (nothing if it had none).
+    RemoveMember {
+        project_id: Uuid,
+        user_id: String,
+    },
     UpsertSession(SessionRecord),
     /// Remove a session with its event log.
     DeleteSession(Uuid),
@@ -192,6 +210,8 @@ pub trait Store: Send + Sync + 'static {
     async fn projects(&self) -> Result<Vec<ProjectRecord>, StoreError>;
     async fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError>;
     async fn load_project(&self, id: Uuid) -> Result<Option<LoadedProject>, StoreError>;
+    /// Every project's memberships (read once at start, like `projects`).
+    async fn memberships(&self) -> Result<Vec<Membership>, StoreError>;
     /// Up to `limit` events of the session with seq > `after`, ascending.
     async fn events(
         &self,

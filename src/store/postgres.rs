@@ -39,9 +39,10 @@ use tokio_postgres::{IsolationLevel, NoTls, Row};
 use uuid::Uuid;
 
 use super::{
-    Fence, LeaseClaim, LoadedProject, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent,
-    Write,
+    Fence, LeaseClaim, LoadedProject, Membership, ProjectRecord, SessionRecord, Store, StoreError,
+    StoredEvent, Write,
 };
+use crate::domain::Role;
 
 /// The schema, one migration per version: `MIGRATIONS[i]` takes a database
 /// from version i to i + 1. Append new versions; never edit old ones.
@@ -85,6 +86,13 @@ const MIGRATIONS: &[&str] = &[
         owner text NOT NULL,
         epoch bigint NOT NULL,
         expires_at timestamptz NOT NULL
+    );",
+    // 2: who may do what in a project (authentication), as the SQLite store's schema 3.
+    "CREATE TABLE project_members (
+        project_id uuid NOT NULL,
+        user_id text NOT NULL,
+        role text NOT NULL,
+        PRIMARY KEY (project_id, user_id)
     );",
 ];
 
@@ -461,6 +469,32 @@ async fn apply(tx: &deadpool_postgres::Transaction<'_>, write: &Write) -> Result
             )
             .await?;
             exec(tx, "DELETE FROM project_ops WHERE project_id = $1", &[id]).await?;
+            exec(
+                tx,
+                "DELETE FROM project_members WHERE project_id = $1",
+                &[id],
+            )
+            .await?;
+        }
+        Write::PutMember(m) => {
+            exec(
+                tx,
+                "INSERT INTO project_members (project_id, user_id, role) VALUES ($1, $2, $3)
+                 ON CONFLICT (project_id, user_id) DO UPDATE SET role = excluded.role",
+                &[&m.project_id, &m.user_id, &m.role.as_str()],
+            )
+            .await?;
+        }
+        Write::RemoveMember {
+            project_id,
+            user_id,
+        } => {
+            exec(
+                tx,
+                "DELETE FROM project_members WHERE project_id = $1 AND user_id = $2",
+                &[project_id, user_id],
+            )
+            .await?;
         }
         Write::UpsertSession(s) => {
             exec(
@@ -546,6 +580,28 @@ impl Store for PostgresStore {
         let sql = format!("SELECT {PROJECT_COLUMNS} FROM projects ORDER BY created_at, id");
         let rows = client.query(&sql, &[]).await.map_err(failed("read"))?;
         rows.iter().map(project_row).collect()
+    }
+
+    async fn memberships(&self) -> Result<Vec<Membership>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT project_id, user_id, role FROM project_members ORDER BY project_id, user_id",
+                &[],
+            )
+            .await
+            .map_err(failed("read"))?;
+        rows.iter()
+            .map(|row| {
+                let role: &str = column(row, 2)?;
+                Ok(Membership {
+                    project_id: column(row, 0)?,
+                    user_id: column(row, 1)?,
+                    role: Role::parse(role)
+                        .ok_or_else(|| StoreError::Corrupt(format!("'{role}' is not a role")))?,
+                })
+            })
+            .collect()
     }
 
     async fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {

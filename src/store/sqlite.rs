@@ -48,7 +48,10 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, Row, TransactionBehavio
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::{LoadedProject, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write};
+use super::{
+    LoadedProject, Membership, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write,
+};
+use crate::domain::Role;
 
 /// The schema, one migration per version: `MIGRATIONS[i]` takes a database
 /// from `user_version` i to i + 1. Append new versions; never edit old ones.
@@ -94,6 +97,14 @@ const MIGRATIONS: &[&str] = &[
     // 2: a session's newest seq, so seqs continue after a restart even when
     // retention pruned the whole log.
     "ALTER TABLE sessions ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0;",
+    // 3: who may use a project (authentication on). Projects stored before
+    // this have no members: an operator names their owner with `talus-tally grant`.
+    "CREATE TABLE project_members (
+        project_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('OWNER', 'EDITOR', 'VIEWER')),
+        PRIMARY KEY (project_id, user_id)
+    ) STRICT, WITHOUT ROWID;",
 ];
 
 /// The WAL is truncated back to this size after a checkpoint, so one burst
@@ -328,6 +339,26 @@ impl Store for SqliteStore {
                  FROM sessions ORDER BY created_at, id",
             )?;
             let rows = stmt.query_map([], session_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn memberships(&self) -> Result<Vec<Membership>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT project_id, user_id, role FROM project_members ORDER BY project_id, user_id",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                let role: String = row.get(2)?;
+                Ok(Membership {
+                    project_id: uuid_column(row, 0)?,
+                    user_id: row.get(1)?,
+                    role: Role::parse(&role).ok_or_else(|| {
+                        conversion_error(2, std::io::Error::other(format!("'{role}' is not a role")))
+                    })?,
+                })
+            })?;
             rows.collect()
         })
         .await
@@ -784,6 +815,28 @@ fn apply(conn: &Connection, write: &Write) -> rusqlite::Result<()> {
                 .execute([&id])?;
             conn.prepare_cached("DELETE FROM project_ops WHERE project_id = ?1")?
                 .execute([&id])?;
+            conn.prepare_cached("DELETE FROM project_members WHERE project_id = ?1")?
+                .execute([&id])?;
+        }
+        Write::PutMember(m) => {
+            conn.prepare_cached(
+                "INSERT INTO project_members (project_id, user_id, role) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (project_id, user_id) DO UPDATE SET role = excluded.role",
+            )?
+            .execute(params![
+                m.project_id.to_string(),
+                m.user_id,
+                m.role.as_str()
+            ])?;
+        }
+        Write::RemoveMember {
+            project_id,
+            user_id,
+        } => {
+            conn.prepare_cached(
+                "DELETE FROM project_members WHERE project_id = ?1 AND user_id = ?2",
+            )?
+            .execute(params![project_id.to_string(), user_id])?;
         }
         Write::UpsertSession(s) => {
             conn.prepare_cached(
