@@ -86,7 +86,7 @@ async fn instances_starting_together_on_an_empty_database_migrate_it_once() {
     for start in starts {
         stores.push(start.await.unwrap());
     }
-    assert_eq!(schema_version(&url).await, 1);
+    assert_eq!(schema_version(&url).await, 2);
     let s = Uuid::new_v4();
     stores[0].commit(vec![events(s, 1..=2)]).await.unwrap();
     assert_eq!(stores[2].event_range(s).await.unwrap(), Some((1, 2)));
@@ -96,7 +96,33 @@ async fn instances_starting_together_on_an_empty_database_migrate_it_once() {
         .await
         .unwrap();
     assert_eq!(again.event_range(s).await.unwrap(), Some((1, 2)));
-    assert_eq!(schema_version(&url).await, 1);
+    assert_eq!(schema_version(&url).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_the_previous_schema_gains_the_memberships_table_and_keeps_its_data() {
+    let pg = cluster_or_skip!();
+    let (url, store) = pg.store().await;
+    let s = Uuid::new_v4();
+    store.commit(vec![events(s, 1..=3)]).await.unwrap();
+    store.close().await;
+    // Schema 1 as the previous release left it: no project_members table.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("DROP TABLE project_members; UPDATE talus_schema SET version = 1")
+        .await
+        .unwrap();
+
+    let store = PostgresStore::connect(&url, options("upgraded"))
+        .await
+        .unwrap();
+
+    assert_eq!(schema_version(&url).await, 2);
+    assert_eq!(store.event_range(s).await.unwrap(), Some((1, 3)));
+    assert_eq!(store.memberships().await.unwrap(), vec![]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +146,7 @@ async fn a_database_with_a_newer_schema_is_refused_and_left_untouched() {
 
     assert_eq!(
         format!("{error:#}"),
-        "the database was written by a newer Talus Tally (schema 99, this binary knows up to 1); refusing to use it"
+        "the database was written by a newer Talus Tally (schema 99, this binary knows up to 2); refusing to use it"
     );
     assert_eq!(schema_version(&url).await, 99);
 }
