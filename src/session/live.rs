@@ -215,6 +215,9 @@ pub struct Session {
 
 impl Session {
     /// A session with no actor yet: the first job starts one. The caller has already stored its record.
+    // Each argument is a part the hub holds separately (its record, creator,
+    // project, log position, config, store, index and lease); only `register` calls this.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         record: &SessionRecord,
         owner: Option<String>,
