@@ -147,9 +147,22 @@ test('a subscription run in the page shows the events of a command', async () =>
     JSON.stringify({ sessionId: session.id, since: session.lastSeq }, null, 2),
   );
   await page.locator(RUN_BUTTON).click();
-  await waitFor('the subscribe message on the WebSocket', () =>
-    framesSent.some((frame) => frame.type === 'subscribe'),
-  );
+  // Right after a tab switch GraphiQL can still hold the previous tab's
+  // operation name (seen on a loaded machine: the run went to the server as
+  // operation "Templates" over HTTP and was refused). A person's click comes
+  // later; here a run refused that way is run again, at most three times.
+  let reruns = 0;
+  let lastRun = Date.now();
+  await waitFor('the subscribe message on the WebSocket', async () => {
+    if (framesSent.some((frame) => frame.type === 'subscribe')) return true;
+    const shown = await page.locator(RESPONSE).innerText().catch(() => '');
+    if (shown.includes('Unknown operation named') && reruns < 3 && Date.now() - lastRun > 1000) {
+      reruns += 1;
+      lastRun = Date.now();
+      await page.locator(RUN_BUTTON).click();
+    }
+    return false;
+  });
   // Once the server has the subscription, the page is an active client of
   // the session (and may have been sent its ClientJoined): any event after
   // that is the command's.
