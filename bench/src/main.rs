@@ -12,7 +12,7 @@
 //! - `fleet.rs`: many subscribers at once.
 //! - `api.rs`: typed helpers for the mutations the scenarios use.
 //! - `stats.rs`: percentiles, runs, the table, targets and the JSON report.
-//! - one file per scenario: `fanout`, `throughput`, `mixed`, `connections`, `graph_size`, `startup`, `stalled`, `attack`, `storm`.
+//! - one file per scenario: `fanout`, `throughput`, `mixed`, `connections`, `graph_size`, `startup`, `stalled`, `attack`, `storm`, `snapshot`.
 mod api;
 mod attack;
 mod connections;
@@ -22,6 +22,7 @@ mod graph_size;
 mod http;
 mod mixed;
 mod server;
+mod snapshot;
 mod stalled;
 mod startup;
 mod stats;
@@ -90,6 +91,8 @@ enum Scenario {
     Attack(attack::Opts),
     /// 9. Reconnect storm: subscribers on many sessions, writers running, the server restarted (SIGTERM, SIGKILL); time until all are live, events lost or duplicated.
     Storm(storm::Opts),
+    /// 10. updateProperty latency on a 100,000-node project while it is snapshotted, against no snapshot.
+    Snapshot(snapshot::Opts),
 }
 
 /// What every scenario needs.
@@ -169,6 +172,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Stalled(o) => ("stalled", stalled::run(&ctx, o).await?, None),
             Scenario::Attack(o) => ("attack", attack::run(&ctx, o).await?, None),
             Scenario::Storm(o) => ("storm", storm::run(&ctx, o).await?, None),
+            Scenario::Snapshot(o) => ("snapshot", snapshot::run(&ctx, o).await?, None),
         };
         let path = cli.json.clone().unwrap_or_else(|| default_json(name));
         report.finish(columns, &path)
