@@ -9,12 +9,15 @@
 //! `jsonwebtoken` crate's.
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use lru::LruCache;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 /// Longest `sub` (userId) or `name` a token may carry, in bytes.
@@ -24,7 +27,7 @@ const MAX_CLAIM_BYTES: usize = 200;
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// What the operator configured (`--jwt-*` flags).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AuthConfig {
     /// HS256 shared secret (`--jwt-secret`).
     pub secret: Option<String>,
@@ -36,6 +39,21 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// Clock skew allowed on `exp` (and `nbf`), in seconds.
     pub leeway_secs: u64,
+    /// Verified tokens remembered, least recently used first out (`--jwt-cache-entries`; 0: none).
+    pub cache_entries: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            secret: None,
+            public_key: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: 5,
+            cache_entries: 10_000,
+        }
+    }
 }
 
 impl AuthConfig {
@@ -105,6 +123,11 @@ pub struct Verifier {
     /// Keys of a JWKS file, by `kid`.
     by_kid: HashMap<String, Key>,
     leeway_secs: u64,
+    /// Tokens already verified, by their text: a client sends the same token
+    /// with every request, and checking its signature and claims again cost
+    /// about a sixth of a small mutation's server CPU (BENCHMARKS.md). An
+    /// entry is only used until its `exp` (plus the leeway), as the token is.
+    cache: Option<Mutex<LruCache<Box<str>, User>>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -183,6 +206,7 @@ impl Verifier {
             single,
             by_kid,
             leeway_secs: config.leeway_secs,
+            cache: NonZeroUsize::new(config.cache_entries).map(|n| Mutex::new(LruCache::new(n))),
         }))
     }
 
@@ -216,6 +240,25 @@ impl Verifier {
                 "it is longer than {MAX_TOKEN_BYTES} bytes"
             )));
         }
+        if let Some(cache) = &self.cache {
+            if let Some(user) = cache.lock().get(token) {
+                // Verified before; only time can have made it invalid since.
+                return if user.remaining(self.leeway_secs).is_zero() {
+                    Err(AuthError::Expired)
+                } else {
+                    Ok(user.clone())
+                };
+            }
+        }
+        let user = self.verify_uncached(token)?;
+        if let Some(cache) = &self.cache {
+            cache.lock().put(token.into(), user.clone());
+        }
+        Ok(user)
+    }
+
+    /// Checks a token's signature and claims.
+    fn verify_uncached(&self, token: &str) -> Result<User, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| refusal(e.kind()))?;
         let key = match header.alg {
             Algorithm::HS256 => self.hmac.as_ref(),

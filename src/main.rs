@@ -270,6 +270,10 @@ struct AuthArgs {
     #[arg(long, env = "TALUS_JWT_LEEWAY_SECS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(0..=300))]
     jwt_leeway_secs: u64,
+    /// Verified tokens remembered so a client's repeated token is not verified again until its
+    /// exp (0 to 1,000,000; 0: verify every time).
+    #[arg(long, env = "TALUS_JWT_CACHE_ENTRIES", default_value_t = 10_000, value_parser = count(0, 1_000_000))]
+    jwt_cache_entries: usize,
     /// Serve without authentication on a non-loopback address (a proxy in front must authenticate).
     #[arg(long, env = "TALUS_INSECURE_NO_AUTH")]
     insecure_no_auth: bool,
@@ -357,6 +361,7 @@ impl ServeArgs {
             issuer: self.auth.jwt_issuer.clone(),
             audience: self.auth.jwt_audience.clone(),
             leeway_secs: self.auth.jwt_leeway_secs,
+            cache_entries: self.auth.jwt_cache_entries,
         };
         c.insecure_no_auth = self.auth.insecure_no_auth;
         c.rate_limit = self.auth.rate_limit;
