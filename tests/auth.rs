@@ -76,6 +76,7 @@ async fn server(keys: &Keys, tune: impl FnOnce(&mut talus_tally::server::Config)
             audience: Some(AUDIENCE.into()),
             issuer: None,
             leeway_secs: 0,
+            cache_entries: 10_000,
         };
         // The matrix sends many commands quickly; the rate limit has its own test.
         c.rate_limit = Some(0);
