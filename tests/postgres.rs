@@ -58,12 +58,18 @@ async fn concurrent_commits_from_32_tasks_all_land() {
     store.close().await;
 }
 
-async fn schema_version(url: &str) -> i64 {
+/// A plain connection to the test database, beside the store under test.
+async fn psql(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(connection);
     client
+}
+
+async fn schema_version(url: &str) -> i64 {
+    psql(url)
+        .await
         .query_one("SELECT version FROM talus_schema", &[])
         .await
         .unwrap()
@@ -107,11 +113,8 @@ async fn a_database_of_the_previous_schema_gains_the_memberships_table_and_keeps
     store.commit(vec![events(s, 1..=3)]).await.unwrap();
     store.close().await;
     // Schema 1 as the previous release left it: no project_members table.
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+    psql(&url)
         .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
         .batch_execute("DROP TABLE project_members; UPDATE talus_schema SET version = 1")
         .await
         .unwrap();
@@ -130,11 +133,8 @@ async fn a_database_with_a_newer_schema_is_refused_and_left_untouched() {
     let pg = cluster_or_skip!();
     let (url, store) = pg.store().await;
     store.close().await;
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+    psql(&url)
         .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
         .batch_execute("UPDATE talus_schema SET version = 99")
         .await
         .unwrap();
