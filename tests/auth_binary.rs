@@ -131,36 +131,9 @@ async fn grant_gives_an_owner_to_a_project_created_before_authentication_was_on(
     let project = projects[0].0.clone();
     let dir = app.restart().await;
     let data_dir = dir.path().join("data");
-    let status = binary()
-        .args([
-            "grant",
-            "--project",
-            &project,
-            "--user",
-            "alice",
-            "--role",
-            "owner",
-            "--data-dir",
-        ])
-        .arg(&data_dir)
-        .status()
-        .expect("the binary runs");
-    assert!(status.success());
+    assert!(grant_alice_owner(&project, &data_dir).status.success());
     // An unknown project is refused.
-    let unknown = binary()
-        .args([
-            "grant",
-            "--project",
-            "292b9e11-45c7-94f4-20db-7f6085266a4f",
-            "--user",
-            "alice",
-            "--role",
-            "owner",
-            "--data-dir",
-        ])
-        .arg(&data_dir)
-        .output()
-        .unwrap();
+    let unknown = grant_alice_owner("292b9e11-45c7-94f4-20db-7f6085266a4f", &data_dir);
     assert!(!unknown.status.success());
     let app = common::App::start_in(dir, |c| {
         c.auth = AuthConfig {
@@ -188,4 +161,22 @@ async fn grant_gives_an_owner_to_a_project_created_before_authentication_was_on(
             .unwrap();
         assert_eq!(body["data"]["projects"], expected, "{user}: {body}");
     }
+}
+
+/// `talus-tally grant --project PROJECT --user alice --role owner --data-dir DIR`.
+fn grant_alice_owner(project: &str, data_dir: &std::path::Path) -> std::process::Output {
+    binary()
+        .args([
+            "grant",
+            "--project",
+            project,
+            "--user",
+            "alice",
+            "--role",
+            "owner",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .output()
+        .expect("the binary runs")
 }
