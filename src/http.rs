@@ -274,6 +274,11 @@ fn answer_streaming(
     if MediaType::negotiate(headers).is_none() || request.query.is_empty() {
         return Some(requested);
     }
+    // Most requests from such clients are queries: without the keyword the
+    // document cannot hold a subscription, and is not parsed a second time.
+    if !request.query.contains("subscription") {
+        return None;
+    }
     let subscription = async_graphql::parser::parse_query(&request.query)
         .ok()
         .and_then(|doc| selected_operation(&doc, request.operation_name.as_deref()))
