@@ -35,6 +35,7 @@ async fn every_write_round_trips_exactly_as_in_the_memory_store() {
     let pg = cluster_or_skip!();
     let (_, store) = pg.store().await;
     store_suite::round_trips_as_the_memory_store(&store).await;
+    store_suite::put_snapshot_is_a_snapshot_commit(&store).await;
     store.close().await;
     let error = store
         .commit(vec![events(Uuid::new_v4(), [1])])

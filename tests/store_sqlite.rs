@@ -24,6 +24,87 @@ async fn every_write_round_trips_exactly_as_in_the_memory_store() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_put_in_parts_reads_back_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = open(&dir.path().join("talus.db"));
+    store_suite::put_snapshot_is_a_snapshot_commit(&sqlite).await;
+    sqlite.close().await;
+}
+
+/// Opens the file beside the store to count what `put_snapshot` left in its tables.
+fn stored_parts(path: &Path, project: Uuid) -> Vec<(u64, u64)> {
+    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let mut stmt = conn
+        .prepare("SELECT version, part FROM snapshot_parts WHERE project_id = ?1 ORDER BY version, part")
+        .unwrap();
+    stmt.query_map([project.to_string()], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_snapshot_is_written_in_parts_that_other_commits_pass_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("talus.db");
+    let store = Arc::new(open(&path));
+    let p = Uuid::new_v4();
+    store
+        .commit(vec![Write::UpsertProject(project(p, "Big", 0)), op(p, 1), op(p, 2)])
+        .await
+        .unwrap();
+    // Parts of version 1 that an earlier attempt left behind before it
+    // could swap them in (a crash): never read, dropped by the next snapshot.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO snapshot_parts (project_id, version, part, data) VALUES (?1, 1, 0, 'stray')",
+            [p.to_string()],
+        )
+        .unwrap();
+    }
+    assert_eq!(store.load_project(p).await.unwrap().unwrap().snapshot, None);
+
+    // 24 MiB, in parts of 1 MiB: while it is written, another project's
+    // small commits keep landing between the parts instead of waiting for
+    // the whole state (written in one transaction, each would wait for it).
+    let state = store_suite::large_state("big", 24 << 20);
+    let groups_before = store.stats().groups;
+    let put = tokio::spawn({
+        let (store, state) = (store.clone(), state.clone());
+        async move { store.put_snapshot(p, 2, state).await }
+    });
+    let other = Uuid::new_v4();
+    let mut landed_meanwhile = 0u64;
+    while !put.is_finished() {
+        landed_meanwhile += 1;
+        store.commit(vec![op(other, landed_meanwhile)]).await.unwrap();
+    }
+    put.await.unwrap().unwrap();
+    let groups = store.stats().groups - groups_before;
+    // Each part is its own job, so in its own group (a small commit may share it).
+    assert!(groups >= 26, "{groups} groups for 25 parts and the swap");
+    assert!(
+        landed_meanwhile >= 12,
+        "only {landed_meanwhile} commits landed while 24 parts were written"
+    );
+    let loaded = store.load_project(p).await.unwrap().unwrap();
+    assert!(loaded.snapshot == Some((2, state)), "the snapshot reads back whole");
+    assert!(loaded.tail.is_empty());
+    let parts = stored_parts(&path, p);
+    assert!(parts.iter().all(|&(v, _)| v == 2), "the stray part was dropped");
+    assert_eq!(parts.len(), 25, "24 MiB and a bit, in parts of 1 MiB");
+
+    // A newer snapshot replaces these parts; the old ones are dropped.
+    store.put_snapshot(p, 3, "small".into()).await.unwrap();
+    assert_eq!(stored_parts(&path, p), vec![(3, 0)]);
+    store.commit(vec![Write::DeleteProject(p)]).await.unwrap();
+    assert_eq!(stored_parts(&path, p), vec![]);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_survives_close_and_reopen_and_drop_without_close() {
     let dir = tempfile::tempdir().unwrap();
     // The directory is created on first start.
@@ -87,7 +168,7 @@ async fn a_database_from_a_newer_version_is_refused_and_left_untouched() {
 
     assert_eq!(
         format!("{error:#}").rsplit(": ").next().unwrap(),
-        "talus.db was written by a newer Talus Tally (schema 99, this binary knows up to 3); refusing to open it"
+        "talus.db was written by a newer Talus Tally (schema 99, this binary knows up to 4); refusing to open it"
     );
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }

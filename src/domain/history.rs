@@ -8,6 +8,7 @@
 //! can restore the dispatcher to what it was.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -45,8 +46,8 @@ pub enum Op {
 #[derive(Debug)]
 pub enum Revert {
     Executed {
-        evicted: Option<Entry>,
-        cleared_redo: Vec<Entry>,
+        evicted: Option<Arc<Entry>>,
+        cleared_redo: Vec<Arc<Entry>>,
     },
     Undone,
     Redone,
@@ -70,8 +71,10 @@ pub struct Applied {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Dispatcher {
     graph: Graph,
-    undo: VecDeque<Entry>,
-    redo: Vec<Entry>,
+    // Entries are shared, so copying the dispatcher for a snapshot does not
+    // copy up to `history_limit` steps' deltas.
+    undo: VecDeque<Arc<Entry>>,
+    redo: Vec<Arc<Entry>>,
     version: u64,
     #[serde(skip, default = "default_limit")]
     history_limit: usize,
@@ -158,12 +161,12 @@ impl Dispatcher {
             command_type: command_type.clone(),
             forward: forward.clone(),
         };
-        self.undo.push_back(Entry {
+        self.undo.push_back(Arc::new(Entry {
             command_id,
             command_type: command_type.clone(),
             forward: forward.clone(),
             inverse,
-        });
+        }));
         let evicted = if self.undo.len() > self.history_limit {
             self.undo.pop_front()
         } else {

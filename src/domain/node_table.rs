@@ -11,11 +11,19 @@
 //! foldhash, seeded per table, which is several times cheaper than SipHash
 //! for 16-byte ids and still not predictable from outside.
 //!
+//! Each node sits behind an `Arc`, so a copy of the whole table (what a
+//! snapshot serialises while the session goes on) costs one reference count
+//! per node instead of a deep copy: cloning 100,000 nodes deeply took 54 to
+//! 165 ms under the session's read lock, which every write waited for. A
+//! write to a node the copy still shares clones that node alone
+//! (`Arc::make_mut`); with no copy alive it writes in place.
+//!
 //! Serialised exactly like the `HashMap<NodeId, Node>` it replaces: an object
 //! keyed by node id.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -27,7 +35,7 @@ type Index = HashMap<NodeId, u32, foldhash::fast::RandomState>;
 
 #[derive(Clone, Default)]
 pub(crate) struct NodeTable {
-    nodes: Vec<Node>,
+    nodes: Vec<Arc<Node>>,
     index: Index,
 }
 
@@ -42,12 +50,12 @@ impl NodeTable {
 
     pub(crate) fn get(&self, id: &NodeId) -> Option<&Node> {
         let slot = *self.index.get(id)?;
-        self.nodes.get(slot as usize)
+        self.nodes.get(slot as usize).map(|n| &**n)
     }
 
     pub(crate) fn get_mut(&mut self, id: &NodeId) -> Option<&mut Node> {
         let slot = *self.index.get(id)?;
-        self.nodes.get_mut(slot as usize)
+        self.nodes.get_mut(slot as usize).map(Arc::make_mut)
     }
 
     pub(crate) fn contains_key(&self, id: &NodeId) -> bool {
@@ -57,11 +65,12 @@ impl NodeTable {
     /// Adds `node` under its id, replacing (and returning) any node with that id.
     pub(crate) fn insert(&mut self, node: Node) -> Option<Node> {
         if let Some(&slot) = self.index.get(&node.id) {
-            return Some(std::mem::replace(&mut self.nodes[slot as usize], node));
+            let old = std::mem::replace(&mut self.nodes[slot as usize], Arc::new(node));
+            return Some(unshare(old));
         }
         let slot = u32::try_from(self.nodes.len()).expect("fewer than 2^32 nodes");
         self.index.insert(node.id, slot);
-        self.nodes.push(node);
+        self.nodes.push(Arc::new(node));
         None
     }
 
@@ -71,12 +80,12 @@ impl NodeTable {
         if let Some(moved) = self.nodes.get(slot) {
             self.index.insert(moved.id, slot as u32);
         }
-        Some(node)
+        Some(unshare(node))
     }
 
     /// Every node, in no particular order.
-    pub(crate) fn values(&self) -> std::slice::Iter<'_, Node> {
-        self.nodes.iter()
+    pub(crate) fn values(&self) -> impl ExactSizeIterator<Item = &Node> + '_ {
+        self.nodes.iter().map(|n| &**n)
     }
 
     pub(crate) fn keys(&self) -> impl Iterator<Item = &NodeId> + '_ {
@@ -84,17 +93,22 @@ impl NodeTable {
     }
 }
 
+/// The node itself: moved out when no copy of the table shares it, cloned otherwise.
+fn unshare(node: Arc<Node>) -> Node {
+    Arc::try_unwrap(node).unwrap_or_else(|shared| (*shared).clone())
+}
+
 /// Equal when they hold the same nodes, wherever they sit in the vector.
 impl PartialEq for NodeTable {
     fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len() && self.nodes.iter().all(|n| other.get(&n.id) == Some(n))
+        self.len() == other.len() && self.values().all(|n| other.get(&n.id) == Some(n))
     }
 }
 
 impl fmt::Debug for NodeTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
-            .entries(self.nodes.iter().map(|n| (&n.id, n)))
+            .entries(self.values().map(|n| (&n.id, n)))
             .finish()
     }
 }
@@ -102,7 +116,7 @@ impl fmt::Debug for NodeTable {
 impl Serialize for NodeTable {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.nodes.len()))?;
-        for node in &self.nodes {
+        for node in self.values() {
             map.serialize_entry(&node.id, node)?;
         }
         map.end()
@@ -192,6 +206,37 @@ mod tests {
         replaced.name = "Again".into();
         assert_eq!(table.insert(replaced).unwrap().name, "Nine");
         assert_eq!(table.len(), 6);
+    }
+
+    #[test]
+    fn a_copy_shares_nodes_until_either_side_writes_one() {
+        let mut table = NodeTable::default();
+        for n in 1..=4 {
+            table.insert(node(n));
+        }
+        let copy = table.clone();
+        let shared = |t: &NodeTable, c: &NodeTable, n: u128| {
+            let id = Uuid::from_u128(n);
+            let (a, b) = (t.index[&id], c.index[&id]);
+            Arc::ptr_eq(&t.nodes[a as usize], &c.nodes[b as usize])
+        };
+        assert!((1..=4).all(|n| shared(&table, &copy, n)));
+        // Writes to the original change neither the copy nor its other nodes.
+        table.get_mut(&Uuid::from_u128(2)).unwrap().name = "Two".into();
+        assert_eq!(table.remove(&Uuid::from_u128(3)).unwrap().name, "Task 3");
+        table.insert(node(5));
+        assert_eq!(copy.get(&Uuid::from_u128(2)).unwrap().name, "Task 2");
+        assert_eq!(copy.get(&Uuid::from_u128(3)).unwrap().name, "Task 3");
+        assert!(!copy.contains_key(&Uuid::from_u128(5)));
+        assert_eq!(copy.len(), 4);
+        assert!(!shared(&table, &copy, 2));
+        assert!(shared(&table, &copy, 1) && shared(&table, &copy, 4));
+        // With the copy gone, a write is in place again.
+        drop(copy);
+        let before = Arc::as_ptr(&table.nodes[table.index[&Uuid::from_u128(1)] as usize]);
+        table.get_mut(&Uuid::from_u128(1)).unwrap().name = "One".into();
+        let after = Arc::as_ptr(&table.nodes[table.index[&Uuid::from_u128(1)] as usize]);
+        assert_eq!(before, after);
     }
 
     #[test]

@@ -510,11 +510,12 @@ impl Drop for Running {
     }
 }
 
-/// A serialised snapshot: (project, version, state or why it could not be serialised).
-type Snapshot = (Uuid, u64, Result<String, String>);
-
-/// A snapshot being serialised on a blocking thread (`None`: the project went away).
-type SnapshotTask = tokio::task::JoinHandle<Option<Snapshot>>;
+/// A snapshot on its way to the store: copied, serialised on a blocking
+/// thread and stored by its own task, while the actor goes on committing
+/// groups. Its answer is the (project, version) it was of, stored or not: a
+/// failure is logged, the ops since the last snapshot are kept, and the next
+/// one is due an interval later.
+type SnapshotTask = tokio::task::JoinHandle<(Uuid, u64)>;
 
 /// The session's single writer: takes the queued jobs in groups, commits each group once, then
 /// publishes; ends when the queue is empty and no snapshot is on its way.
@@ -552,7 +553,7 @@ async fn actor(mut running: Running) {
                 run_group(&session, jobs).instrument(span).await;
                 if snapshot.as_ref().is_some_and(|t| t.is_finished()) {
                     if let Some(task) = snapshot.take() {
-                        store_snapshot(&session, task.await).await;
+                        snapshot_done(&session, task.await);
                     }
                 }
                 if snapshot.is_none() {
@@ -567,7 +568,7 @@ async fn actor(mut running: Running) {
                 tokio::select! {
                     done = task => {
                         snapshot = None;
-                        store_snapshot(&session, done).await;
+                        snapshot_done(&session, done);
                     }
                     _ = session.work.notified() => {}
                 }
@@ -576,13 +577,15 @@ async fn actor(mut running: Running) {
     }
 }
 
-/// Starts serialising a snapshot of the committed state if one is due.
+/// Starts a snapshot of the committed state if one is due.
 ///
-/// The copy is made on the blocking thread under a read lock: readers are not
-/// held up, and only the actor (the one writer) waits for the copy, not for
-/// the much slower serialisation.
+/// The copy is cheap (nodes and history entries are shared, see
+/// `domain::node_table`), so the read lock that makes it is held for about a
+/// millisecond for 100,000 nodes; the serialisation runs on a blocking
+/// thread and the store writes the result in parts (`Store::put_snapshot`).
+/// The actor does not wait for any of it.
 fn start_snapshot(session: &Arc<Session>) -> Option<SnapshotTask> {
-    {
+    let (project_id, copy) = {
         let state = session.state.read();
         let project = state.project.as_ref()?;
         let due = session
@@ -598,51 +601,44 @@ fn start_snapshot(session: &Arc<Session>) -> Option<SnapshotTask> {
         {
             return None;
         }
-    }
+        (project.record.id, project.dispatcher.clone())
+    };
     let session = session.clone();
-    Some(tokio::task::spawn_blocking(move || {
-        let (id, copy) = {
-            let state = session.state.read();
-            let project = state.project.as_ref()?;
-            (project.record.id, project.dispatcher.clone())
-        };
-        let json = serde_json::to_string(&copy).map_err(|e| e.to_string());
-        Some((id, copy.version(), json))
+    Some(tokio::spawn(async move {
+        let version = copy.version();
+        let json = tokio::task::spawn_blocking(move || serde_json::to_string(&copy)).await;
+        match json {
+            Ok(Ok(state)) => {
+                if let Err(e) = session.store.put_snapshot(project_id, version, state).await {
+                    tracing::warn!(session = %session.id, project = %project_id, error = %e, "snapshot not stored; the ops since the last one are kept");
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(session = %session.id, project = %project_id, error = %e, "could not serialise a snapshot");
+            }
+            Err(e) => {
+                tracing::error!(session = %session.id, project = %project_id, error = %e, "serialising a snapshot failed");
+            }
+        }
+        (project_id, version)
     }))
 }
 
-/// Stores a serialised snapshot; success or failure, the next one is due an interval later.
-async fn store_snapshot(session: &Session, done: Result<Option<Snapshot>, tokio::task::JoinError>) {
-    let (project_id, version, json) = match done {
-        Ok(Some(done)) => done,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::error!(session = %session.id, error = %e, "serialising a snapshot failed");
-            return;
-        }
-    };
-    let stored = match json {
-        Ok(state) => session
-            .store
-            .commit(vec![Write::Snapshot {
-                project_id,
-                version,
-                state,
-            }])
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => {
-            tracing::error!(session = %session.id, project = %project_id, error = %e, "could not serialise a snapshot");
-            Err(e)
-        }
-    };
-    if let Err(e) = &stored {
-        tracing::warn!(session = %session.id, project = %project_id, error = %e, "snapshot not stored; the ops since the last one are kept");
-    }
+/// Notes a finished snapshot; success or failure, the next one is due an interval later.
+fn snapshot_done(session: &Session, done: Result<(Uuid, u64), tokio::task::JoinError>) {
     let mut state = session.state.write();
-    if let Some(project) = state.project.as_mut().filter(|p| p.record.id == project_id) {
-        project.snapshot_version = project.snapshot_version.max(version);
-    }
+    let Some(project) = state.project.as_mut() else {
+        return;
+    };
+    let version = match done {
+        Ok((id, version)) if id == project.record.id => version,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::error!(session = %session.id, error = %e, "the snapshot task failed");
+            project.dispatcher.version()
+        }
+    };
+    project.snapshot_version = project.snapshot_version.max(version);
 }
 
 /// A job's answer, held until the group is committed.

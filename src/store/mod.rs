@@ -207,6 +207,24 @@ pub trait Store: Send + Sync + 'static {
         let _ = fence;
         self.commit(writes).await
     }
+    /// Replaces the project's snapshot with `state` at `version` (unless a
+    /// newer one is stored) and drops the ops it covers, as a commit of
+    /// `Write::Snapshot` does. A store may write a large state in several
+    /// transactions so that other commits are not held up behind it; the
+    /// previous snapshot stays in force until the new one is complete.
+    async fn put_snapshot(
+        &self,
+        project_id: Uuid,
+        version: u64,
+        state: String,
+    ) -> Result<(), StoreError> {
+        self.commit(vec![Write::Snapshot {
+            project_id,
+            version,
+            state,
+        }])
+        .await
+    }
     async fn projects(&self) -> Result<Vec<ProjectRecord>, StoreError>;
     async fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError>;
     async fn load_project(&self, id: Uuid) -> Result<Option<LoadedProject>, StoreError>;

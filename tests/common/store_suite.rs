@@ -251,3 +251,66 @@ pub async fn concurrent_commits_all_land(
     }
     elapsed
 }
+
+/// A state of about `bytes` bytes with multi-byte characters throughout, so
+/// a store that cuts it into parts must cut at character boundaries.
+pub fn large_state(tag: &str, bytes: usize) -> String {
+    let unit = format!("{{\"n\":\"{tag} Zürich 東京 ✓\"}},");
+    let mut s = String::with_capacity(bytes + unit.len() + 2);
+    s.push('[');
+    while s.len() < bytes {
+        s.push_str(&unit);
+    }
+    s.push_str("null]");
+    s
+}
+
+/// `put_snapshot` does what a commit of `Write::Snapshot` does, for states
+/// large enough to be written in parts: the newest stays, the ops it covers
+/// go, and an older one changes nothing.
+pub async fn put_snapshot_is_a_snapshot_commit(store: &dyn Store) {
+    let memory = MemoryStore::new();
+    let p = Uuid::new_v4();
+    let setup = vec![
+        Write::UpsertProject(project(p, "Big", 5)),
+        Write::Snapshot {
+            project_id: p,
+            version: 0,
+            state: "{}".into(),
+        },
+        op(p, 1),
+        op(p, 2),
+        op(p, 3),
+        op(p, 4),
+        op(p, 5),
+    ];
+    let at_3 = large_state("three", 2_500_000);
+    let at_5 = large_state("five", 3_300_000);
+    for s in [store, &memory as &dyn Store] {
+        s.commit(setup.clone()).await.unwrap();
+        s.put_snapshot(p, 3, at_3.clone()).await.unwrap();
+        let loaded = s.load_project(p).await.unwrap().unwrap();
+        assert_eq!(loaded.snapshot.as_ref().map(|(v, _)| *v), Some(3));
+        assert!(loaded.snapshot.as_ref().unwrap().1 == at_3, "the state at 3 round-trips");
+        assert_eq!(
+            loaded.tail.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+            vec![4, 5]
+        );
+        // An older snapshot (one serialised before a newer one was stored) changes nothing.
+        s.put_snapshot(p, 2, "older".into()).await.unwrap();
+        let again = s.load_project(p).await.unwrap().unwrap();
+        assert!(again == loaded, "an older snapshot left the stored one");
+        s.put_snapshot(p, 5, at_5.clone()).await.unwrap();
+        let loaded = s.load_project(p).await.unwrap().unwrap();
+        assert_eq!(loaded.snapshot.as_ref().map(|(v, _)| *v), Some(5));
+        assert!(loaded.snapshot.as_ref().unwrap().1 == at_5, "the state at 5 round-trips");
+        assert!(loaded.tail.is_empty());
+        // A commit of a new op after it is the tail; an empty state round-trips too.
+        s.commit(vec![op(p, 6)]).await.unwrap();
+        s.put_snapshot(p, 6, String::new()).await.unwrap();
+        let loaded = s.load_project(p).await.unwrap().unwrap();
+        assert_eq!(loaded.snapshot, Some((6, String::new())));
+        s.commit(vec![Write::DeleteProject(p)]).await.unwrap();
+        assert_eq!(s.load_project(p).await.unwrap(), None);
+    }
+}
