@@ -281,15 +281,20 @@ impl Verifier {
         let data = jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation)
             .map_err(|e| refusal(e.kind()))?;
         let claims = data.claims;
-        if claims.sub.trim().is_empty() || claims.sub.len() > MAX_CLAIM_BYTES {
+        // A NUL cannot be stored as text (PostgreSQL refuses it), and no
+        // identity provider issues one.
+        if claims.sub.trim().is_empty()
+            || claims.sub.len() > MAX_CLAIM_BYTES
+            || claims.sub.contains('\0')
+        {
             return Err(AuthError::Rejected(format!(
-                "sub must be a user id of 1 to {MAX_CLAIM_BYTES} bytes"
+                "sub must be a user id of 1 to {MAX_CLAIM_BYTES} bytes without NUL characters"
             )));
         }
         let name = claims
             .name
             .map(|n| n.trim().to_string())
-            .filter(|n| !n.is_empty() && n.len() <= MAX_CLAIM_BYTES);
+            .filter(|n| !n.is_empty() && n.len() <= MAX_CLAIM_BYTES && !n.contains('\0'));
         Ok(User {
             id: claims.sub,
             name,

@@ -876,3 +876,33 @@ async fn a_bad_value_for_an_argument_named_limit_is_bad_user_input_not_limit_exc
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_nul_character_in_a_name_is_bad_user_input_and_creates_nothing() {
+    let app = App::start().await;
+    let t = restomod_tree(&app).await;
+    // No store keeps a NUL as text (PostgreSQL refuses it), so it is refused
+    // before anything is stored, on every store alike.
+    let error = refused(
+        &app,
+        &t.session,
+        "BAD_USER_INPUT",
+        CREATE,
+        json!({ "s": t.session, "i": { "parentId": t.root, "typeId": "phase", "name": "Paint\u{0}shop" } }),
+    )
+    .await;
+    assert!(
+        error["message"].as_str().unwrap().contains("NUL"),
+        "{error}"
+    );
+    let before = app.request("{ projects { name } }", json!({})).await;
+    let body = app
+        .request(
+            "mutation($n: String!) { createProject(templateId: \"restomod\", name: $n) { id } }",
+            json!({ "n": "Bus\u{0}" }),
+        )
+        .await;
+    assert_eq!(code_of(&first_error(&body)), "BAD_USER_INPUT", "{body}");
+    let after = app.request("{ projects { name } }", json!({})).await;
+    assert_eq!(after, before, "no project was created");
+}

@@ -33,10 +33,13 @@ async fn a_snapshot_put_in_parts_reads_back_as_one() {
 
 /// Opens the file beside the store to count what `put_snapshot` left in its tables.
 fn stored_parts(path: &Path, project: Uuid) -> Vec<(u64, u64)> {
-    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
     let mut stmt = conn
-        .prepare("SELECT version, part FROM snapshot_parts WHERE project_id = ?1 ORDER BY version, part")
+        .prepare(
+            "SELECT version, part FROM snapshot_parts WHERE project_id = ?1 ORDER BY version, part",
+        )
         .unwrap();
     stmt.query_map([project.to_string()], |row| Ok((row.get(0)?, row.get(1)?)))
         .unwrap()
@@ -51,7 +54,11 @@ async fn a_large_snapshot_is_written_in_parts_that_other_commits_pass_between() 
     let store = Arc::new(open(&path));
     let p = Uuid::new_v4();
     store
-        .commit(vec![Write::UpsertProject(project(p, "Big", 0)), op(p, 1), op(p, 2)])
+        .commit(vec![
+            Write::UpsertProject(project(p, "Big", 0)),
+            op(p, 1),
+            op(p, 2),
+        ])
         .await
         .unwrap();
     // Parts of version 1 that an earlier attempt left behind before it
@@ -79,7 +86,10 @@ async fn a_large_snapshot_is_written_in_parts_that_other_commits_pass_between() 
     let mut landed_meanwhile = 0u64;
     while !put.is_finished() {
         landed_meanwhile += 1;
-        store.commit(vec![op(other, landed_meanwhile)]).await.unwrap();
+        store
+            .commit(vec![op(other, landed_meanwhile)])
+            .await
+            .unwrap();
     }
     put.await.unwrap().unwrap();
     let groups = store.stats().groups - groups_before;
@@ -90,10 +100,16 @@ async fn a_large_snapshot_is_written_in_parts_that_other_commits_pass_between() 
         "only {landed_meanwhile} commits landed while 24 parts were written"
     );
     let loaded = store.load_project(p).await.unwrap().unwrap();
-    assert!(loaded.snapshot == Some((2, state)), "the snapshot reads back whole");
+    assert!(
+        loaded.snapshot == Some((2, state)),
+        "the snapshot reads back whole"
+    );
     assert!(loaded.tail.is_empty());
     let parts = stored_parts(&path, p);
-    assert!(parts.iter().all(|&(v, _)| v == 2), "the stray part was dropped");
+    assert!(
+        parts.iter().all(|&(v, _)| v == 2),
+        "the stray part was dropped"
+    );
     assert_eq!(parts.len(), 25, "24 MiB and a bit, in parts of 1 MiB");
 
     // A newer snapshot replaces these parts; the old ones are dropped.

@@ -176,8 +176,16 @@ impl CommandInput {
     }
 }
 
-/// LIMIT_EXCEEDED if a name (`what`) is longer than `--max-name-bytes`.
+/// LIMIT_EXCEEDED if a name (`what`) is longer than `--max-name-bytes`;
+/// BAD_USER_INPUT if it holds a NUL character, which no store can keep as
+/// text (PostgreSQL refuses it) and which no name needs.
 pub fn check_name(name: &str, what: &str, limits: &ApiLimits) -> Result<()> {
+    if name.contains('\0') {
+        return Err(code(
+            ErrorCode::BadUserInput,
+            format!("{what} contains a NUL character (U+0000), which names may not hold"),
+        ));
+    }
     let max = limits.max_name_bytes;
     if name.len() > max {
         return Err(code(

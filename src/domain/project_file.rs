@@ -92,8 +92,18 @@ impl ImportLimits {
         max_value_bytes: usize::MAX,
     };
 
-    /// LIMIT_EXCEEDED if `name` (`what`) is longer than `max_name_bytes`.
+    /// LIMIT_EXCEEDED if `name` (`what`) is longer than `max_name_bytes`;
+    /// BAD_USER_INPUT if it holds a NUL character (no store keeps one as text).
     fn check_name(&self, name: &str, what: impl FnOnce() -> String) -> Result<(), DomainError> {
+        if name.contains('\0') {
+            return Err(err(
+                ErrorCode::BadUserInput,
+                format!(
+                    "{} contains a NUL character (U+0000), which names may not hold",
+                    what()
+                ),
+            ));
+        }
         if name.len() > self.max_name_bytes {
             return Err(err(
                 ErrorCode::LimitExceeded,

@@ -506,12 +506,18 @@ impl Store for SqliteStore {
                     "SELECT version, state, parts FROM project_snapshots WHERE project_id = ?1",
                 )?;
                 let mut rows = stmt.query_map([&id], |row| {
-                    Ok((row.get::<_, u64>(0)?, row.get::<_, String>(1)?, row.get::<_, usize>(2)?))
+                    Ok((
+                        row.get::<_, u64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, usize>(2)?,
+                    ))
                 })?;
                 match rows.next().transpose()? {
                     None => None,
                     Some((version, state, 0)) => Some((version, state)),
-                    Some((version, _, parts)) => Some((version, snapshot_parts(&tx, &id, version, parts)?)),
+                    Some((version, _, parts)) => {
+                        Some((version, snapshot_parts(&tx, &id, version, parts)?))
+                    }
                 }
             };
             let after: u64 = snapshot.as_ref().map_or(0, |s: &(u64, String)| s.0);

@@ -291,7 +291,10 @@ pub async fn put_snapshot_is_a_snapshot_commit(store: &dyn Store) {
         s.put_snapshot(p, 3, at_3.clone()).await.unwrap();
         let loaded = s.load_project(p).await.unwrap().unwrap();
         assert_eq!(loaded.snapshot.as_ref().map(|(v, _)| *v), Some(3));
-        assert!(loaded.snapshot.as_ref().unwrap().1 == at_3, "the state at 3 round-trips");
+        assert!(
+            loaded.snapshot.as_ref().unwrap().1 == at_3,
+            "the state at 3 round-trips"
+        );
         assert_eq!(
             loaded.tail.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
             vec![4, 5]
@@ -303,7 +306,10 @@ pub async fn put_snapshot_is_a_snapshot_commit(store: &dyn Store) {
         s.put_snapshot(p, 5, at_5.clone()).await.unwrap();
         let loaded = s.load_project(p).await.unwrap().unwrap();
         assert_eq!(loaded.snapshot.as_ref().map(|(v, _)| *v), Some(5));
-        assert!(loaded.snapshot.as_ref().unwrap().1 == at_5, "the state at 5 round-trips");
+        assert!(
+            loaded.snapshot.as_ref().unwrap().1 == at_5,
+            "the state at 5 round-trips"
+        );
         assert!(loaded.tail.is_empty());
         // A commit of a new op after it is the tail; an empty state round-trips too.
         s.commit(vec![op(p, 6)]).await.unwrap();
