@@ -455,6 +455,57 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_token_is_refused_once_its_expiry_and_the_leeway_have_passed() {
+        let verifier = verifier(None);
+        let token = mint_hs256(
+            "a-test-secret-of-enough-bytes",
+            "alice",
+            None,
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        assert_eq!(verifier.verify(&token).unwrap().id, "alice");
+        let cache = verifier.cache.as_ref().expect("the cache is on by default");
+        assert!(
+            cache.lock().contains(token.as_str()),
+            "the verified token is remembered"
+        );
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        // Time passes (the remembered expiry moves into the past, as the clock
+        // would move past it): still within the leeway, then beyond it.
+        cache.lock().get_mut(token.as_str()).unwrap().expires_at = now - 2;
+        assert_eq!(
+            verifier.verify(&token).unwrap().id,
+            "alice",
+            "within the 5 s leeway"
+        );
+        cache.lock().get_mut(token.as_str()).unwrap().expires_at = now - 60;
+        assert_eq!(verifier.verify(&token), Err(AuthError::Expired));
+        // A token nobody verified before, already expired, is refused as well.
+        let old = Verifier::from_config(&AuthConfig {
+            secret: Some("a-test-secret-of-enough-bytes".into()),
+            leeway_secs: 0,
+            ..AuthConfig::default()
+        })
+        .unwrap()
+        .unwrap();
+        let expired = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &Claims {
+                sub: "bob".into(),
+                name: None,
+                exp: now - 60,
+            },
+            &EncodingKey::from_secret(b"a-test-secret-of-enough-bytes"),
+        )
+        .unwrap();
+        assert_eq!(old.verify(&expired), Err(AuthError::Expired));
+    }
+
+    #[test]
     fn a_token_signed_with_another_secret_is_refused() {
         let token = mint_hs256(
             "another-secret-of-enough-bytes",
