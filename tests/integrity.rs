@@ -148,7 +148,8 @@ async fn a_restart_with_other_flags_restores_graph_version_undo_redo_and_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_behind_an_emptied_log_is_told_to_resync_not_left_silent() {
-    let app = App::start().await;
+    // It edits the SQLite file behind the server's back.
+    let app = App::start_sqlite().await;
     let (session, root) = app.create_project("restomod", "Pruned").await;
     for i in 0..5 {
         set_status(&app, &session, &root, i).await;
@@ -468,7 +469,8 @@ async fn a_panic_or_unserialisable_op_fails_with_internal_reverts_and_leaves_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_that_breaks_the_graph_invariants_is_refused_naming_the_project() {
-    let app = App::start().await;
+    // It edits the SQLite file behind the server's back.
+    let app = App::start_sqlite().await;
     let (session, _) = app.create_project("restomod", "Tampered").await;
     let project = str_of(&info(&app, &session).await["project"]["id"]);
     let dir = app.restart().await;

@@ -7,15 +7,13 @@
 #[path = "common/binary.rs"]
 mod binary;
 mod common;
-#[path = "common/postgres.rs"]
-mod pg;
 #[path = "common/store_suite.rs"]
 mod store_suite;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pg::{cluster, options};
+use common::postgres::{cluster, options};
 use store_suite::events;
 use talus_tally::store::{Fence, LeaseClaim, PostgresStore, Store, StoreError, Write};
 use uuid::Uuid;

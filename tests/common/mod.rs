@@ -6,8 +6,16 @@
 //! client with typed helpers (`app.create_project(..)`, `app.undo(..)`), and
 //! `app.subscribe(session)` opens a graphql-transport-ws connection that is a
 //! joined client of the session. Every wait has a timeout that fails the test.
+//!
+//! With `TALUS_TEST_STORE=postgres` the same tests run against the
+//! PostgreSQL store instead of SQLite: each `App` gets a fresh database of the
+//! private cluster of `postgres.rs` (its URL kept in the temp dir, so a
+//! restart on the same dir finds the same data). `.ci/run` runs the API
+//! suites both ways.
 
 #![allow(dead_code)]
+
+pub mod postgres;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -18,7 +26,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use talus_tally::server::{self, Config, Running};
+use talus_tally::server::{self, ClusterConfig, Config, Running};
 use talus_tally::store::Store;
 use tempfile::TempDir;
 use tokio::net::TcpStream;
@@ -67,6 +75,34 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     }
 }
 
+/// Whether `TALUS_TEST_STORE=postgres` asks for the PostgreSQL store.
+pub fn on_postgres() -> bool {
+    std::env::var("TALUS_TEST_STORE").is_ok_and(|v| v == "postgres")
+}
+
+/// The cluster config of the database that belongs to `dir`: created on
+/// first use, the same one after a restart on `dir`.
+async fn postgres_config(dir: &std::path::Path) -> ClusterConfig {
+    let file = dir.join("postgres-url");
+    let database_url = match std::fs::read_to_string(&file) {
+        Ok(url) => url,
+        Err(_) => {
+            let cluster = postgres::cluster().unwrap_or_else(|| {
+                panic!("TALUS_TEST_STORE=postgres needs the PostgreSQL server binaries (apt-get install postgresql)")
+            });
+            let url = cluster.database().await;
+            std::fs::write(&file, &url).expect("the temp dir is writable");
+            url
+        }
+    };
+    ClusterConfig {
+        database_url,
+        instance_id: "test".into(),
+        lease: Duration::from_secs(5),
+        pool_size: 8,
+    }
+}
+
 /// A running server and the temp dir it keeps its data in.
 pub struct App {
     pub addr: SocketAddr,
@@ -100,11 +136,31 @@ impl App {
         App::start_in(tempfile::tempdir().expect("a temp dir"), tune).await
     }
 
+    /// The server on SQLite whatever `TALUS_TEST_STORE` says, for tests
+    /// that look into the SQLite file; restarts on its dir stay on SQLite.
+    pub async fn start_sqlite() -> App {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let config = test_config(dir.path());
+        let store = server::open_store(&config).expect("the store opens");
+        App::start_on(dir, config, store).await
+    }
+
     /// The server on the data already in `dir` (see `restart`).
     pub async fn start_in(dir: TempDir, tune: impl FnOnce(&mut Config)) -> App {
         let mut config = test_config(dir.path());
         tune(&mut config);
-        let store = server::open_store(&config).expect("the store opens");
+        // A dir that holds SQLite data stays on SQLite (see `start_sqlite`).
+        let sqlite_data = config.data_dir.join("talus.db").exists();
+        let store = if !config.in_memory && on_postgres() && !sqlite_data {
+            let cluster = postgres_config(dir.path()).await;
+            let store = server::open_postgres(&cluster)
+                .await
+                .expect("the PostgreSQL store opens");
+            config.cluster = Some(cluster);
+            store
+        } else {
+            server::open_store(&config).expect("the store opens")
+        };
         App::start_on(dir, config, store).await
     }
 
