@@ -502,3 +502,43 @@ async fn a_project_created_on_one_instance_opens_on_another() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Polls `query` on `app` until `done` holds for its data; fails after 10 s.
+async fn eventually(app: &common::App, query: &str, done: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let data = app.query(query, serde_json::json!({})).await;
+        if done(&data) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still not so after 10 s: {data}");
+        // Another instance's periodic read is what is waited for: poll it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_created_or_deleted_on_one_instance_is_listed_or_gone_on_another() {
+    let pg = cluster_or_skip!();
+    let url = pg.database().await;
+    let a = app_on(&url, "a").await;
+    let b = app_on(&url, "b").await;
+    let (session, _) = a.create_project("restomod", "Listed elsewhere").await;
+    let project = common::str_of(&a.session(&session).await["project"]["id"]);
+    let listed = |data: &serde_json::Value| {
+        data["projects"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p["id"] == project.as_str()))
+    };
+    // B read the index at its start, before the project existed; it reads
+    // the store again every third of a lease (2 s here).
+    eventually(&b, "{ projects { id name } }", &listed).await;
+    a.query(
+        "mutation($p: ID!) { deleteProject(id: $p) }",
+        serde_json::json!({ "p": project }),
+    )
+    .await;
+    eventually(&b, "{ projects { id name } }", |d| !listed(d)).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

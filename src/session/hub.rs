@@ -108,6 +108,7 @@ impl Hub {
             // Sessions load lazily, by the instance that takes their lease
             // (`session`), so startup does not grow with the stored sessions.
             hub.start_lease_renewal();
+            hub.start_index_refresh();
         }
         let restore = if hub.store.is_shared() {
             Vec::new()
@@ -319,6 +320,41 @@ impl Hub {
                 }
             }
         });
+    }
+
+    /// In a cluster, reads the stored projects and memberships every third of
+    /// a lease, so a project created, deleted or shared on another instance
+    /// (and a membership taken away there) is seen here within that time.
+    /// Under the lifecycle lock, like every local change of the index, so
+    /// a read never undoes a change this instance has just made.
+    fn start_index_refresh(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let every = (self.config.lease / 3).max(std::time::Duration::from_millis(100));
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                let Some(hub) = weak.upgrade() else { return };
+                if let Err(e) = hub.refresh_index().await {
+                    tracing::warn!(error = %e, "could not read the stored projects; the project list may be behind");
+                }
+            }
+        });
+    }
+
+    /// Replaces the project index with what the store holds now.
+    async fn refresh_index(&self) -> Result<(), crate::store::StoreError> {
+        let _guard = self.lifecycle.lock().await;
+        let records = self.store.projects().await?;
+        let memberships = self.store.memberships().await?;
+        self.index.replace_all(records, memberships);
+        Ok(())
     }
 
     /// A live session if there is one (no error, no activity).
