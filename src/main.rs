@@ -191,7 +191,7 @@ struct ServeArgs {
     /// Most nodes a project may hold.
     #[arg(long, env = "TALUS_MAX_NODES_PER_PROJECT", default_value_t = 100_000, value_parser = count(1, 100_000_000))]
     max_nodes_per_project: usize,
-    /// Expensive requests (bodies over 16 KiB, queries listing a project's nodes) running at once
+    /// Expensive requests (bodies over 16 KiB, requests listing over 1,000 items) running at once
     /// [default: CPU cores - 1, at least 1].
     #[arg(long, env = "TALUS_MAX_EXPENSIVE_REQUESTS", value_parser = count(1, 10_000))]
     max_expensive_requests: Option<usize>,

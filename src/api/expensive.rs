@@ -10,11 +10,18 @@
 //!
 //! What counts as expensive is known before the expensive part: an HTTP body
 //! longer than `EXPENSIVE_BODY_BYTES` (checked in `http.rs` after the body is
-//! read, before it is parsed), or a document whose complexity passes
-//! `EXPENSIVE_COMPLEXITY` (checked by the `Codes` extension after validation,
-//! before execution). A request waits for its permit without holding a
-//! worker; at most `--max-expensive-queue` wait, and one more is refused with
-//! LIMIT_EXCEEDED at once rather than piling up behind them.
+//! read, before it is parsed), or a request about to list more than
+//! `EXPENSIVE_ITEMS` items: a graph's `nodes` of a project that large
+//! (checked by the resolver before it builds the list), or list items and
+//! links past that count in all (checked as `charge` counts them). The
+//! decision is by what the request will really do, not by the document's
+//! complexity estimate: `graph { nodes { ... } }` of a 50-node project is
+//! cheap, and classing it as expensive, as a static estimate must, made
+//! every client that loads a graph wait behind one permit (and past 64 waiting,
+//! be refused). A request waits for its permit without holding a worker or a
+//! lock, holds it until its execution ends (`PermitSlot`); at most
+//! `--max-expensive-queue` wait, and one more is refused with LIMIT_EXCEEDED
+//! at once rather than piling up behind them.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,10 +36,46 @@ use crate::domain::{DomainError, ErrorCode};
 /// are what is larger (a 4 MiB value took about 30 ms of CPU to parse and refuse).
 pub const EXPENSIVE_BODY_BYTES: usize = 16 * 1024;
 
-/// Documents more complex than this are expensive: every list of a project's
-/// nodes counts 1,000 (`schema::expected::NODES`), so this is what can grow
-/// with a project's size (100,000 nodes listed took about 0.8 s).
-pub const EXPENSIVE_COMPLEXITY: usize = super::schema::expected::NODES;
+/// Requests listing more items than this (nodes, links, sessions, projects)
+/// are expensive: 100,000 nodes listed took about 0.8 s, so 1,000 take about
+/// 8 ms, what an ordinary request may cost.
+pub const EXPENSIVE_ITEMS: usize = 1_000;
+
+/// A request's expensive permit, taken the first time the request turns out
+/// to be expensive and held until its execution ends (the slot is request data).
+/// An async mutex: two resolvers of one request that find it expensive at
+/// once must not both wait for a permit (with one permit, the second would
+/// wait for the request's own).
+#[derive(Default)]
+pub struct PermitSlot {
+    permit: tokio::sync::Mutex<Option<OwnedSemaphorePermit>>,
+    /// Items the request has listed so far, every list and alias counted.
+    items: AtomicUsize,
+}
+
+/// Counts `items` more listed by the request; once it has listed more than
+/// `EXPENSIVE_ITEMS` in all, waits for an expensive permit unless it holds
+/// one (or one the transport took for a big body).
+pub async fn admit_for(ctx: &async_graphql::Context<'_>, items: usize) -> Result<(), DomainError> {
+    let Some(slot) = ctx.data_opt::<PermitSlot>() else {
+        return Ok(());
+    };
+    let listed = slot
+        .items
+        .fetch_add(items, Ordering::Relaxed)
+        .saturating_add(items);
+    if listed <= EXPENSIVE_ITEMS || ctx.data_opt::<Admitted>().is_some() {
+        return Ok(());
+    }
+    let Some(limiter) = ctx.data_opt::<Arc<ExpensiveLimiter>>() else {
+        return Ok(());
+    };
+    let mut held = slot.permit.lock().await;
+    if held.is_none() {
+        *held = Some(limiter.admit().await?);
+    }
+    Ok(())
+}
 
 /// Request data saying the request holds an expensive permit already (taken
 /// by the transport), so the extension does not wait for a second one.

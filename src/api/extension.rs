@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 
 use super::error::code;
-use super::expensive::{Admitted, ExpensiveLimiter, EXPENSIVE_COMPLEXITY};
+use super::expensive::PermitSlot;
 use super::ApiLimits;
 use crate::domain::ErrorCode;
 
@@ -33,15 +33,13 @@ pub struct Validated(pub Arc<AtomicBool>);
 pub struct Codes {
     parsed: Arc<ParseCache>,
     limits: Arc<ApiLimits>,
-    expensive: Arc<ExpensiveLimiter>,
 }
 
 impl Codes {
-    pub fn new(limits: ApiLimits, expensive: Arc<ExpensiveLimiter>) -> Self {
+    pub fn new(limits: ApiLimits) -> Self {
         Codes {
             parsed: Arc::default(),
             limits: Arc::new(limits),
-            expensive,
         }
     }
 }
@@ -51,10 +49,8 @@ impl ExtensionFactory for Codes {
         Arc::new(CodesExtension {
             parsed: self.parsed.clone(),
             limits: self.limits.clone(),
-            expensive: self.expensive.clone(),
             subscription: AtomicBool::new(false),
             document: Mutex::new(None),
-            complexity: AtomicUsize::new(0),
         })
     }
 }
@@ -104,12 +100,17 @@ impl ItemBudget {
     }
 }
 
-/// Charges `n` items of a list to the request's budget (none outside a request, as in unit tests).
-pub fn charge(ctx: &Context<'_>, n: usize, what: &str) -> super::error::Result<()> {
-    match ctx.data_opt::<ItemBudget>() {
-        Some(budget) => budget.take(n, what),
-        None => Ok(()),
-    }
+/// Charges `n` items of a list to the request's budget (none outside a
+/// request, as in unit tests); once the request has listed more than
+/// `EXPENSIVE_ITEMS` in all, it waits for an expensive permit before it goes on.
+pub async fn charge(ctx: &Context<'_>, n: usize, what: &str) -> super::error::Result<()> {
+    let Some(budget) = ctx.data_opt::<ItemBudget>() else {
+        return Ok(());
+    };
+    budget.take(n, what)?;
+    super::expensive::admit_for(ctx, n)
+        .await
+        .map_err(super::error::gql)
 }
 
 /// Documents that parsed (and passed the parser's limits), by query text,
@@ -197,10 +198,6 @@ struct CodesExtension {
     /// cost about 40% of the server's CPU when fanning out (talus-bench).
     subscription: AtomicBool,
     document: Mutex<Option<Document>>,
-    /// The validated document's complexity: past `EXPENSIVE_COMPLEXITY` it
-    /// executes only with a permit of `expensive`.
-    complexity: AtomicUsize,
-    expensive: Arc<ExpensiveLimiter>,
 }
 
 impl CodesExtension {
@@ -308,7 +305,9 @@ impl Extension for CodesExtension {
                 super::shape::check(doc, &self.limits)?;
             }
         }
-        let request = request.data(ItemBudget::new(self.limits.max_result_items));
+        let request = request
+            .data(ItemBudget::new(self.limits.max_result_items))
+            .data(PermitSlot::default());
         next.run(ctx, request).await
     }
 
@@ -390,7 +389,6 @@ impl Extension for CodesExtension {
             }
         };
         if let Some(Document::Valid(result)) = document {
-            self.complexity.store(result.complexity, Ordering::Relaxed);
             passed();
             return Ok(result);
         }
@@ -403,7 +401,6 @@ impl Extension for CodesExtension {
                 })
                 .collect::<Vec<_>>()
         })?;
-        self.complexity.store(result.complexity, Ordering::Relaxed);
         if let Some(Document::Unvalidated(query)) = document {
             self.parsed.validated(&query, result);
         }
@@ -420,18 +417,6 @@ impl Extension for CodesExtension {
         if self.subscription.load(Ordering::Relaxed) {
             return next.run(ctx, operation_name).await;
         }
-        // Held until the response is built; a request the transport admitted
-        // already (a big HTTP body) holds a permit and must not wait for another.
-        let _permit = if self.complexity.load(Ordering::Relaxed) > EXPENSIVE_COMPLEXITY
-            && ctx.data_opt::<Admitted>().is_none()
-        {
-            match self.expensive.admit().await {
-                Ok(permit) => Some(permit),
-                Err(e) => return Response::from_errors(vec![limit(e.message)]),
-            }
-        } else {
-            None
-        };
         let started = Instant::now();
         let mut resp = next.run(ctx, operation_name).await;
         if let Some(budget) = ctx.data_opt::<ItemBudget>() {

@@ -129,7 +129,7 @@ pub fn build_with_access(hub: Arc<Hub>, limits: &ApiLimits, access: AccessPolicy
         .data(access)
         .data(limits.clone())
         // The HTTP transport takes permits for big bodies from the same limiter.
-        .data(expensive.clone())
+        .data(expensive)
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
         .extension(super::metrics::OperationMetrics::new(
@@ -139,7 +139,7 @@ pub fn build_with_access(hub: Arc<Hub>, limits: &ApiLimits, access: AccessPolicy
             limits.apq_cache_entries,
             limits.apq_max_query_bytes,
         ))
-        .extension(Codes::new(limits.clone(), expensive))
+        .extension(Codes::new(limits.clone()))
         .finish()
 }
 
@@ -191,7 +191,7 @@ impl Query {
         access::who(ctx)?;
         let mut sessions = hub(ctx).sessions();
         sessions.retain(|s| access::can_see_session(ctx, s));
-        charge(ctx, sessions.len(), "sessions")?;
+        charge(ctx, sessions.len(), "sessions").await?;
         Ok(sessions.into_iter().map(SessionView).collect())
     }
 
@@ -222,7 +222,7 @@ impl Query {
         access::who(ctx)?;
         let mut projects = hub(ctx).projects();
         projects.retain(|p| access::can_see_project(ctx, p.id));
-        charge(ctx, projects.len(), "projects")?;
+        charge(ctx, projects.len(), "projects").await?;
         Ok(projects.into_iter().map(ProjectView).collect())
     }
 
@@ -239,6 +239,7 @@ impl Query {
     async fn graph(&self, ctx: &Context<'_>, session_id: ID) -> Result<GraphView> {
         let s = access::session(ctx, &session_id, Role::Viewer).await?;
         s.read().project().gql()?;
+        GraphView::admit(&s, ctx).await?;
         GraphView::capture(&s, &ctx.look_ahead()).ok_or_else(|| {
             code(
                 ErrorCode::NoProject,
@@ -275,7 +276,7 @@ impl Query {
         let s = access::session(ctx, &session_id, Role::Viewer).await?;
         let nodes = s.read().project().gql()?.dispatcher.graph().len();
         let limit = count(limit, "limit")? as usize;
-        charge(ctx, limit.min(nodes), "searchNodes")?;
+        charge(ctx, limit.min(nodes), "searchNodes").await?;
         Ok(search(
             &s,
             text.as_deref(),

@@ -423,8 +423,9 @@ impl SessionView {
             .as_ref()
             .map_or(Ok(0), |p| int(p.dispatcher.graph().len()))
     }
-    async fn graph(&self, ctx: &Context<'_>) -> Option<GraphView> {
-        GraphView::capture(&self.0, &ctx.look_ahead())
+    async fn graph(&self, ctx: &Context<'_>) -> Result<Option<GraphView>> {
+        GraphView::admit(&self.0, ctx).await?;
+        Ok(GraphView::capture(&self.0, &ctx.look_ahead()))
     }
 }
 
@@ -442,6 +443,26 @@ pub struct GraphView {
 }
 
 impl GraphView {
+    /// Waits for an expensive permit first if the selection lists more than
+    /// `EXPENSIVE_ITEMS` nodes (`nodes`, and `roots`).
+    pub async fn admit(session: &Arc<Session>, ctx: &Context<'_>) -> Result<()> {
+        let selection = ctx.look_ahead();
+        let (nodes, roots) = (
+            selection.field("nodes").exists(),
+            selection.field("roots").exists(),
+        );
+        if !nodes && !roots {
+            return Ok(());
+        }
+        let items = session.read().project.as_ref().map_or(0, |p| {
+            let graph = p.dispatcher.graph();
+            (if nodes { graph.len() } else { 0 }) + (if roots { graph.roots().len() } else { 0 })
+        });
+        super::expensive::admit_for(ctx, items)
+            .await
+            .map_err(super::error::gql)
+    }
+
     /// The graph of `session` with what `selection` (the Graph field's) selects, or None without a project.
     ///
     /// Not charged to the `ItemBudget`: one listing is bounded by
@@ -616,7 +637,7 @@ impl NodeView {
         self.parent.map(|p| ID(p.to_string()))
     }
     async fn parent(&self, ctx: &Context<'_>) -> Result<Option<NodeView>> {
-        charge(ctx, 1, "Node.parent")?;
+        charge(ctx, 1, "Node.parent").await?;
         Ok(self
             .lookup(&self.parent.into_iter().collect::<Vec<_>>())
             .pop())
@@ -626,7 +647,7 @@ impl NodeView {
         complexity = "child_complexity.saturating_mul(super::schema::expected::CHILDREN).saturating_add(1)"
     )]
     async fn children(&self, ctx: &Context<'_>) -> Result<Vec<NodeView>> {
-        charge(ctx, self.children.len(), "Node.children")?;
+        charge(ctx, self.children.len(), "Node.children").await?;
         Ok(self.lookup(&self.children))
     }
     async fn child_ids(&self) -> Vec<ID> {
