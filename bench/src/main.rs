@@ -12,9 +12,10 @@
 //! - `fleet.rs`: many subscribers at once.
 //! - `api.rs`: typed helpers for the mutations the scenarios use.
 //! - `stats.rs`: percentiles, runs, the table, targets and the JSON report.
-//! - one file per scenario: `fanout`, `throughput`, `mixed`, `connections`, `graph_size`, `startup`, `stalled`, `attack`, `storm`, `snapshot`.
+//! - one file per scenario: `fanout`, `throughput`, `mixed`, `connections`, `graph_size`, `startup`, `stalled`, `attack`, `storm`, `snapshot`, `connect`.
 mod api;
 mod attack;
+mod connect;
 mod connections;
 mod fanout;
 mod fleet;
@@ -93,6 +94,8 @@ enum Scenario {
     Storm(storm::Opts),
     /// 10. updateProperty latency on a 100,000-node project while it is snapshotted, against no snapshot.
     Snapshot(snapshot::Opts),
+    /// 11. Connect storm: N subscribers arrive at once on one session or many; time until all are ready, server CPU.
+    Connect(connect::Opts),
 }
 
 /// What every scenario needs.
@@ -173,6 +176,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Attack(o) => ("attack", attack::run(&ctx, o).await?, None),
             Scenario::Storm(o) => ("storm", storm::run(&ctx, o).await?, None),
             Scenario::Snapshot(o) => ("snapshot", snapshot::run(&ctx, o).await?, None),
+            Scenario::Connect(o) => ("connect", connect::run(&ctx, o).await?, None),
         };
         let path = cli.json.clone().unwrap_or_else(|| default_json(name));
         report.finish(columns, &path)
