@@ -98,7 +98,11 @@ async fn once(ctx: &Ctx, o: &Opts, clients: usize, sessions: usize) -> anyhow::R
     let mut http = Http::connect(server.addr).await?;
     let mut ids = Vec::with_capacity(sessions);
     for i in 0..sessions {
-        ids.push(api::create_project(&mut http, &format!("c{i}")).await?.session);
+        ids.push(
+            api::create_project(&mut http, &format!("c{i}"))
+                .await?
+                .session,
+        );
     }
     let cpu_before = server.cpu_ms();
     let fleet = fleet::connect(
@@ -136,7 +140,10 @@ async fn once(ctx: &Ctx, o: &Opts, clients: usize, sessions: usize) -> anyhow::R
             (a - b) * 1000.0 / clients.max(1) as f64,
         );
     }
-    run.set("server_rss_mib", server.rss_kib().map_or(f64::NAN, |k| k as f64 / 1024.0));
+    run.set(
+        "server_rss_mib",
+        server.rss_kib().map_or(f64::NAN, |k| k as f64 / 1024.0),
+    );
     run.note("load_after", json!(crate::stats::loadavg()));
     let outcomes = fleet.stop().await;
     let (received, seq_errors, _resyncs, failed) = fleet::totals(&outcomes);

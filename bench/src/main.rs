@@ -67,6 +67,9 @@ struct Cli {
     wait_quiet_secs: u64,
     #[arg(long, global = true, default_value_t = 0.7)]
     quiet_load: f64,
+    /// Subscribe without selecting PresenceChanged (for a server from before presence coalescing).
+    #[arg(long, global = true)]
+    legacy_presence: bool,
     /// A token (e.g. from `talus-tally token`) sent as `Authorization: Bearer` and in connection_init.
     #[arg(long, global = true)]
     token: Option<String>,
@@ -147,6 +150,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(token) = &cli.token {
         let _ = http::BEARER.set(format!("Bearer {token}"));
     }
+    ws::LEGACY_PRESENCE.store(cli.legacy_presence, std::sync::atomic::Ordering::Relaxed);
     let fds = server::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
