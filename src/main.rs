@@ -209,6 +209,10 @@ struct ServeArgs {
     /// Most open TCP connections from one IP address.
     #[arg(long, env = "TALUS_MAX_CONNECTIONS_PER_IP", default_value_t = 1024, value_parser = count(1, 10_000_000))]
     max_connections_per_ip: usize,
+    /// Connections queued by the kernel before they are accepted (1 to 65,535; capped by net.core.somaxconn): room for a reconnect storm.
+    #[arg(long, env = "TALUS_LISTEN_BACKLOG", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    listen_backlog: u32,
     /// Distinct GraphQL operation names /metrics labels; further names count as `other`.
     #[arg(long, env = "TALUS_METRICS_MAX_OPERATION_NAMES", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(0..=10_000))]
@@ -323,6 +327,7 @@ impl ServeArgs {
             max_body_bytes: self.max_body_bytes,
             max_http_batch: self.max_http_batch,
             max_connections_per_ip: self.max_connections_per_ip,
+            listen_backlog: self.listen_backlog,
             ..Config::default()
         };
         // Every value is within its flag's range (clap refused the rest), so none of this can overflow.
