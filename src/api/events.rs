@@ -307,16 +307,17 @@ event_type!(ClientLeft {
     }
 });
 
+/// A PresenceChanged's fields: joined, left, joinedCount, leftCount, activeClients.
+type Folded<'a> = (
+    &'a [crate::session::ClientInfo],
+    &'a [crate::session::ClientInfo],
+    u32,
+    u32,
+    u32,
+);
+
 /// The folded presence fields, if the event is a PresenceChanged.
-fn folded(
-    kind: &EventKind,
-) -> Option<(
-    &[crate::session::ClientInfo],
-    &[crate::session::ClientInfo],
-    u32,
-    u32,
-    u32,
-)> {
+fn folded(kind: &EventKind) -> Option<Folded<'_>> {
     match kind {
         EventKind::PresenceChanged {
             joined,
