@@ -8,7 +8,7 @@ use crate::domain::history::DEFAULT_HISTORY_LIMIT;
 /// Default of `--presence-interval-ms`.
 pub const DEFAULT_PRESENCE_INTERVAL_MS: u64 = 50;
 /// Default of `--presence-list-limit`.
-pub const DEFAULT_PRESENCE_LIST_LIMIT: usize = 100;
+pub const DEFAULT_PRESENCE_LIST_LIMIT: usize = 10;
 
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
