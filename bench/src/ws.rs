@@ -118,25 +118,12 @@ fn config() -> WebSocketConfig {
 }
 
 /// Opens a websocket (graphql-transport-ws), initialises it as `client_id`
-/// and subscribes to the session's events, resuming after seq `since` when given: the server first
-/// replays every event after it, and the subscriber checks that the first one
-/// is `since + 1`. Returns once the subscriber has seen its own join
-/// (`ClientJoined`, or a `PresenceChanged` naming it), i.e. once the server
-/// holds the subscription.
-pub async fn subscribe_since(
-    addr: SocketAddr,
-    session_id: &str,
-    client_id: String,
-    extra: &str,
-    since: Option<u64>,
-) -> anyhow::Result<Sub> {
-    let mut sub = open(addr, session_id, client_id, extra, since).await?;
-    sub.wait_joined().await?;
-    Ok(sub)
-}
-
-/// The handshake part of [`subscribe_since`]: connected, initialised
-/// (`connection_ack`) and the subscription sent, its join not yet seen.
+/// (`connection_ack`) and sends the subscription to the session's events,
+/// resuming after seq `since` when given: the server first replays every
+/// event after it, and the subscriber checks that the first one is
+/// `since + 1`. The join is not waited for: [`Sub::wait_joined`] returns once
+/// the subscriber has seen it (`ClientJoined`, or a `PresenceChanged` naming
+/// it), i.e. once the server holds the subscription.
 pub async fn open(
     addr: SocketAddr,
     session_id: &str,

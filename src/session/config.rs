@@ -6,7 +6,7 @@ use crate::domain::command::Limits;
 use crate::domain::history::DEFAULT_HISTORY_LIMIT;
 
 /// Default of `--presence-interval-ms`.
-pub const DEFAULT_PRESENCE_INTERVAL_MS: u64 = 50;
+pub const DEFAULT_PRESENCE_INTERVAL_MS: u64 = 250;
 /// Default of `--presence-list-limit`.
 pub const DEFAULT_PRESENCE_LIST_LIMIT: usize = 10;
 
