@@ -124,6 +124,14 @@ struct ServeArgs {
     #[arg(long, env = "TALUS_BROADCAST_CAPACITY", default_value_t = 32,
           value_parser = clap::value_parser!(u64).range(1..=65536))]
     broadcast_capacity: u64,
+    /// Presence coalescing window in milliseconds (0 to 10,000; 0 = every join and leave is its own event): the first change after a quiet interval is sent at once, later ones within it are folded into one PresenceChanged.
+    #[arg(long, env = "TALUS_PRESENCE_INTERVAL_MS", default_value_t = talus_tally::session::config::DEFAULT_PRESENCE_INTERVAL_MS,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    presence_interval_ms: u64,
+    /// Clients named in each list of a PresenceChanged (0 to 10,000); its counts are always exact.
+    #[arg(long, env = "TALUS_PRESENCE_LIST_LIMIT", default_value_t = talus_tally::session::config::DEFAULT_PRESENCE_LIST_LIMIT as u64,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    presence_list_limit: u64,
     /// Close sessions without clients idle longer than this many hours (0 to 876000).
     #[arg(long, env = "TALUS_IDLE_HOURS", default_value_t = 24.0, value_parser = hours)]
     idle_hours: f64,
@@ -201,6 +209,10 @@ struct ServeArgs {
     /// Most open TCP connections from one IP address.
     #[arg(long, env = "TALUS_MAX_CONNECTIONS_PER_IP", default_value_t = 1024, value_parser = count(1, 10_000_000))]
     max_connections_per_ip: usize,
+    /// Connections queued by the kernel before they are accepted (1 to 65,535; capped by net.core.somaxconn): room for a reconnect storm.
+    #[arg(long, env = "TALUS_LISTEN_BACKLOG", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    listen_backlog: u32,
     /// Distinct GraphQL operation names /metrics labels; further names count as `other`.
     #[arg(long, env = "TALUS_METRICS_MAX_OPERATION_NAMES", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(0..=10_000))]
@@ -315,6 +327,7 @@ impl ServeArgs {
             max_body_bytes: self.max_body_bytes,
             max_http_batch: self.max_http_batch,
             max_connections_per_ip: self.max_connections_per_ip,
+            listen_backlog: self.listen_backlog,
             ..Config::default()
         };
         // Every value is within its flag's range (clap refused the rest), so none of this can overflow.
@@ -323,6 +336,8 @@ impl ServeArgs {
         // 0 would delete every event; the newest one is always kept.
         c.session.event_retention = self.event_retention.map(|keep| keep.max(1));
         c.session.broadcast_capacity = self.broadcast_capacity as usize;
+        c.session.presence_interval = Duration::from_millis(self.presence_interval_ms);
+        c.session.presence_list_limit = usize::try_from(self.presence_list_limit)?;
         c.session.idle_limit = Duration::try_from_secs_f64(self.idle_hours * 3600.0)?;
         c.session.reaper_interval = Duration::from_secs(self.reaper_secs);
         c.session.command_limits = talus_tally::domain::command::Limits {

@@ -46,6 +46,8 @@ pub struct Config {
     pub ws_queue: usize,
     /// Open TCP connections one IP address may hold (`conn_limit`).
     pub max_connections_per_ip: usize,
+    /// Connections the kernel queues for `accept` (`--listen-backlog`; capped by `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// Origins allowed to call the API besides the server's own (`--cors-origins`).
     pub cors_origins: Vec<AllowedOrigin>,
     /// Token verification (`--jwt-*`); authentication is on when a key is given.
@@ -93,6 +95,7 @@ impl Default for Config {
             ws_init_timeout: Duration::from_secs(3),
             ws_queue: 256,
             max_connections_per_ip: 1024,
+            listen_backlog: 4096,
             cors_origins: Vec::new(),
             auth: AuthConfig::default(),
             insecure_no_auth: false,
@@ -334,6 +337,10 @@ pub async fn start(
     let stopping = stop.clone();
     let signal_hub = hub.clone();
     let task = tokio::spawn(async move {
+        // Routes made into services once: serving the `Router` itself clones
+        // its route table for every connection (`Router::with_state` per
+        // accepted stream, 7% of the instructions of a websocket connect).
+        let app = app.with_state(()).into_make_service();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             stopping.cancelled().await;
             // Subscriptions are not requests in flight: they end now, so
@@ -357,12 +364,29 @@ pub async fn start(
     })
 }
 
+/// A listening socket with room for `backlog` connections not yet accepted.
+///
+/// `TcpListener::bind` queues 1,024: when thousands of clients reconnect at
+/// once (a restart) the kernel drops the handshakes beyond it, and each such
+/// client retries only after its SYN timeout (1, 3, 7, 15, 31 s), which made
+/// the slowest of 10,000 reconnecting clients wait 15-30 s (talus-bench storm).
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // A restarted server binds the address its clients know at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog.max(1))
+}
+
 /// Runs until `shutdown` completes, then stops gracefully.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     // Refused before listening: an exposed server without authentication never accepts anything.
     refuse_exposed(&config, config.addr)?;
-    let listener = TcpListener::bind(config.addr)
-        .await
+    let listener = listen(config.addr, config.listen_backlog)
         .with_context(|| format!("could not listen on {}", config.addr))?;
     let (store, kind) = match &config.cluster {
         Some(cluster) => (open_postgres(cluster).await?, "postgres"),

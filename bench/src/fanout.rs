@@ -4,7 +4,7 @@
 //! `PropertyChanged` is matched to the instant its mutation was sent. The
 //! writer sends update i+1 only once every subscriber has update i (or a
 //! timeout passed), so each number is the latency of one fan-out, not of a
-//! queue. A subscriber counts as ready when its own `ClientJoined` arrives;
+//! queue. A subscriber counts as ready when its own join (`ClientJoined`, or a `PresenceChanged` naming it) arrives;
 //! the writer starts once every subscriber has seen the session's last seq.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

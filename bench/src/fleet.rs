@@ -83,12 +83,16 @@ pub async fn connect<H: Handler>(
         handles.push(tokio::spawn(async move {
             let permit = sem.acquire_owned().await.expect("never closed");
             let t = Instant::now();
-            let sub = tokio::time::timeout(
-                Duration::from_secs(120),
-                ws::subscribe(addr, &session, client_id, &fields),
-            )
+            // The permit covers the handshake (connect, upgrade, init,
+            // subscribe sent); waiting for the join announcement is not one.
+            let sub = tokio::time::timeout(Duration::from_secs(120), async {
+                let opened = ws::open(addr, &session, client_id, &fields, None).await;
+                drop(permit);
+                let mut sub = opened?;
+                sub.wait_joined().await?;
+                anyhow::Ok(sub)
+            })
             .await;
-            drop(permit);
             let mut sub = match sub {
                 Ok(Ok(sub)) => {
                     let _ = ready.send(Ok(t.elapsed()));

@@ -12,9 +12,10 @@
 //! - `fleet.rs`: many subscribers at once.
 //! - `api.rs`: typed helpers for the mutations the scenarios use.
 //! - `stats.rs`: percentiles, runs, the table, targets and the JSON report.
-//! - one file per scenario: `fanout`, `throughput`, `mixed`, `connections`, `graph_size`, `startup`, `stalled`, `attack`, `storm`, `snapshot`.
+//! - one file per scenario: `fanout`, `throughput`, `mixed`, `connections`, `graph_size`, `startup`, `stalled`, `attack`, `storm`, `snapshot`, `connect`.
 mod api;
 mod attack;
+mod connect;
 mod connections;
 mod fanout;
 mod fleet;
@@ -66,6 +67,9 @@ struct Cli {
     wait_quiet_secs: u64,
     #[arg(long, global = true, default_value_t = 0.7)]
     quiet_load: f64,
+    /// Subscribe without selecting PresenceChanged (for a server from before presence coalescing).
+    #[arg(long, global = true)]
+    legacy_presence: bool,
     /// A token (e.g. from `talus-tally token`) sent as `Authorization: Bearer` and in connection_init.
     #[arg(long, global = true)]
     token: Option<String>,
@@ -93,6 +97,8 @@ enum Scenario {
     Storm(storm::Opts),
     /// 10. updateProperty latency on a 100,000-node project while it is snapshotted, against no snapshot.
     Snapshot(snapshot::Opts),
+    /// 11. Connect storm: N subscribers arrive at once on one session or many; time until all are ready, server CPU.
+    Connect(connect::Opts),
 }
 
 /// What every scenario needs.
@@ -144,6 +150,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(token) = &cli.token {
         let _ = http::BEARER.set(format!("Bearer {token}"));
     }
+    ws::LEGACY_PRESENCE.store(cli.legacy_presence, std::sync::atomic::Ordering::Relaxed);
     let fds = server::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -173,6 +180,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Attack(o) => ("attack", attack::run(&ctx, o).await?, None),
             Scenario::Storm(o) => ("storm", storm::run(&ctx, o).await?, None),
             Scenario::Snapshot(o) => ("snapshot", snapshot::run(&ctx, o).await?, None),
+            Scenario::Connect(o) => ("connect", connect::run(&ctx, o).await?, None),
         };
         let path = cli.json.clone().unwrap_or_else(|| default_json(name));
         report.finish(columns, &path)

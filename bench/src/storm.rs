@@ -405,12 +405,15 @@ async fn client(
             Some(g) => g.clone().acquire_owned().await.ok(),
             None => None,
         };
-        let attempt = tokio::time::timeout(
-            Duration::from_secs(30),
-            ws::subscribe_since(addr, session, format!("storm-{i}"), "", since),
-        )
+        // The first connect's permit covers the handshake, not the wait for the join.
+        let attempt = tokio::time::timeout(Duration::from_secs(30), async {
+            let opened = ws::open(addr, session, format!("storm-{i}"), "", since).await;
+            drop(permit);
+            let mut sub = opened?;
+            sub.wait_joined().await?;
+            anyhow::Ok(sub)
+        })
         .await;
-        drop(permit);
         let mut sub = match attempt {
             Ok(Ok(sub)) => sub,
             _ => {

@@ -26,6 +26,36 @@ pub struct Event {
     pub client_id: Option<String>,
     #[serde(default)]
     pub timestamp: Option<String>,
+    /// PresenceChanged: the clients named as joined (at most the server's list limit).
+    #[serde(default)]
+    pub joined: Option<Vec<Joined>>,
+    /// PresenceChanged: how many joined (exact).
+    #[serde(default)]
+    pub joined_count: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Joined {
+    pub client_id: String,
+}
+
+impl Event {
+    /// Whether this event tells of `client`'s join: its own ClientJoined, or
+    /// a PresenceChanged that lists it. A PresenceChanged whose list was cut
+    /// short (more joined than it names) counts too: the client cannot tell,
+    /// and its join is in it or in the next one, one presence interval later.
+    pub fn announces_join_of(&self, client: &str) -> bool {
+        match self.typename.as_str() {
+            "ClientJoined" => self.client_id.as_deref() == Some(client),
+            "PresenceChanged" => {
+                let joined = self.joined.as_deref().unwrap_or_default();
+                joined.iter().any(|j| j.client_id == client)
+                    || self.joined_count.unwrap_or(0) > joined.len() as u64
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -50,8 +80,16 @@ struct Msg {
     payload: Option<Payload>,
 }
 
+/// Set by `--legacy-presence`: select no PresenceChanged (a server from before it existed).
+pub static LEGACY_PRESENCE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// BASE for a server without PresenceChanged (every join its own ClientJoined).
+const LEGACY_BASE: &str = "__typename seq ... on ClientJoined { clientId }";
+
 /// What every subscription selects besides `extra`: enough to check order and see its own join.
-const BASE: &str = "__typename seq ... on ClientJoined { clientId }";
+const BASE: &str =
+    "__typename seq ... on ClientJoined { clientId } ... on PresenceChanged { joinedCount joined { clientId } }";
 
 /// A live subscription on its own websocket.
 pub struct Sub {
@@ -79,22 +117,14 @@ fn config() -> WebSocketConfig {
     c
 }
 
-/// Opens a websocket (graphql-transport-ws), initialises it as `client_id` and subscribes to the session's events.
-///
-/// Returns once the subscriber has seen its own `ClientJoined`, i.e. once the server holds the subscription.
-pub async fn subscribe(
-    addr: SocketAddr,
-    session_id: &str,
-    client_id: String,
-    extra: &str,
-) -> anyhow::Result<Sub> {
-    subscribe_since(addr, session_id, client_id, extra, None).await
-}
-
-/// [`subscribe`], resuming after seq `since` when given: the server first
-/// replays every event after it, and the subscriber checks that the first one
-/// is `since + 1`.
-pub async fn subscribe_since(
+/// Opens a websocket (graphql-transport-ws), initialises it as `client_id`
+/// (`connection_ack`) and sends the subscription to the session's events,
+/// resuming after seq `since` when given: the server first replays every
+/// event after it, and the subscriber checks that the first one is
+/// `since + 1`. The join is not waited for: [`Sub::wait_joined`] returns once
+/// the subscriber has seen it (`ClientJoined`, or a `PresenceChanged` naming
+/// it), i.e. once the server holds the subscription.
+pub async fn open(
     addr: SocketAddr,
     session_id: &str,
     client_id: String,
@@ -132,13 +162,18 @@ pub async fn subscribe_since(
             None => bail!("the server closed the websocket before connection_ack"),
         }
     }
+    let base = if LEGACY_PRESENCE.load(std::sync::atomic::Ordering::Relaxed) {
+        LEGACY_BASE
+    } else {
+        BASE
+    };
     let query = format!(
-        "subscription($s: ID!, $since: Int) {{ sessionEvents(sessionId: $s, since: $since) {{ {BASE} {extra} }} }}"
+        "subscription($s: ID!, $since: Int) {{ sessionEvents(sessionId: $s, since: $since) {{ {base} {extra} }} }}"
     );
     let sub = json!({"id": "1", "type": "subscribe",
                      "payload": {"query": query, "variables": {"s": session_id, "since": since}}});
     ws.send(Message::text(sub.to_string())).await?;
-    let mut s = Sub {
+    Ok(Sub {
         ws,
         client_id,
         last_seq: since.unwrap_or(0),
@@ -148,21 +183,21 @@ pub async fn subscribe_since(
         resumed: since.is_some(),
         resyncs: 0,
         received: 0,
-    };
-    loop {
-        match s.next().await? {
-            Some(e)
-                if e.typename == "ClientJoined" && e.client_id.as_deref() == Some(&s.client_id) =>
-            {
-                return Ok(s)
-            }
-            Some(_) => {}
-            None => bail!("the subscription ended before it started"),
-        }
-    }
+    })
 }
 
 impl Sub {
+    /// Reads events until the one announcing this subscriber's own join.
+    pub async fn wait_joined(&mut self) -> anyhow::Result<()> {
+        loop {
+            match self.next().await? {
+                Some(e) if e.announces_join_of(&self.client_id) => return Ok(()),
+                Some(_) => {}
+                None => bail!("the subscription ended before it started"),
+            }
+        }
+    }
+
     /// The next event (None once the server completes or closes); answers protocol pings on the way.
     pub async fn next(&mut self) -> anyhow::Result<Option<Event>> {
         loop {

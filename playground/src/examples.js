@@ -148,6 +148,26 @@ subscription Events($sessionId: ID!, $since: Int) {
       }
       activeClients
     }
+    ... on ClientLeft {
+      client {
+        clientId
+        name
+      }
+      activeClients
+    }
+    ... on PresenceChanged {
+      joined {
+        clientId
+        name
+      }
+      left {
+        clientId
+        name
+      }
+      joinedCount
+      leftCount
+      activeClients
+    }
   }
 }
 `;

@@ -307,6 +307,52 @@ event_type!(ClientLeft {
     }
 });
 
+/// A PresenceChanged's fields: joined, left, joinedCount, leftCount, activeClients.
+type Folded<'a> = (
+    &'a [crate::session::ClientInfo],
+    &'a [crate::session::ClientInfo],
+    u32,
+    u32,
+    u32,
+);
+
+/// The folded presence fields, if the event is a PresenceChanged.
+fn folded(kind: &EventKind) -> Option<Folded<'_>> {
+    match kind {
+        EventKind::PresenceChanged {
+            joined,
+            left,
+            joined_count,
+            left_count,
+            active_clients,
+        } => Some((joined, left, *joined_count, *left_count, *active_clients)),
+        _ => None,
+    }
+}
+
+event_type!(
+    /// Several presence changes in one event: the joins and leaves within one presence interval after the first (which came as its own ClientJoined or ClientLeft), or a shutdown's leaves. `joined` and `left` name at most --presence-list-limit clients each, in order; the counts are exact.
+    PresenceChanged {
+    /// Clients that joined, oldest first (at most --presence-list-limit; joinedCount is exact).
+    async fn joined(&self) -> Vec<ClientView> {
+        folded(&self.0.event.kind).map_or_else(Vec::new, |f| f.0.iter().cloned().map(ClientView).collect())
+    }
+    /// Clients that left, oldest first (at most --presence-list-limit; leftCount is exact).
+    async fn left(&self) -> Vec<ClientView> {
+        folded(&self.0.event.kind).map_or_else(Vec::new, |f| f.1.iter().cloned().map(ClientView).collect())
+    }
+    async fn joined_count(&self) -> Result<i32> {
+        folded(&self.0.event.kind).map_or(Ok(0), |f| int(f.2))
+    }
+    async fn left_count(&self) -> Result<i32> {
+        folded(&self.0.event.kind).map_or(Ok(0), |f| int(f.3))
+    }
+    /// Clients in the session after these changes.
+    async fn active_clients(&self) -> Result<i32> {
+        folded(&self.0.event.kind).map_or(Ok(0), |f| int(f.4))
+    }
+});
+
 event_type!(
     /// The subscriber fell further behind than the server keeps: refetch the graph (and Session.lastSeq), then subscribe again with since = that lastSeq. The stream stays open.
     ResyncRequired {
@@ -380,6 +426,7 @@ pub enum SessionEventView {
     CommandRedone(CommandRedone),
     ClientJoined(ClientJoined),
     ClientLeft(ClientLeft),
+    PresenceChanged(PresenceChanged),
     ResyncRequired(ResyncRequired),
 }
 
@@ -403,6 +450,7 @@ impl SessionEventView {
             EventKind::CommandRedone { .. } => Self::CommandRedone(CommandRedone(v)),
             EventKind::ClientJoined { .. } => Self::ClientJoined(ClientJoined(v)),
             EventKind::ClientLeft { .. } => Self::ClientLeft(ClientLeft(v)),
+            EventKind::PresenceChanged { .. } => Self::PresenceChanged(PresenceChanged(v)),
             EventKind::ResyncRequired { .. } => Self::ResyncRequired(ResyncRequired(v)),
         }
     }

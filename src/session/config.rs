@@ -5,6 +5,11 @@ use std::time::Duration;
 use crate::domain::command::Limits;
 use crate::domain::history::DEFAULT_HISTORY_LIMIT;
 
+/// Default of `--presence-interval-ms`.
+pub const DEFAULT_PRESENCE_INTERVAL_MS: u64 = 250;
+/// Default of `--presence-list-limit`.
+pub const DEFAULT_PRESENCE_LIST_LIMIT: usize = 10;
+
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// Undo steps kept per project.
@@ -31,6 +36,17 @@ pub struct SessionConfig {
     pub command_limits: Limits,
     /// How long a session's lease lasts in a shared store; renewed every third of it.
     pub lease: Duration,
+    /// Presence coalescing: the first join or leave after a quiet interval
+    /// is its own ClientJoined/ClientLeft at once; later ones within this
+    /// interval are folded into one PresenceChanged at its end. Zero sends
+    /// every change on its own (N joins then cost N^2 deliveries).
+    pub presence_interval: Duration,
+    /// Clients named per PresenceChanged list (`joined`, `left`); the counts are always exact.
+    pub presence_list_limit: usize,
+    /// Test gate: a folded PresenceChanged is sent when the test adds a
+    /// permit, instead of at the end of the interval.
+    #[cfg(any(test, feature = "test-support"))]
+    pub presence_gate: Option<std::sync::Arc<tokio::sync::Semaphore>>,
     /// Test fault: which commands panic or fail to serialise while applied.
     #[cfg(any(test, feature = "test-support"))]
     pub apply_fault: Option<ApplyFault>,
@@ -82,6 +98,10 @@ impl Default for SessionConfig {
             reaper_interval: Duration::from_secs(600),
             command_limits: Limits::default(),
             lease: Duration::from_secs(5),
+            presence_interval: Duration::from_millis(DEFAULT_PRESENCE_INTERVAL_MS),
+            presence_list_limit: DEFAULT_PRESENCE_LIST_LIMIT,
+            #[cfg(any(test, feature = "test-support"))]
+            presence_gate: None,
             #[cfg(any(test, feature = "test-support"))]
             apply_fault: None,
         }

@@ -60,6 +60,16 @@ pub enum EventKind {
         client: ClientInfo,
         active_clients: u32,
     },
+    /// Presence changes folded together: those after the first of a busy
+    /// interval, or a shutdown's leaves. Lists hold at most
+    /// `--presence-list-limit` clients each (the first ones); counts are exact.
+    PresenceChanged {
+        joined: Vec<ClientInfo>,
+        left: Vec<ClientInfo>,
+        joined_count: u32,
+        left_count: u32,
+        active_clients: u32,
+    },
     /// Never stored: sent to one subscriber that fell behind what is retained.
     ResyncRequired {
         reason: String,
@@ -199,6 +209,7 @@ impl SessionEvent {
             EventKind::CommandRedone { .. } => "CommandRedone",
             EventKind::ClientJoined { .. } => "ClientJoined",
             EventKind::ClientLeft { .. } => "ClientLeft",
+            EventKind::PresenceChanged { .. } => "PresenceChanged",
             EventKind::ResyncRequired { .. } => "ResyncRequired",
         }
     }

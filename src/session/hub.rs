@@ -883,13 +883,19 @@ impl Hub {
         ))
     }
 
-    /// Ends every subscription (and refuses new ones); the first step of a shutdown.
+    /// Ends every subscription (and refuses new ones); the first step of a
+    /// shutdown. Every leave the ending streams cause is folded (no session
+    /// sends one on its own): `shutdown` sends each session's leaves as one event.
     pub fn end_subscriptions(&self) {
+        for session in self.sessions() {
+            session.hold_presence();
+        }
         self.stop.send_replace(true);
     }
 
     /// Stops in order: ends every subscription and waits until each stream
-    /// has ended (queueing its ClientLeft), closes every session and waits
+    /// has ended (queueing its leave; a session's leaves are folded into one
+    /// presence event, sent before it closes), closes every session and waits
     /// until its last group is committed, stores every session's record, and
     /// closes the store. Call it once no request is in flight any more.
     pub async fn shutdown(&self) {
@@ -899,6 +905,8 @@ impl Hub {
         let _guard = self.lifecycle.lock().await;
         let sessions = self.sessions();
         for session in &sessions {
+            // After every leave (each queued before its stream ended).
+            session.flush_presence();
             session.close_for_shutdown();
         }
         for session in &sessions {

@@ -80,6 +80,34 @@ pub struct State {
     pub last_seq: u64,
     /// Active clients by id, with how many subscriptions each holds.
     clients: BTreeMap<String, (ClientInfo, usize)>,
+    /// Presence changes being folded into one PresenceChanged (the actor's alone).
+    presence: PresenceWindow,
+}
+
+/// Presence coalescing (`SessionConfig::presence_interval`): the first change
+/// after a quiet interval is sent at once as ClientJoined/ClientLeft and opens
+/// a window; changes within the window are folded here and sent as one event
+/// when it ends (a timer queues `Work::PresenceFlush`). A join storm of N
+/// clients therefore costs about one event per interval, not N events each
+/// delivered to up to N subscribers.
+#[derive(Default)]
+struct PresenceWindow {
+    /// Changes before this instant are folded; `None` or past: quiet.
+    until: Option<tokio::time::Instant>,
+    /// The first `presence_list_limit` clients that joined / left in the window, in order.
+    joined: Vec<ClientInfo>,
+    left: Vec<ClientInfo>,
+    /// Exact counts of the folded changes.
+    joined_count: u32,
+    left_count: u32,
+    /// A flush is on its way (a timer task exists).
+    scheduled: bool,
+}
+
+impl PresenceWindow {
+    fn folded(&self) -> bool {
+        self.joined_count > 0 || self.left_count > 0
+    }
 }
 
 impl State {
@@ -134,6 +162,8 @@ pub(super) enum Work {
     Leave {
         client_id: String,
     },
+    /// Sends the presence changes folded so far as one event (the window's end).
+    PresenceFlush,
     /// Persist the session record (last activity) even without other changes.
     Flush,
 }
@@ -204,6 +234,8 @@ pub struct Session {
     shutting_down: std::sync::atomic::AtomicBool,
     /// Set when the lease went to another instance (`lose`).
     lost: std::sync::atomic::AtomicBool,
+    /// Set by a shutdown: every presence change is folded until `flush_presence`.
+    presence_held: std::sync::atomic::AtomicBool,
     pub(super) config: Arc<SessionConfig>,
     pub(super) store: Arc<dyn Store>,
     index: Arc<ProjectIndex>,
@@ -236,6 +268,7 @@ impl Session {
                 project: project.map(Box::new),
                 last_seq,
                 clients: BTreeMap::new(),
+                presence: PresenceWindow::default(),
             }),
             last_activity_ms: AtomicI64::new(record.last_activity.timestamp_millis()),
             inbox: Mutex::new(Inbox::default()),
@@ -247,6 +280,7 @@ impl Session {
             work: Notify::new(),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             lost: std::sync::atomic::AtomicBool::new(false),
+            presence_held: std::sync::atomic::AtomicBool::new(false),
             config,
             store,
             index,
@@ -449,6 +483,20 @@ impl Session {
         // Refused only once the session is closed, when nobody is told of presence any more.
         self.enqueue(Job {
             work: Work::Leave { client_id },
+            reply: Answer::None,
+        });
+    }
+
+    /// From now on every presence change is folded (none is sent on its
+    /// own) until `flush_presence`: a shutdown's leaves become one event.
+    pub(super) fn hold_presence(&self) {
+        self.presence_held.store(true, Ordering::SeqCst);
+    }
+
+    /// Queues the send of the presence changes folded so far (after every job queued before it).
+    pub(super) fn flush_presence(self: &Arc<Self>) {
+        self.enqueue(Job {
+            work: Work::PresenceFlush,
             reply: Answer::None,
         });
     }
@@ -716,18 +764,20 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 struct Group<'a> {
-    session: &'a Session,
+    session: &'a Arc<Session>,
     next_seq: u64,
     events: Vec<Arc<SessionEvent>>,
     writes: Vec<Write>,
     reverts: Vec<Revert>,
     /// The ops applied, in order: replayed on the committed state once stored.
     ops: Vec<Op>,
-    /// Presence after the group, if it changes; kept whether or not the commit succeeds.
-    clients: Option<BTreeMap<String, (ClientInfo, usize)>>,
+    /// Presence changes of the group; kept whether or not the commit succeeds.
+    clients: ClientChanges,
     pending: Vec<Pending>,
     /// A job panicked or an op could not be serialised: the whole group fails.
     broken: bool,
+    /// A job asked for the session record to be stored (`Work::Flush`).
+    store_record: bool,
     /// Test fault: the next op fails to serialise.
     #[cfg(any(test, feature = "test-support"))]
     unserialisable: bool,
@@ -754,9 +804,49 @@ impl Group<'_> {
         self.events.push(event.clone());
         event
     }
+}
 
-    fn clients<'s>(&'s mut self, state: &State) -> &'s mut BTreeMap<String, (ClientInfo, usize)> {
-        self.clients.get_or_insert_with(|| state.clients.clone())
+/// A group's changes to the session's clients, over the committed map: a
+/// join or leave costs O(log clients), not a copy of every client.
+#[derive(Default)]
+struct ClientChanges {
+    changed: BTreeMap<String, Option<(ClientInfo, usize)>>,
+    /// Active clients after the changes, once there are any.
+    active: Option<usize>,
+}
+
+impl ClientChanges {
+    fn get(&self, state: &State, id: &str) -> Option<(ClientInfo, usize)> {
+        match self.changed.get(id) {
+            Some(entry) => entry.clone(),
+            None => state.clients.get(id).cloned(),
+        }
+    }
+
+    fn set(&mut self, state: &State, id: String, entry: Option<(ClientInfo, usize)>) {
+        let was = self.get(state, &id).is_some();
+        let active = self.active(state) + usize::from(entry.is_some()) - usize::from(was);
+        self.active = Some(active);
+        self.changed.insert(id, entry);
+    }
+
+    fn active(&self, state: &State) -> usize {
+        self.active.unwrap_or(state.clients.len())
+    }
+
+    /// Applies the changes to the session's clients.
+    fn apply_to(&mut self, clients: &mut BTreeMap<String, (ClientInfo, usize)>) {
+        for (id, entry) in std::mem::take(&mut self.changed) {
+            match entry {
+                Some(entry) => {
+                    clients.insert(id, entry);
+                }
+                None => {
+                    clients.remove(&id);
+                }
+            }
+        }
+        self.active = None;
     }
 }
 
@@ -792,6 +882,7 @@ fn group_kinds(jobs: &[Job]) -> String {
             Work::Redo { .. } => "redo",
             Work::Join { .. } => "join",
             Work::Leave { .. } => "leave",
+            Work::PresenceFlush => "presence",
             Work::Flush => "flush",
         })
         .collect();
@@ -807,9 +898,10 @@ async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
         writes: Vec::new(),
         reverts: Vec::new(),
         ops: Vec::new(),
-        clients: None,
+        clients: ClientChanges::default(),
         pending: Vec::new(),
         broken: false,
+        store_record: false,
         #[cfg(any(test, feature = "test-support"))]
         unserialisable: false,
     };
@@ -820,7 +912,10 @@ async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
         group.next_seq = state.last_seq + 1;
         let version_before = state.project.as_ref().map(|p| p.dispatcher.version());
         for Job { work, reply } in jobs {
-            let presence = matches!(work, Work::Join { .. } | Work::Leave { .. });
+            let presence = matches!(
+                work,
+                Work::Join { .. } | Work::Leave { .. } | Work::PresenceFlush
+            );
             if group.broken && !presence {
                 reply.fail(group_failed());
                 continue;
@@ -865,10 +960,10 @@ async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
             }
         }
         if group.broken {
-            if let Some(clients) = group.clients.take() {
-                state.clients = clients;
-            }
+            let State { clients, .. } = &mut *state;
+            group.clients.apply_to(clients);
         }
+        schedule_presence_flush(session, &mut state);
     }
     if close {
         session.close();
@@ -892,11 +987,24 @@ async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
 
     let writes = std::mem::take(&mut group.writes);
     let started = std::time::Instant::now();
-    let committed = session.commit(writes).await;
-    metrics::histogram!(crate::metrics::names::COMMIT_SECONDS)
-        .record(started.elapsed().as_secs_f64());
-    metrics::histogram!(crate::metrics::names::COMMIT_GROUP_SIZE)
-        .record(group.pending.len() as f64);
+    // A group of folded presence changes only (no event, no op) has nothing
+    // to store but the session's last activity, which every later commit and
+    // the shutdown store anyway: it skips the store (and its fsync), so a
+    // join storm costs one commit per presence interval, not one per join.
+    let nothing_to_store = group.events.is_empty()
+        && group.ops.is_empty()
+        && project_after.is_none()
+        && !group.store_record;
+    let committed = if nothing_to_store {
+        Ok(())
+    } else {
+        let committed = session.commit(writes).await;
+        metrics::histogram!(crate::metrics::names::COMMIT_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(crate::metrics::names::COMMIT_GROUP_SIZE)
+            .record(group.pending.len() as f64);
+        committed
+    };
     match committed {
         Ok(()) => {
             let mut broken = None;
@@ -926,9 +1034,8 @@ async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
                 // catch-up while behind means the events are gone).
                 remember(session, &group.events);
                 state.last_seq = group.next_seq - 1;
-                if let Some(clients) = group.clients.take() {
-                    state.clients = clients;
-                }
+                let State { clients, .. } = &mut *state;
+                group.clients.apply_to(clients);
             }
             if let Some(cause) = broken {
                 // Stored but not in memory: the store has the truth, so the
@@ -958,8 +1065,10 @@ async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
             metrics::counter!(crate::metrics::names::STORE_ERRORS, "kind" => e.kind()).increment(1);
             tracing::warn!(session = %session.id, error = %e, "commit failed; the group is dropped");
             // Presence is what it is whether or not it could be recorded.
-            if let Some(clients) = group.clients.take() {
-                session.state.write().clients = clients;
+            {
+                let mut state = session.state.write();
+                let State { clients, .. } = &mut *state;
+                group.clients.apply_to(clients);
             }
             if session.epoch.is_some() && matches!(e, StoreError::Conflict(_)) {
                 // The lease went to another instance (or the log moved on
@@ -1129,56 +1238,155 @@ fn apply_job(state: &mut State, group: &mut Group<'_>, work: Work) -> Done {
         Work::Undo { by } => Done::Outcome(history_step(state, group, &by, false)),
         Work::Redo { by } => Done::Outcome(history_step(state, group, &by, true)),
         Work::Join { client } => {
-            let clients = group.clients(state);
-            let entry = clients
-                .entry(client.id.clone())
-                .or_insert_with(|| (client.clone(), 0));
-            entry.1 += 1;
-            if entry.1 == 1 {
-                let active = u32::try_from(clients.len()).unwrap_or(u32::MAX);
-                let by = Actor {
-                    client_id: Some(client.id.clone()),
-                    user_id: client.user_id.clone(),
-                };
-                group.event(
-                    None,
-                    &by,
-                    EventKind::ClientJoined {
-                        client,
-                        active_clients: active,
-                    },
-                );
+            let (info, count) = group
+                .clients
+                .get(state, &client.id)
+                .unwrap_or_else(|| (client.clone(), 0));
+            group
+                .clients
+                .set(state, client.id.clone(), Some((info, count + 1)));
+            if count == 0 {
+                presence_change(state, group, client, true);
             }
             Done::Presence
         }
         Work::Leave { client_id } => {
-            let clients = group.clients(state);
-            let Some(entry) = clients.get_mut(&client_id) else {
+            let Some((client, count)) = group.clients.get(state, &client_id) else {
                 return Done::Nothing;
             };
-            entry.1 -= 1;
-            if entry.1 == 0 {
-                let Some((client, _)) = clients.remove(&client_id) else {
-                    return Done::Nothing;
-                };
-                let active = u32::try_from(clients.len()).unwrap_or(u32::MAX);
-                let by = Actor {
-                    client_id: Some(client_id),
-                    user_id: client.user_id.clone(),
-                };
-                group.event(
-                    None,
-                    &by,
-                    EventKind::ClientLeft {
-                        client,
-                        active_clients: active,
-                    },
-                );
+            if count > 1 {
+                group
+                    .clients
+                    .set(state, client_id, Some((client, count - 1)));
+            } else {
+                group.clients.set(state, client_id, None);
+                presence_change(state, group, client, false);
             }
             Done::Nothing
         }
-        Work::Flush => Done::Unit(Ok(())),
+        Work::PresenceFlush => {
+            send_folded(state, group);
+            Done::Nothing
+        }
+        Work::Flush => {
+            group.store_record = true;
+            Done::Unit(Ok(()))
+        }
     }
+}
+
+/// A client became present (`joined`) or absent: its own event now if the
+/// session's presence is quiet, else folded into the window.
+fn presence_change(state: &mut State, group: &mut Group<'_>, client: ClientInfo, joined: bool) {
+    let session = group.session;
+    let config = &session.config;
+    let held = session.presence_held.load(Ordering::SeqCst);
+    let now = tokio::time::Instant::now();
+    let window = &mut state.presence;
+    let quiet = !held && !window.folded() && window.until.is_none_or(|until| now >= until);
+    if quiet || (!held && config.presence_interval.is_zero()) {
+        window.until = now.checked_add(config.presence_interval);
+        let active = u32::try_from(group.clients.active(state)).unwrap_or(u32::MAX);
+        presence_event(group, client, joined, active);
+        return;
+    }
+    let (list, count) = if joined {
+        (&mut window.joined, &mut window.joined_count)
+    } else {
+        (&mut window.left, &mut window.left_count)
+    };
+    *count = count.saturating_add(1);
+    if list.len() < config.presence_list_limit {
+        list.push(client);
+    }
+}
+
+/// A ClientJoined or ClientLeft, named for the client.
+fn presence_event(group: &mut Group<'_>, client: ClientInfo, joined: bool, active_clients: u32) {
+    let by = Actor {
+        client_id: Some(client.id.clone()),
+        user_id: client.user_id.clone(),
+    };
+    let kind = if joined {
+        EventKind::ClientJoined {
+            client,
+            active_clients,
+        }
+    } else {
+        EventKind::ClientLeft {
+            client,
+            active_clients,
+        }
+    };
+    group.event(None, &by, kind);
+}
+
+/// The window's end: the folded changes as one event (a single one as its
+/// own ClientJoined/ClientLeft); the next window starts now, so changes keep
+/// being folded until an interval passes without any.
+fn send_folded(state: &mut State, group: &mut Group<'_>) {
+    state.presence.scheduled = false;
+    if !state.presence.folded() {
+        return;
+    }
+    let window = std::mem::take(&mut state.presence);
+    state.presence.until =
+        tokio::time::Instant::now().checked_add(group.session.config.presence_interval);
+    let active = u32::try_from(group.clients.active(state)).unwrap_or(u32::MAX);
+    let PresenceWindow {
+        mut joined,
+        mut left,
+        joined_count,
+        left_count,
+        ..
+    } = window;
+    match (joined_count, left_count) {
+        (1, 0) if joined.len() == 1 => presence_event(group, joined.remove(0), true, active),
+        (0, 1) if left.len() == 1 => presence_event(group, left.remove(0), false, active),
+        _ => {
+            group.event(
+                None,
+                &Actor::default(),
+                EventKind::PresenceChanged {
+                    joined,
+                    left,
+                    joined_count,
+                    left_count,
+                    active_clients: active,
+                },
+            );
+        }
+    }
+}
+
+/// Starts the timer that ends the presence window, if changes were folded
+/// and none is running (a held session is flushed by the shutdown instead).
+fn schedule_presence_flush(session: &Arc<Session>, state: &mut State) {
+    let window = &mut state.presence;
+    if !window.folded() || window.scheduled || session.presence_held.load(Ordering::SeqCst) {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    window.scheduled = true;
+    let at = window.until.unwrap_or_else(tokio::time::Instant::now);
+    #[cfg(any(test, feature = "test-support"))]
+    let gate = session.config.presence_gate.clone();
+    #[cfg(not(any(test, feature = "test-support")))]
+    let gate: Option<Arc<tokio::sync::Semaphore>> = None;
+    let session = session.clone();
+    runtime.spawn(async move {
+        match gate {
+            Some(gate) => {
+                if let Ok(permit) = gate.acquire().await {
+                    permit.forget();
+                }
+            }
+            None => tokio::time::sleep_until(at).await,
+        }
+        session.flush_presence();
+    });
 }
 
 /// Undoes (or redoes) the newest step of the session's project.

@@ -55,6 +55,7 @@ pub const EVENT_FIELDS: &str = "__typename seq sessionId commandId clientId
     ... on CommandRedone { commandType version }
     ... on ClientJoined { client { clientId name } activeClients }
     ... on ClientLeft { client { clientId name } activeClients }
+    ... on PresenceChanged { joined { clientId name } left { clientId name } joinedCount leftCount activeClients }
     ... on ResyncRequired { reason }";
 
 /// The fields of a `CommandResult` the helpers return.
@@ -67,12 +68,18 @@ pub fn events_subscription() -> String {
 }
 
 /// A server config for tests: port 0 on loopback, data under `dir`.
+///
+/// Presence is not coalesced (`presence_interval` zero): each join and leave
+/// is its own ClientJoined/ClientLeft, so tests that follow clients one by one
+/// see each. tests/presence.rs covers coalescing with its own settings.
 pub fn test_config(dir: &std::path::Path) -> Config {
-    Config {
+    let mut config = Config {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         data_dir: dir.join("data"),
         ..Config::default()
-    }
+    };
+    config.session.presence_interval = Duration::ZERO;
+    config
 }
 
 /// Whether `TALUS_TEST_STORE=postgres` asks for the PostgreSQL store.
@@ -735,7 +742,8 @@ impl Ws {
         );
     }
 
-    /// Reads events of `id` until this connection's own ClientJoined; returns it.
+    /// Reads events of `id` until the one announcing this connection's own
+    /// join (its ClientJoined, or a PresenceChanged listing it); returns it.
     pub async fn wait_joined(&mut self, id: &str) -> Value {
         let me = self
             .client_id
@@ -743,7 +751,13 @@ impl Ws {
             .expect("a connection with a clientId");
         loop {
             let event = self.next_event(id).await;
-            if event["__typename"] == "ClientJoined" && event["client"]["clientId"] == me.as_str() {
+            let own =
+                event["__typename"] == "ClientJoined" && event["client"]["clientId"] == me.as_str();
+            let listed = event["__typename"] == "PresenceChanged"
+                && event["joined"]
+                    .as_array()
+                    .is_some_and(|j| j.iter().any(|c| c["clientId"] == me.as_str()));
+            if own || listed {
                 self.joined = Some(event.clone());
                 return event;
             }
