@@ -124,8 +124,8 @@ const MIGRATIONS: &[&str] = &[
 /// The most bytes of a snapshot written in one transaction by `put_snapshot`.
 /// Measured on a 100,000-node project (37 MB of state): writing it whole held
 /// the writer for 350-400 ms, and the next group commit waited that long; a
-/// part of this size takes a few milliseconds.
-const SNAPSHOT_PART_BYTES: usize = 1 << 20;
+/// part of this size takes a millisecond or two.
+const SNAPSHOT_PART_BYTES: usize = 256 * 1024;
 
 /// The WAL is truncated back to this size after a checkpoint, so one burst
 /// of writes does not leave a huge `-wal` file behind.
@@ -714,18 +714,43 @@ enum Failure {
 impl Writer {
     fn run(mut self, jobs: mpsc::Receiver<Job>) {
         let max_group = self.options.max_group.max(1);
-        // `recv` fails once every sender is gone (close or drop) and the
-        // queue is empty, so queued jobs are still committed at shutdown.
-        while let Ok(first) = jobs.recv() {
-            #[cfg(test)]
-            self.shared.hooks.wait_while_paused();
-            let mut group = vec![first];
-            while group.len() < max_group {
-                match jobs.try_recv() {
-                    Ok(job) => group.push(job),
+        // Steps of snapshots being written in parts wait here while other
+        // jobs are queued, and each commits alone: a commit waits for at
+        // most the one part being written, never for a snapshot's parts.
+        let mut deferred: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
+        loop {
+            // `recv` fails once every sender is gone (close or drop) and the
+            // queue is empty, so queued jobs are still committed at shutdown.
+            let first = if deferred.is_empty() {
+                match jobs.recv() {
+                    Ok(job) => job,
                     Err(_) => break,
                 }
-            }
+            } else {
+                match jobs.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => deferred.pop_front().expect("not empty"),
+                }
+            };
+            #[cfg(test)]
+            self.shared.hooks.wait_while_paused();
+            let group = if matches!(first.work, Work::Snapshot(_)) && !deferred.is_empty() {
+                // Queued behind the deferred steps: keep their order.
+                deferred.push_back(first);
+                continue;
+            } else if matches!(first.work, Work::Snapshot(_)) {
+                vec![first]
+            } else {
+                let mut group = vec![first];
+                while group.len() < max_group {
+                    match jobs.try_recv() {
+                        Ok(job) if matches!(job.work, Work::Snapshot(_)) => deferred.push_back(job),
+                        Ok(job) => group.push(job),
+                        Err(_) => break,
+                    }
+                }
+                group
+            };
             // A panic must not end the thread; the jobs of the group are
             // dropped with it, so their callers get an error, not a hang.
             let outcome =
