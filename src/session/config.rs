@@ -31,6 +31,9 @@ pub struct SessionConfig {
     pub command_limits: Limits,
     /// How long a session's lease lasts in a shared store; renewed every third of it.
     pub lease: Duration,
+    /// How this instance forwards work to the owners of sessions it follows
+    /// (a shared store only).
+    pub cluster: Option<super::cluster::ClusterLink>,
     /// Test fault: which commands panic or fail to serialise while applied.
     #[cfg(any(test, feature = "test-support"))]
     pub apply_fault: Option<ApplyFault>,
@@ -82,6 +85,7 @@ impl Default for SessionConfig {
             reaper_interval: Duration::from_secs(600),
             command_limits: Limits::default(),
             lease: Duration::from_secs(5),
+            cluster: None,
             #[cfg(any(test, feature = "test-support"))]
             apply_fault: None,
         }
