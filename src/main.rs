@@ -254,6 +254,10 @@ struct ServeArgs {
     /// Idle connections kept open to each other instance for forwarded commands (0 to 1,024).
     #[arg(long, env = "TALUS_FORWARD_IDLE_CONNECTIONS", default_value_t = 32, value_parser = count(0, 1_024))]
     forward_idle_connections: usize,
+    /// Send the doorbell (NOTIFY) inside each commit's transaction instead of right after it:
+    /// every commit of the cluster then waits for the others' WAL flushes (for measurements).
+    #[arg(long, env = "TALUS_DOORBELL_IN_COMMIT")]
+    doorbell_in_commit: bool,
     #[command(flatten)]
     auth: AuthArgs,
 }
@@ -402,6 +406,7 @@ impl ServeArgs {
                     cluster_secret: self.cluster_secret.clone(),
                     forward_timeout: Duration::from_secs(self.forward_timeout_secs),
                     forward_idle_connections: self.forward_idle_connections,
+                    doorbell_in_commit: self.doorbell_in_commit,
                 });
         Ok(c)
     }

@@ -83,6 +83,8 @@ pub struct ClusterConfig {
     pub forward_timeout: Duration,
     /// Idle connections kept per other instance (`--forward-idle-connections`).
     pub forward_idle_connections: usize,
+    /// NOTIFY inside the commit's transaction (`--doorbell-in-commit`).
+    pub doorbell_in_commit: bool,
 }
 
 impl ClusterConfig {
@@ -97,6 +99,7 @@ impl ClusterConfig {
             cluster_secret: None,
             forward_timeout: Duration::from_secs(10),
             forward_idle_connections: 32,
+            doorbell_in_commit: false,
         }
     }
 }
@@ -235,6 +238,7 @@ pub async fn open_postgres(cluster: &ClusterConfig) -> anyhow::Result<Arc<dyn St
         pool_size: cluster.pool_size,
         instance_id: cluster.instance_id.clone(),
         lease: cluster.lease,
+        doorbell_in_commit: cluster.doorbell_in_commit,
         ..PostgresOptions::default()
     };
     let store = PostgresStore::connect(&cluster.database_url, options)

@@ -117,6 +117,10 @@ pub struct PostgresOptions {
     pub instance_id: String,
     /// How long a lease lasts unless renewed.
     pub lease: Duration,
+    /// Ring the doorbell inside the commit's own transaction rather than in
+    /// one of its own right after it (`--doorbell-in-commit`; for measuring
+    /// what NOTIFY's lock costs the commit path).
+    pub doorbell_in_commit: bool,
 }
 
 impl Default for PostgresOptions {
@@ -126,6 +130,7 @@ impl Default for PostgresOptions {
             connect_timeout: Duration::from_secs(5),
             instance_id: format!("pid-{}", std::process::id()),
             lease: Duration::from_secs(5),
+            doorbell_in_commit: false,
         }
     }
 }
@@ -901,20 +906,54 @@ impl PostgresStore {
         for write in &writes {
             apply(&tx, write).await?;
         }
-        // The doorbell: delivered to listeners when (and only if) this commits.
-        for write in &writes {
-            if let Write::AppendEvents { session_id, events } = write {
-                if let Some(last) = events.last() {
-                    let payload = format!("{session_id}:{}", last.seq);
-                    exec(&tx, "SELECT pg_notify('talus_events', $1)", &[&payload]).await?;
-                }
-            }
+        let doorbells = doorbell_sql(&writes);
+        if self.options.doorbell_in_commit && !doorbells.is_empty() {
+            tx.batch_execute(&doorbells)
+                .await
+                .map_err(failed("commit"))?;
         }
         // An error here leaves the outcome unknown (the connection may have
         // died after the server committed); the caller is told it failed and
         // a later commit on top of it is refused by the fence or by the plain INSERTs.
-        tx.commit().await.map_err(failed("commit"))
+        tx.commit().await.map_err(failed("commit"))?;
+        if !self.options.doorbell_in_commit && !doorbells.is_empty() {
+            ring_doorbells(&client, &doorbells).await;
+        }
+        Ok(())
     }
+}
+
+/// The doorbell of a commit: one `pg_notify` per session that gained events,
+/// in a transaction of its own after the commit, which waits for no WAL flush
+/// (`synchronous_commit = off`: a doorbell lost in a crash costs latency, not
+/// an event). NOTIFY takes a database-wide lock from its commit until the
+/// commit is durable, so inside the data's own transaction it serialised every
+/// commit of the cluster behind one fsync at a time (BENCHMARKS.md, cluster);
+/// here it is held for a transaction that writes nothing. A listener that
+/// hears the doorbell finds the events committed, since it rings after them.
+async fn ring_doorbells(client: &deadpool_postgres::Client, doorbells: &str) {
+    let sql = format!("BEGIN; SET LOCAL synchronous_commit TO off; {doorbells} COMMIT;");
+    if let Err(e) = client.batch_execute(&sql).await {
+        // Committed all the same: followers find the events on their next read.
+        tracing::warn!(error = %e, "could not ring the doorbell after a commit");
+    }
+}
+
+/// One `pg_notify` per session of `writes` that gained events, as SQL text.
+fn doorbell_sql(writes: &[Write]) -> String {
+    let mut sql = String::new();
+    for write in writes {
+        if let Write::AppendEvents { session_id, events } = write {
+            if let Some(last) = events.last() {
+                // A uuid and a number: nothing to quote.
+                sql.push_str(&format!(
+                    "SELECT pg_notify('{DOORBELL_CHANNEL}', '{session_id}:{}');",
+                    last.seq
+                ));
+            }
+        }
+    }
+    sql
 }
 
 /// The doorbell listener: one dedicated connection (outside the pool) that
