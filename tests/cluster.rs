@@ -205,3 +205,142 @@ async fn writers_on_three_instances_and_subscribers_on_each_see_one_gap_free_ord
     })
     .await;
 }
+
+/// One `createNode` at `base`: its node id, `None` for a retryable refusal
+/// (STORE_UNAVAILABLE), `Err` when the server cannot be reached.
+async fn try_create_node(
+    client: &reqwest::Client,
+    base: &str,
+    session: &str,
+    parent: &str,
+    name: &str,
+) -> Result<Option<String>, String> {
+    let body = json!({
+        "query": "mutation($s: ID!, $p: ID!, $n: String!) { createNode(sessionId: $s, input: { parentId: $p, typeId: \"phase\", name: $n }) { nodeId } }",
+        "variables": { "s": session, "p": parent, "n": name },
+    });
+    let response = client
+        .post(format!("{base}/graphql"))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer: Value = response.json().await.map_err(|e| e.to_string())?;
+    if let Some(error) = answer["errors"].get(0) {
+        assert_eq!(
+            error["extensions"]["code"], "STORE_UNAVAILABLE",
+            "only retryable refusals: {answer}"
+        );
+        return Ok(None);
+    }
+    Ok(Some(str_of(&answer["data"]["createNode"]["nodeId"])))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkill_of_the_owner_a_follower_takes_over_in_place_and_its_subscribers_miss_nothing(
+) {
+    let pg = cluster_or_skip!();
+    let url = pg.database().await;
+    let a = instance(&url, "a");
+    let followers = [instance(&url, "b"), instance(&url, "c")];
+    let a_url = a.url.clone();
+    let urls: Vec<String> = followers.iter().map(|s| s.url.clone()).collect();
+    let (session, root) = Http::new(&a_url).create_project("restomod", "Bus").await;
+    let start = Http::new(&a_url).last_seq(&session).await;
+    let mut subscribers = Vec::new();
+    for (i, server) in followers.iter().enumerate() {
+        let mut ws = ws(server, &format!("f-{i}")).await;
+        ws.subscribe_events("e", &session, Some(start)).await;
+        subscribers.push(ws);
+    }
+
+    let acked = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let a_dead = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let first_after = std::sync::Arc::new(parking_lot::Mutex::new(None::<Instant>));
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let (acked, a_dead, first_after) = (acked.clone(), a_dead.clone(), first_after.clone());
+            let (session, root, a_url, urls) =
+                (session.clone(), root.clone(), a_url.clone(), urls.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap();
+                for i in 0..5 {
+                    let name = format!("w{w}-{i}");
+                    loop {
+                        assert!(
+                            Instant::now() < deadline,
+                            "{name} is acknowledged within 40 s"
+                        );
+                        let dead = a_dead.load(std::sync::atomic::Ordering::SeqCst);
+                        // A third of the writers on a while it lives, the others on b and c.
+                        let base = if !dead && w % 3 == 0 {
+                            &a_url
+                        } else {
+                            &urls[w % 2]
+                        };
+                        match try_create_node(&client, base, &session, &root, &name).await {
+                            Ok(Some(id)) => {
+                                if dead {
+                                    first_after.lock().get_or_insert_with(Instant::now);
+                                }
+                                acked.lock().push(id);
+                                break;
+                            }
+                            Ok(None) | Err(_) => {
+                                tokio::time::sleep(Duration::from_millis(50)).await
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    while acked.lock().len() < 24 {
+        assert!(Instant::now() < deadline, "the writes are acknowledged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let killed_at = Instant::now();
+    a.kill();
+    a_dead.store(true, std::sync::atomic::Ordering::SeqCst);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let takeover = first_after
+        .lock()
+        .expect("a command committed after the kill")
+        - killed_at;
+    println!("failover: {takeover:.2?} from SIGKILL of the owner to the first commit on a follower (lease 2 s)");
+    assert!(
+        takeover < Duration::from_secs(8),
+        "taken over within a few seconds: {takeover:?}"
+    );
+
+    let hb = Http::new(&urls[0]);
+    let graph = hb.graph(&session).await;
+    let ids = node_ids(&graph);
+    let acked = acked.lock().clone();
+    assert_eq!(acked.len(), 80);
+    for id in &acked {
+        assert!(ids.contains(id), "acknowledged node {id} is in the graph");
+    }
+    // Both followers' subscribers stayed subscribed through the takeover and
+    // got every event once, in order.
+    let last = hb.last_seq(&session).await;
+    for ws in subscribers.iter_mut() {
+        let seqs = seqs_until(ws, "e", last).await;
+        consecutive(&seqs, start + 1, last);
+    }
+    let hc = Http::new(&urls[1]);
+    eventually("c reads what b committed", async || {
+        hc.graph(&session).await == graph
+    })
+    .await;
+    let undone = hc.undo(&session).await;
+    assert_eq!(undone["canRedo"], true);
+    let redone = hb.redo(&session).await;
+    assert_eq!(redone["canRedo"], false);
+}
