@@ -102,6 +102,12 @@ async fn writers_on_three_instances_and_subscribers_on_each_see_one_gap_free_ord
         ws.subscribe_events("e", &session, Some(start)).await;
         subscribers.push(ws);
     }
+    // A subscriber from now on (no `since`) on a follower sees its own join.
+    for (i, server) in servers.iter().enumerate().skip(1) {
+        let mut live = ws(server, &format!("live-{i}")).await;
+        live.subscribe_events("l", &session, None).await;
+        live.wait_joined("l").await;
+    }
     // Presence is cluster-wide: the owner counts the clients of b and c.
     eventually("three active clients on every instance", async || {
         let mut all = true;

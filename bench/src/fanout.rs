@@ -236,7 +236,8 @@ pub async fn measure(
                 subs,
                 "... on PropertyChanged { newValue }",
                 o.connect_concurrency,
-                "fan",
+                // Distinct client ids per instance: one id is one client of the session.
+                &format!("fan{n}"),
             )
             .await?,
         );

@@ -952,7 +952,15 @@ impl Hub {
             ));
         }
         let rx = session.sender().subscribe();
-        let start = session.read().last_seq;
+        let mut start = session.read().last_seq;
+        if since.is_some_and(|since| since > start) && session.is_follower() {
+            // A client that resumes here right after dropping from the owner
+            // may be ahead of this follower's last doorbell: read the log first.
+            if let Err(e) = cluster::follow(&session).await {
+                tracing::warn!(session = %session_id, error = %e, "a follower could not read the log");
+            }
+            start = session.read().last_seq;
+        }
         if let Some(since) = since {
             if since > start {
                 return Err(err(
