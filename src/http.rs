@@ -881,3 +881,35 @@ async fn sdl(State(state): State<AppState>) -> Response {
     )
         .into_response()
 }
+
+/// The internal endpoint of a cluster (`session::cluster`): work another
+/// instance forwards for a session this one owns, authenticated by the
+/// cluster secret. Answers 401 without the secret, 400 for a body that is
+/// not forwarded work, else 200 with the `ForwardAnswer`.
+pub fn cluster_router(
+    hub: Arc<crate::session::Hub>,
+    link: crate::session::cluster::ClusterLink,
+    max_body_bytes: usize,
+) -> Router {
+    use crate::session::cluster::{Forwarded, FORWARD_PATH, SECRET_HEADER};
+    let handler = move |headers: HeaderMap, body: Bytes| {
+        let (hub, link) = (hub.clone(), link.clone());
+        async move {
+            let given = headers.get(SECRET_HEADER).and_then(|v| v.to_str().ok());
+            if !link.accepts(given) {
+                return (StatusCode::UNAUTHORIZED, "a cluster secret is required").into_response();
+            }
+            let forwarded: Forwarded = match serde_json::from_slice(&body) {
+                Ok(f) => f,
+                Err(e) => {
+                    return (StatusCode::BAD_REQUEST, format!("not forwarded work: {e}"))
+                        .into_response()
+                }
+            };
+            axum::Json(hub.serve_forwarded(forwarded).await).into_response()
+        }
+    };
+    Router::new()
+        .route(FORWARD_PATH, axum::routing::post(handler))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+}

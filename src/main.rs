@@ -250,6 +250,26 @@ struct ServeArgs {
     /// Database connections per instance, with --database-url (1 to 1,000).
     #[arg(long, env = "TALUS_DATABASE_POOL", default_value_t = 16, value_parser = count(1, 1_000))]
     database_pool: usize,
+    /// The URL other instances reach this one at (http://HOST:PORT), to forward commands for
+    /// the sessions it owns; with --database-url (default: http:// and the listen address).
+    #[arg(long, env = "TALUS_ADVERTISE_URL")]
+    advertise_url: Option<String>,
+    /// Shared secret that authenticates forwarded commands between the instances of a cluster;
+    /// required with --database-url unless listening on loopback.
+    #[arg(long, env = "TALUS_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+    /// Seconds a command forwarded to the session's owner may take before the caller is told
+    /// STORE_UNAVAILABLE (1 to 300).
+    #[arg(long, env = "TALUS_FORWARD_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    forward_timeout_secs: u64,
+    /// Idle connections kept open to each other instance for forwarded commands (0 to 1,024).
+    #[arg(long, env = "TALUS_FORWARD_IDLE_CONNECTIONS", default_value_t = 32, value_parser = count(0, 1_024))]
+    forward_idle_connections: usize,
+    /// Send the doorbell (NOTIFY) inside each commit's transaction instead of right after it:
+    /// every commit of the cluster then waits for the others' WAL flushes (for measurements).
+    #[arg(long, env = "TALUS_DOORBELL_IN_COMMIT")]
+    doorbell_in_commit: bool,
     #[command(flatten)]
     auth: AuthArgs,
 }
@@ -397,6 +417,11 @@ impl ServeArgs {
                     }),
                     lease: Duration::from_secs(self.lease_secs),
                     pool_size: self.database_pool,
+                    advertise_url: self.advertise_url.clone(),
+                    cluster_secret: self.cluster_secret.clone(),
+                    forward_timeout: Duration::from_secs(self.forward_timeout_secs),
+                    forward_idle_connections: self.forward_idle_connections,
+                    doorbell_in_commit: self.doorbell_in_commit,
                 });
         Ok(c)
     }

@@ -77,6 +77,69 @@ pub struct ClusterConfig {
     pub lease: Duration,
     /// Database connections of this instance.
     pub pool_size: usize,
+    /// Where the other instances reach this one (`--advertise-url`); default `http://` + the listen address.
+    pub advertise_url: Option<String>,
+    /// Authenticates forwarded commands (`--cluster-secret`); required off loopback.
+    pub cluster_secret: Option<String>,
+    /// How long a forwarded command may take (`--forward-timeout-secs`).
+    pub forward_timeout: Duration,
+    /// Idle connections kept per other instance (`--forward-idle-connections`).
+    pub forward_idle_connections: usize,
+    /// NOTIFY inside the commit's transaction (`--doorbell-in-commit`).
+    pub doorbell_in_commit: bool,
+}
+
+impl ClusterConfig {
+    /// A cluster config with the defaults of the command line.
+    pub fn new(database_url: String, instance_id: String) -> ClusterConfig {
+        ClusterConfig {
+            database_url,
+            instance_id,
+            lease: Duration::from_secs(5),
+            pool_size: 16,
+            advertise_url: None,
+            cluster_secret: None,
+            forward_timeout: Duration::from_secs(10),
+            forward_idle_connections: 32,
+            doorbell_in_commit: false,
+        }
+    }
+}
+
+/// The link to the other instances of a cluster: this instance's advertised
+/// URL recorded with its leases, and the client that forwards to the others.
+fn cluster_link(
+    config: &Config,
+    addr: SocketAddr,
+    store: &dyn Store,
+) -> anyhow::Result<Option<crate::session::cluster::ClusterLink>> {
+    if !store.is_shared() {
+        return Ok(None);
+    }
+    let cluster = config.cluster.as_ref();
+    let secret = cluster.and_then(|c| c.cluster_secret.clone());
+    anyhow::ensure!(
+        secret.is_some() || is_loopback(addr),
+        "refusing to serve {addr} in a cluster without --cluster-secret (TALUS_CLUSTER_SECRET): \
+         the instances forward commands to each other, and anyone who can reach {addr} could forward them as any user"
+    );
+    let url = match cluster.and_then(|c| c.advertise_url.clone()) {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => {
+            anyhow::ensure!(
+                !addr.ip().is_unspecified(),
+                "listening on {addr}, this instance cannot tell the others where to reach it: pass --advertise-url http://HOST:PORT"
+            );
+            format!("http://{addr}")
+        }
+    };
+    store.set_advertise_url(url);
+    let link = crate::session::cluster::ClusterLink::new(
+        secret,
+        cluster.map_or(Duration::from_secs(10), |c| c.forward_timeout),
+        cluster.map_or(32, |c| c.forward_idle_connections),
+    )?;
+    Ok(Some(link))
 }
 
 impl Default for Config {
@@ -178,6 +241,7 @@ pub async fn open_postgres(cluster: &ClusterConfig) -> anyhow::Result<Arc<dyn St
         pool_size: cluster.pool_size,
         instance_id: cluster.instance_id.clone(),
         lease: cluster.lease,
+        doorbell_in_commit: cluster.doorbell_in_commit,
         ..PostgresOptions::default()
     };
     let store = PostgresStore::connect(&cluster.database_url, options)
@@ -285,6 +349,8 @@ pub async fn start(
     if let Some(cluster) = &config.cluster {
         session_config.lease = cluster.lease;
     }
+    session_config.cluster = cluster_link(&config, addr, store.as_ref())?;
+    let link = session_config.cluster.clone();
     let hub = Hub::start(session_config, store, templates).await?;
     let rate = config.rate_limit.unwrap_or(if verifier.is_some() {
         DEFAULT_RATE_LIMIT
@@ -317,7 +383,15 @@ pub async fn start(
         shutdown: ws_stop_rx.clone(),
         connections: connections.clone(),
     };
-    let app = http::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+    let mut app = http::router(state);
+    if let Some(link) = link {
+        app = app.merge(http::cluster_router(
+            hub.clone(),
+            link,
+            config.max_body_bytes,
+        ));
+    }
+    let app = app.layer(tower_http::trace::TraceLayer::new_for_http());
     // Counts connections per address, and sets TCP_NODELAY on each accepted one.
     let listener = crate::conn_limit::PerAddressLimit::new(listener, config.max_connections_per_ip);
     // Histogram samples wait in the recorder until upkeep folds them in; without

@@ -91,7 +91,7 @@ async fn instances_starting_together_on_an_empty_database_migrate_it_once() {
     for start in starts {
         stores.push(start.await.unwrap());
     }
-    assert_eq!(schema_version(&url).await, 2);
+    assert_eq!(schema_version(&url).await, 3);
     let s = Uuid::new_v4();
     stores[0].commit(vec![events(s, 1..=2)]).await.unwrap();
     assert_eq!(stores[2].event_range(s).await.unwrap(), Some((1, 2)));
@@ -101,7 +101,7 @@ async fn instances_starting_together_on_an_empty_database_migrate_it_once() {
         .await
         .unwrap();
     assert_eq!(again.event_range(s).await.unwrap(), Some((1, 2)));
-    assert_eq!(schema_version(&url).await, 2);
+    assert_eq!(schema_version(&url).await, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,10 +111,12 @@ async fn a_database_of_the_previous_schema_gains_the_memberships_table_and_keeps
     let s = Uuid::new_v4();
     store.commit(vec![events(s, 1..=3)]).await.unwrap();
     store.close().await;
-    // Schema 1 as the previous release left it: no project_members table.
+    // Schema 1 as an earlier release left it: no project_members table, no owner_url.
     psql(&url)
         .await
-        .batch_execute("DROP TABLE project_members; UPDATE talus_schema SET version = 1")
+        .batch_execute(
+            "DROP TABLE project_members; ALTER TABLE session_leases DROP COLUMN owner_url; UPDATE talus_schema SET version = 1",
+        )
         .await
         .unwrap();
 
@@ -122,9 +124,39 @@ async fn a_database_of_the_previous_schema_gains_the_memberships_table_and_keeps
         .await
         .unwrap();
 
-    assert_eq!(schema_version(&url).await, 2);
+    assert_eq!(schema_version(&url).await, 3);
     assert_eq!(store.event_range(s).await.unwrap(), Some((1, 3)));
     assert_eq!(store.memberships().await.unwrap(), vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_schema_2_gains_the_lease_owner_address_and_keeps_its_leases() {
+    let pg = cluster_or_skip!();
+    let (url, store) = pg.store().await;
+    let s = Uuid::new_v4();
+    let LeaseClaim::Held(fence) = store.take_lease(s).await.unwrap() else {
+        panic!("a free lease is taken");
+    };
+    store.close().await;
+    psql(&url)
+        .await
+        .batch_execute(
+            "ALTER TABLE session_leases DROP COLUMN owner_url; UPDATE talus_schema SET version = 2",
+        )
+        .await
+        .unwrap();
+
+    let upgraded = PostgresStore::connect(&url, options("other"))
+        .await
+        .unwrap();
+
+    assert_eq!(schema_version(&url).await, 3);
+    match upgraded.take_lease(s).await.unwrap() {
+        LeaseClaim::HeldBy { owner_url, .. } => {
+            assert_eq!(owner_url, None, "the old lease has no address")
+        }
+        other => panic!("the lease of {fence:?} is still held: {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +177,7 @@ async fn a_database_with_a_newer_schema_is_refused_and_left_untouched() {
 
     assert_eq!(
         format!("{error:#}"),
-        "the database was written by a newer Talus Tally (schema 99, this binary knows up to 2); refusing to use it"
+        "the database was written by a newer Talus Tally (schema 99, this binary knows up to 3); refusing to use it"
     );
     assert_eq!(schema_version(&url).await, 99);
 }
@@ -162,7 +194,9 @@ async fn a_session_has_one_lease_holder_and_a_stale_owner_cannot_commit() {
         panic!("a free lease is taken");
     };
     match b.take_lease(s).await.unwrap() {
-        LeaseClaim::HeldBy { owner, expires_in } => {
+        LeaseClaim::HeldBy {
+            owner, expires_in, ..
+        } => {
             assert_eq!(owner, "a");
             assert!(expires_in <= Duration::from_secs(2), "{expires_in:?}");
         }
@@ -307,28 +341,29 @@ async fn commands_undo_and_redo_survive_a_move_to_another_instance_which_loads_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_command_on_an_instance_that_does_not_own_the_session_is_refused_as_retryable() {
+async fn a_command_on_an_instance_that_does_not_own_the_session_is_forwarded_to_the_owner() {
     let pg = cluster_or_skip!();
     let url = pg.database().await;
     let a = app_on(&url, "a").await;
     let b = app_on(&url, "b").await;
     let (session, root) = a.create_project("restomod", "Bus").await;
-    let before = a.graph(&session).await;
 
-    let body = b
-        .request(
-            "mutation($s: ID!, $p: ID!) { createNode(sessionId: $s, input: { parentId: $p, typeId: \"phase\", name: \"x\" }) { version } }",
-            serde_json::json!({ "s": session, "p": root }),
-        )
-        .await;
+    let phase = b.create_node(&session, Some(&root), "phase", "Strip").await;
 
-    let error = common::first_error(&body);
-    assert_eq!(common::code_of(&error), "STORE_UNAVAILABLE", "{body}");
-    assert!(
-        common::str_of(&error["message"]).contains("served by instance a"),
-        "{error}"
-    );
-    assert_eq!(a.graph(&session).await, before, "nothing changed");
+    // Applied once, by the owner, and read back on both instances.
+    let on_a = a.graph(&session).await;
+    assert!(on_a["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["id"] == phase.as_str()));
+    assert_eq!(b.graph(&session).await, on_a, "b reads its own write");
+    assert_eq!(a.last_seq(&session).await, b.last_seq(&session).await);
+    let undone = b.undo(&session).await;
+    assert_eq!(undone["canRedo"], true);
+    assert_eq!(a.graph(&session).await["nodeCount"], 1);
+    b.redo(&session).await;
+    assert_eq!(b.graph(&session).await, a.graph(&session).await);
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -409,11 +444,13 @@ async fn after_sigkill_of_the_owner_under_16_writers_another_instance_takes_over
                             Instant::now() < deadline,
                             "{name} is acknowledged within 30 s"
                         );
-                        let on_b = a_dead.load(std::sync::atomic::Ordering::SeqCst);
+                        // Half the writers on b from the start (forwarded to the owner a).
+                        let dead = a_dead.load(std::sync::atomic::Ordering::SeqCst);
+                        let on_b = dead || w % 2 == 1;
                         let base = if on_b { &b_url } else { &a_url };
                         match try_create_node(&client, base, &session, &root, &name).await {
                             Ok(Some(id)) => {
-                                if on_b {
+                                if dead {
                                     first_on_b.lock().get_or_insert_with(Instant::now);
                                 }
                                 acked.lock().push(id);

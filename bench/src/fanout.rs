@@ -184,6 +184,19 @@ async fn once(ctx: &Ctx, o: &Opts, k: usize) -> anyhow::Result<Run> {
             ..Launch::default()
         })
         .await?;
+    let run = measure(&[&server], k, o).await?;
+    server.stop().await?;
+    Ok(run)
+}
+
+/// One fan-out run: the writer on `servers[0]`, the `k` subscribers spread
+/// evenly over `servers` (in a cluster, each instance serves its own).
+pub async fn measure(
+    servers: &[&crate::server::Server],
+    k: usize,
+    o: &Opts,
+) -> anyhow::Result<Run> {
+    let server = servers[0];
     let mut http = Http::connect(server.addr).await?;
     let project = api::create_project(&mut http, "fanout").await?;
     let node =
@@ -197,52 +210,70 @@ async fn once(ctx: &Ctx, o: &Opts, k: usize) -> anyhow::Result<Run> {
         slowest: (0..m).map(|_| AtomicU64::new(0)).collect(),
         done: Notify::new(),
     });
-    let subs = (0..k)
-        .map(|_| {
-            (
-                0,
-                Sub {
-                    shared: shared.clone(),
-                    latencies: Samples::with_capacity(m),
-                    last_update: None,
-                    out_of_order: 0,
-                    unmatched: 0,
-                },
-            )
-        })
-        .collect();
     let rss_before = server.rss_kib();
-    let fleet = fleet::connect(
-        server.addr,
-        std::slice::from_ref(&project.session),
-        subs,
-        "... on PropertyChanged { newValue }",
-        o.connect_concurrency,
-        "fan",
-    )
-    .await?;
+    let mut fleets = Vec::new();
+    let started = Instant::now();
+    for (n, on) in servers.iter().enumerate() {
+        let here = k / servers.len() + usize::from(n < k % servers.len());
+        let subs = (0..here)
+            .map(|_| {
+                (
+                    0,
+                    Sub {
+                        shared: shared.clone(),
+                        latencies: Samples::with_capacity(m),
+                        last_update: None,
+                        out_of_order: 0,
+                        unmatched: 0,
+                    },
+                )
+            })
+            .collect();
+        fleets.push(
+            fleet::connect(
+                on.addr,
+                std::slice::from_ref(&project.session),
+                subs,
+                "... on PropertyChanged { newValue }",
+                o.connect_concurrency,
+                // Distinct client ids per instance: one id is one client of the session.
+                &format!("fan{n}"),
+            )
+            .await?,
+        );
+    }
     let mut run = Run::default();
     run.note("load_before", json!(crate::stats::loadavg()));
-    let mut connect = fleet.connect.clone();
-    run.set("connect_all_s", fleet.connect_total.as_secs_f64());
+    let mut connect = Samples::with_capacity(k);
+    let mut connect_errors = Vec::new();
+    for fleet in &fleets {
+        connect.extend(&fleet.connect);
+        connect_errors.extend(fleet.connect_errors.iter().cloned());
+    }
+    run.set("connect_all_s", started.elapsed().as_secs_f64());
     run.set("connect_p50_ms", connect.pct_ms(50.0));
-    run.set("connect_errors", fleet.connect_errors.len() as f64);
-    if !fleet.connect_errors.is_empty() {
+    run.set("connect_errors", connect_errors.len() as f64);
+    if !connect_errors.is_empty() {
         eprintln!(
             "fanout K={k}: {} subscribers failed to connect, e.g. {}",
-            fleet.connect_errors.len(),
-            fleet.connect_errors[0]
+            connect_errors.len(),
+            connect_errors[0]
         );
     }
     let target = api::last_seq(&mut http, &project.session).await?;
-    let settle = fleet
-        .wait_caught_up(&[target], Duration::from_secs(600))
-        .await?;
+    let t = Instant::now();
+    for fleet in &fleets {
+        fleet
+            .wait_caught_up(&[target], Duration::from_secs(600))
+            .await?;
+    }
+    let settle = t.elapsed();
     run.set("settle_s", settle.as_secs_f64());
     eprintln!(
-        "fanout K={k}: {} subscribers ready in {:.1} s (+{:.1} s until all saw seq {target}); writing {m} updates",
-        fleet.connect.len(),
-        fleet.connect_total.as_secs_f64(),
+        "fanout K={k}: {} subscribers on {} instance(s) ready in {:.1} s (+{:.1} s until all saw seq {target}); writing {m} updates",
+        connect.len(),
+        servers.len(),
+        started.elapsed().as_secs_f64() - settle.as_secs_f64(),
         settle.as_secs_f64()
     );
     if let (Some(a), Some(b)) = (rss_before, server.rss_kib()) {
@@ -291,9 +322,14 @@ async fn once(ctx: &Ctx, o: &Opts, k: usize) -> anyhow::Result<Run> {
     // Late deliveries of timed-out updates still count as delivered, not lost.
     if timeouts > 0 {
         let last = api::last_seq(&mut http, &project.session).await?;
-        let _ = fleet.wait_caught_up(&[last], timeout).await;
+        for fleet in &fleets {
+            let _ = fleet.wait_caught_up(&[last], timeout).await;
+        }
     }
-    let outcomes = fleet.stop().await;
+    let mut outcomes = Vec::new();
+    for fleet in fleets {
+        outcomes.extend(fleet.stop().await);
+    }
     let (received, seq_errors, resyncs, failed) = fleet::totals(&outcomes);
     let mut all = Samples::with_capacity(k * m);
     let (mut out_of_order, mut unmatched) = (0, 0);
@@ -328,6 +364,5 @@ async fn once(ctx: &Ctx, o: &Opts, k: usize) -> anyhow::Result<Run> {
         run.note("first_subscriber_error", json!(e));
     }
     drop(http);
-    server.stop().await?;
     Ok(run)
 }

@@ -12,9 +12,10 @@
 //! - `fleet.rs`: many subscribers at once.
 //! - `api.rs`: typed helpers for the mutations the scenarios use.
 //! - `stats.rs`: percentiles, runs, the table, targets and the JSON report.
-//! - one file per scenario: `fanout`, `throughput`, `mixed`, `connections`, `graph_size`, `startup`, `stalled`, `attack`, `storm`, `snapshot`, `connect`.
+//! - one file per scenario: `fanout`, `throughput`, `mixed`, `connections`, `graph_size`, `startup`, `stalled`, `attack`, `storm`, `snapshot`, `connect`, `cluster`.
 mod api;
 mod attack;
+mod cluster;
 mod connect;
 mod connections;
 mod fanout;
@@ -79,6 +80,8 @@ struct Cli {
 enum Scenario {
     /// 1. K subscribers on one session; latency from sending an update to each subscriber receiving it.
     Fanout(fanout::Opts),
+    /// 11. Three instances on one PostgreSQL: cross-instance fan-out, throughput (owned, forwarded, one session), failover.
+    Cluster(cluster::Opts),
     /// 2. updateProperty throughput of C concurrent HTTP clients (one or C sessions, durable or memory, 0 or 100 subscribers).
     Throughput(throughput::Opts),
     /// 3. Mixed collaborative load: many sessions, subscribers and writers issuing a realistic command mix.
@@ -181,6 +184,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Storm(o) => ("storm", storm::run(&ctx, o).await?, None),
             Scenario::Snapshot(o) => ("snapshot", snapshot::run(&ctx, o).await?, None),
             Scenario::Connect(o) => ("connect", connect::run(&ctx, o).await?, None),
+            Scenario::Cluster(o) => ("cluster", cluster::run(&ctx, o).await?, None),
         };
         let path = cli.json.clone().unwrap_or_else(|| default_json(name));
         report.finish(columns, &path)

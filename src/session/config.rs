@@ -47,6 +47,9 @@ pub struct SessionConfig {
     /// permit, instead of at the end of the interval.
     #[cfg(any(test, feature = "test-support"))]
     pub presence_gate: Option<std::sync::Arc<tokio::sync::Semaphore>>,
+    /// How this instance forwards work to the owners of sessions it follows
+    /// (a shared store only).
+    pub cluster: Option<super::cluster::ClusterLink>,
     /// Test fault: which commands panic or fail to serialise while applied.
     #[cfg(any(test, feature = "test-support"))]
     pub apply_fault: Option<ApplyFault>,
@@ -102,6 +105,7 @@ impl Default for SessionConfig {
             presence_list_limit: DEFAULT_PRESENCE_LIST_LIMIT,
             #[cfg(any(test, feature = "test-support"))]
             presence_gate: None,
+            cluster: None,
             #[cfg(any(test, feature = "test-support"))]
             apply_fault: None,
         }

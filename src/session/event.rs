@@ -21,7 +21,7 @@ pub struct ClientInfo {
 
 /// Who causes a change: the client and, with authentication on, the user
 /// behind it. Every event the change writes names both.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
     pub client_id: Option<String>,
     /// The authenticated user (the token's `sub`); none while authentication is off.

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use super::cluster::{self, Follow, ForwardAnswer, Forwarded, RemoteReply, RemoteWork};
 use super::config::SessionConfig;
 use super::event::{ClientInfo, SessionEvent};
 use super::live::{parse_op, OpenProject, Session};
@@ -23,7 +24,7 @@ use crate::domain::{
     project_file, Delta, Dispatcher, DomainError, ErrorCode, Graph, Role, Template,
 };
 use crate::store::{
-    LeaseClaim, Membership, ProjectRecord, SessionRecord, Store, StoreError, Write,
+    Doorbell, LeaseClaim, Membership, ProjectRecord, SessionRecord, Store, StoreError, Write,
 };
 use crate::templates::TemplateCatalog;
 
@@ -109,6 +110,13 @@ impl Hub {
             // (`session`), so startup does not grow with the stored sessions.
             hub.start_lease_renewal();
             hub.start_index_refresh();
+            // Followers are woken by the doorbell of every instance's commits.
+            let weak = Arc::downgrade(&hub);
+            hub.store.listen(Arc::new(move |bell| {
+                if let Some(hub) = weak.upgrade() {
+                    hub.ring(bell);
+                }
+            }));
         }
         let restore = if hub.store.is_shared() {
             Vec::new()
@@ -132,7 +140,7 @@ impl Hub {
             // whole log; the log may be ahead of a record written before it.
             let logged = hub.store.event_range(record.id).await?.map_or(0, |r| r.1);
             let last_seq = record.last_seq.max(logged);
-            hub.register(&record, None, project, last_seq, None);
+            hub.register(&record, None, project, last_seq, None, None);
         }
         let weak = Arc::downgrade(&hub);
         let interval = hub.config.reaper_interval;
@@ -203,6 +211,106 @@ impl Hub {
         Ok(session)
     }
 
+    /// Wakes the followers a doorbell concerns.
+    fn ring(&self, bell: Doorbell) {
+        let sessions = self.sessions.read();
+        match bell {
+            Doorbell::Rang { session_id, seq } => {
+                if let Some(s) = sessions.get(&session_id) {
+                    if let Some(f) = s.follow.as_ref() {
+                        if s.read().last_seq < seq {
+                            f.ring.notify_one();
+                        }
+                    }
+                }
+            }
+            Doorbell::Reconnected => {
+                for s in sessions.values() {
+                    if let Some(f) = s.follow.as_ref() {
+                        f.ring.notify_one();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serves work another instance forwarded to this one (`cluster.rs`),
+    /// if this instance owns the session (loading it under its lease when
+    /// the lease is free); `NotOwner` otherwise.
+    pub async fn serve_forwarded(&self, forwarded: Forwarded) -> ForwardAnswer {
+        let id = forwarded.session_id;
+        let session = match self.session(id).await {
+            Ok(s) if !s.is_follower() => s,
+            Ok(_) => return ForwardAnswer::NotOwner,
+            Err(e) => return ForwardAnswer::Done(Err(e)),
+        };
+        let done = match forwarded.work {
+            RemoteWork::Execute {
+                command,
+                expected_version,
+                by,
+            } => session
+                .execute(command, expected_version, by)
+                .await
+                .map(RemoteReply::Outcome),
+            RemoteWork::Undo { by } => session.undo(by).await.map(RemoteReply::Outcome),
+            RemoteWork::Redo { by } => session.redo(by).await.map(RemoteReply::Outcome),
+            RemoteWork::Join { client } => session.join(client).await.map(|()| RemoteReply::Unit),
+            RemoteWork::Leave { client_id } => {
+                session.leave(client_id);
+                Ok(RemoteReply::Unit)
+            }
+            RemoteWork::Close => self.close_session(id).await.map(|_| RemoteReply::Unit),
+            RemoteWork::Presence => {
+                let state = session.read();
+                Ok(RemoteReply::Presence {
+                    last_seq: state.last_seq,
+                    clients: state.presence(),
+                })
+            }
+        };
+        ForwardAnswer::Done(done)
+    }
+
+    /// A follower of a session another instance owns: the session's state
+    /// from the store, kept current from the log by its pump (`cluster.rs`).
+    async fn load_follower(
+        &self,
+        id: Uuid,
+        owner: String,
+        owner_url: Option<String>,
+    ) -> Result<Arc<Session>, DomainError> {
+        let record = self
+            .store
+            .session(id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| no_session(id))?;
+        // The log's end before the project: the project read after it may be
+        // ahead (never behind) of it, and the first read of the log below
+        // brings both to one commit.
+        let logged = self
+            .store
+            .event_range(id)
+            .await
+            .map_err(store_error)?
+            .map_or(0, |r| r.1);
+        let project = match record.project_id {
+            Some(pid) => Some(self.load_project(pid).await?),
+            None => None,
+        };
+        let last_seq = record.last_seq.max(logged);
+        let follow = Follow::new(owner.clone(), owner_url);
+        let session = self.register(&record, None, project, last_seq, None, Some(follow));
+        cluster::adopt_presence(&session).await;
+        if let Err(e) = cluster::follow(&session).await {
+            tracing::warn!(session = %id, error = %e, "a new follower could not read the log yet");
+        }
+        cluster::start_pump(session.clone(), self.config.lease);
+        tracing::info!(session = %id, %owner, last_seq = session.read().last_seq, "following the session");
+        Ok(session)
+    }
+
     /// Takes the session's lease and loads it from the shared store.
     async fn load_session(&self, id: Uuid) -> Result<Arc<Session>, DomainError> {
         let _guard = self.lifecycle.lock().await;
@@ -214,7 +322,12 @@ impl Hub {
         }
         // The lease first: a commit of the previous owner is then either
         // visible to the reads below or refused by its fence.
-        let epoch = self.claim(id).await?;
+        let epoch = match self.store.take_lease(id).await.map_err(store_error)? {
+            LeaseClaim::Held(fence) => fence.epoch,
+            LeaseClaim::HeldBy {
+                owner, owner_url, ..
+            } => return self.load_follower(id, owner, owner_url).await,
+        };
         let loaded = async {
             let record = self
                 .store
@@ -238,7 +351,7 @@ impl Hub {
         match loaded {
             Ok((last_seq, record, project)) => {
                 tracing::info!(session = %id, epoch, last_seq, "took the session over");
-                Ok(self.register(&record, None, project, last_seq, Some(epoch)))
+                Ok(self.register(&record, None, project, last_seq, Some(epoch), None))
             }
             Err(e) => {
                 if let Err(e) = self.store.release_lease(id, epoch).await {
@@ -253,7 +366,9 @@ impl Hub {
     async fn claim(&self, id: Uuid) -> Result<u64, DomainError> {
         match self.store.take_lease(id).await.map_err(store_error)? {
             LeaseClaim::Held(fence) => Ok(fence.epoch),
-            LeaseClaim::HeldBy { owner, expires_in } => Err(err(
+            LeaseClaim::HeldBy {
+                owner, expires_in, ..
+            } => Err(err(
                 ErrorCode::StoreUnavailable,
                 format!(
                     "session {id} is served by instance {owner} now; nothing changed, retry there, or here once its lease expires (in {:.1} s unless renewed)",
@@ -304,7 +419,7 @@ impl Hub {
                     .read()
                     .values()
                     .filter(|s| !s.is_lost())
-                    .filter_map(|s| s.epoch.map(|e| (s.id, e)))
+                    .filter_map(|s| s.epoch().map(|e| (s.id, e)))
                     .collect();
                 match hub.store.renew_leases(&held).await {
                     Ok(lost) => {
@@ -390,6 +505,7 @@ impl Hub {
         project: Option<OpenProject>,
         last_seq: u64,
         epoch: Option<u64>,
+        follow: Option<Box<Follow>>,
     ) -> Arc<Session> {
         let project_id = project.as_ref().map(|p| p.record.id);
         let session = Session::new(
@@ -401,6 +517,7 @@ impl Hub {
             self.store.clone(),
             self.index.clone(),
             epoch,
+            follow,
         );
         self.sessions.write().insert(session.id, session.clone());
         if let Some(pid) = project_id {
@@ -428,7 +545,7 @@ impl Hub {
             .commit(vec![Write::UpsertSession(record.clone())])
             .await
             .map_err(store_error)?;
-        Ok(self.register(&record, owner.map(str::to_string), None, 0, epoch))
+        Ok(self.register(&record, owner.map(str::to_string), None, 0, epoch, None))
     }
 
     /// `user`'s role on a stored project, if it is a member.
@@ -587,7 +704,7 @@ impl Hub {
                 .set_member(record.id, owner.to_string(), Role::Owner);
         }
         let project = OpenProject::new(record, template, dispatcher, 0);
-        Ok(self.register(&session_record, None, Some(project), 0, epoch))
+        Ok(self.register(&session_record, None, Some(project), 0, epoch, None))
     }
 
     /// A new project from a template, with its root node named after it, open
@@ -738,7 +855,7 @@ impl Hub {
             .commit(vec![Write::UpsertSession(record.clone())])
             .await
             .map_err(store_error)?;
-        Ok(self.register(&record, None, Some(project), 0, epoch))
+        Ok(self.register(&record, None, Some(project), 0, epoch, None))
     }
 
     /// Deletes a stored project; refused while people are working in it.
@@ -764,6 +881,9 @@ impl Hub {
                     ),
                 ));
             }
+            if session.is_follower() {
+                cluster::forward_close(&session).await?;
+            }
             self.close_locked(session.id).await?;
         }
         self.store
@@ -777,10 +897,18 @@ impl Hub {
     /// Closes a session: its subscriptions end; its project stays stored.
     pub async fn close_session(&self, id: Uuid) -> Result<bool, DomainError> {
         let _guard = self.lifecycle.lock().await;
+        if let Some(s) = self.find_session(id) {
+            if s.is_follower() {
+                // The owner closes it; this instance stops following.
+                cluster::forward_close(&s).await?;
+                return self.close_locked(id).await;
+            }
+        }
         self.close_locked(id).await
     }
 
-    /// `close_session` for a caller that holds the lifecycle lock.
+    /// `close_session` for a caller that holds the lifecycle lock. A
+    /// follower only stops following here: the owner keeps the session.
     async fn close_locked(&self, id: Uuid) -> Result<bool, DomainError> {
         let session = self.find_session(id).ok_or_else(|| {
             err(
@@ -788,6 +916,11 @@ impl Hub {
                 format!("there is no session {id}; it may have been closed"),
             )
         })?;
+        if session.is_follower() {
+            session.close();
+            self.forget(&session);
+            return Ok(true);
+        }
         session.close();
         session.stopped().await;
         // Fenced in a shared store: an instance that lost the session must not delete it.
@@ -855,7 +988,15 @@ impl Hub {
             ));
         }
         let rx = session.sender().subscribe();
-        let start = session.read().last_seq;
+        let mut start = session.read().last_seq;
+        if since.is_some_and(|since| since > start) && session.is_follower() {
+            // A client that resumes here right after dropping from the owner
+            // may be ahead of this follower's last doorbell: read the log first.
+            if let Err(e) = cluster::follow(&session).await {
+                tracing::warn!(session = %session_id, error = %e, "a follower could not read the log");
+            }
+            start = session.read().last_seq;
+        }
         if let Some(since) = since {
             if since > start {
                 return Err(err(
@@ -916,11 +1057,14 @@ impl Hub {
             // Each record fenced, so an instance that lost a session leaves
             // it alone; then the lease goes, and another instance need not
             // wait for it to expire.
-            for s in sessions.iter().filter(|s| !s.is_lost()) {
+            for s in sessions
+                .iter()
+                .filter(|s| !s.is_lost() && s.epoch().is_some())
+            {
                 if let Err(e) = s.commit(vec![Write::UpsertSession(s.record())]).await {
                     tracing::warn!(session = %s.id, error = %e, "could not store the session's last activity on shutdown");
                 }
-                if let Some(epoch) = s.epoch {
+                if let Some(epoch) = s.epoch() {
                     if let Err(e) = self.store.release_lease(s.id, epoch).await {
                         tracing::warn!(session = %s.id, error = %e, "could not release the session's lease");
                     }

@@ -20,7 +20,7 @@
 //! state and a few words of bookkeeping (`Inbox`, two `Notify`s).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use tracing::Instrument;
 
@@ -29,6 +29,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, oneshot, Notify};
 use uuid::Uuid;
 
+use super::cluster::{self, Follow, RemoteWork};
 use super::config::SessionConfig;
 use super::event::{Actor, Batch, ClientInfo, EventKind, SessionEvent};
 use super::subscribe::StorePages;
@@ -111,6 +112,31 @@ impl PresenceWindow {
 }
 
 impl State {
+    /// Presence as a follower learns it from the log: ClientJoined adds, ClientLeft removes.
+    pub(super) fn follow_presence(&mut self, event: &SessionEvent) {
+        match &event.kind {
+            EventKind::ClientJoined { client, .. } => {
+                self.clients.insert(client.id.clone(), (client.clone(), 1));
+            }
+            EventKind::ClientLeft { client, .. } => {
+                self.clients.remove(&client.id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Every active client with its count of subscriptions (presence handed to a follower).
+    pub(super) fn presence(&self) -> Vec<(ClientInfo, usize)> {
+        self.clients.values().cloned().collect()
+    }
+
+    pub(super) fn set_presence(&mut self, clients: Vec<(ClientInfo, usize)>) {
+        self.clients = clients
+            .into_iter()
+            .map(|(c, n)| (c.id.clone(), (c, n)))
+            .collect();
+    }
+
     pub fn clients(&self) -> impl Iterator<Item = &ClientInfo> {
         self.clients.values().map(|(c, _)| c)
     }
@@ -126,7 +152,7 @@ impl State {
 }
 
 /// The result of a command, undo or redo, once committed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     pub command_id: Uuid,
     pub version: u64,
@@ -240,9 +266,14 @@ pub struct Session {
     pub(super) store: Arc<dyn Store>,
     index: Arc<ProjectIndex>,
     /// The epoch of this instance's lease on the session, in a shared store:
-    /// every commit of the session is fenced with it. `None` for a store one
-    /// process owns. A session whose lease is lost is closed, never re-armed.
-    pub(super) epoch: Option<u64>,
+    /// every commit of the session is fenced with it. 0 (`epoch()` = `None`)
+    /// for a store one process owns, and for a follower until it takes the
+    /// lease over (`cluster::promote`). A session whose lease is lost is
+    /// closed, never re-armed.
+    epoch: AtomicU64,
+    /// Set on a follower (a session another instance owns): its commands go
+    /// to the owner and its state follows the log (`cluster.rs`).
+    pub(super) follow: Option<Box<Follow>>,
 }
 
 impl Session {
@@ -259,6 +290,7 @@ impl Session {
         store: Arc<dyn Store>,
         index: Arc<ProjectIndex>,
         epoch: Option<u64>,
+        follow: Option<Box<Follow>>,
     ) -> Arc<Session> {
         Arc::new(Session {
             id: record.id,
@@ -284,13 +316,40 @@ impl Session {
             config,
             store,
             index,
-            epoch,
+            epoch: AtomicU64::new(epoch.unwrap_or(0)),
+            follow,
         })
+    }
+
+    /// The epoch of this instance's lease, if it owns the session in a shared store.
+    pub fn epoch(&self) -> Option<u64> {
+        Some(self.epoch.load(Ordering::SeqCst)).filter(|e| *e > 0)
+    }
+
+    /// Makes this instance the owner under `epoch` (a follower that took the lease over).
+    pub(super) fn set_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::SeqCst);
+    }
+
+    /// Whether another instance owns the session (commands are forwarded there).
+    pub fn is_follower(&self) -> bool {
+        self.follow
+            .as_ref()
+            .is_some_and(|f| f.remote.lock().is_some())
+    }
+
+    /// Write access to the state, for a follower applying what it read from the log.
+    pub(super) fn write_state(&self) -> parking_lot::RwLockWriteGuard<'_, State> {
+        self.state.write()
+    }
+
+    pub(super) fn index(&self) -> &ProjectIndex {
+        &self.index
     }
 
     /// The fence for a commit on top of the committed state, if the store is shared.
     pub(super) fn fence(&self) -> Option<Fence> {
-        self.epoch.map(|epoch| Fence {
+        self.epoch().map(|epoch| Fence {
             session_id: self.id,
             epoch,
             last_seq: self.state.read().last_seq,
@@ -456,6 +515,16 @@ impl Session {
         expected_version: Option<u64>,
         by: Actor,
     ) -> Result<Outcome, DomainError> {
+        if self.is_follower() {
+            let work = RemoteWork::Execute {
+                command: command.clone(),
+                expected_version,
+                by: by.clone(),
+            };
+            if let Some(done) = cluster::forward_outcome(self, work).await {
+                return done;
+            }
+        }
         self.ask(
             Work::Execute {
                 command,
@@ -468,18 +537,46 @@ impl Session {
     }
 
     pub async fn undo(self: &Arc<Self>, by: Actor) -> Result<Outcome, DomainError> {
+        if self.is_follower() {
+            let work = RemoteWork::Undo { by: by.clone() };
+            if let Some(done) = cluster::forward_outcome(self, work).await {
+                return done;
+            }
+        }
         self.ask(Work::Undo { by }, Answer::Outcome).await
     }
 
     pub async fn redo(self: &Arc<Self>, by: Actor) -> Result<Outcome, DomainError> {
+        if self.is_follower() {
+            let work = RemoteWork::Redo { by: by.clone() };
+            if let Some(done) = cluster::forward_outcome(self, work).await {
+                return done;
+            }
+        }
         self.ask(Work::Redo { by }, Answer::Outcome).await
     }
 
     pub(super) async fn join(self: &Arc<Self>, client: ClientInfo) -> Result<(), DomainError> {
+        if self.is_follower() {
+            let work = RemoteWork::Join {
+                client: client.clone(),
+            };
+            if let Some(done) = cluster::forward_unit(self, work).await {
+                // Presence is best effort: an unreachable owner does not fail the subscription.
+                if let Err(e) = done {
+                    tracing::warn!(session = %self.id, error = %e, "could not tell the owner that a client joined");
+                }
+                return Ok(());
+            }
+        }
         self.ask(Work::Join { client }, Answer::Unit).await
     }
 
     pub(super) fn leave(self: &Arc<Self>, client_id: String) {
+        if self.is_follower() {
+            cluster::forward_leave(self, client_id);
+            return;
+        }
         // Refused only once the session is closed, when nobody is told of presence any more.
         self.enqueue(Job {
             work: Work::Leave { client_id },
@@ -503,6 +600,10 @@ impl Session {
 
     /// Persists the session record now (e.g. before shutdown).
     pub async fn flush(self: &Arc<Self>) -> Result<(), DomainError> {
+        if self.is_follower() {
+            // The owner stores the record; a follower has nothing of its own.
+            return Ok(());
+        }
         self.ask(Work::Flush, Answer::Unit).await
     }
 
@@ -1070,7 +1171,7 @@ async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
                 let State { clients, .. } = &mut *state;
                 group.clients.apply_to(clients);
             }
-            if session.epoch.is_some() && matches!(e, StoreError::Conflict(_)) {
+            if session.epoch().is_some() && matches!(e, StoreError::Conflict(_)) {
                 // The lease went to another instance (or the log moved on
                 // without us): this copy is stale. It closes; the next use
                 // loads the session from the store under a new lease.
@@ -1147,7 +1248,7 @@ fn build_writes(state: &State, group: &mut Group<'_>) -> Option<ProjectRecord> {
 }
 
 /// Adds committed events to the in-memory tail.
-fn remember(session: &Session, events: &[Arc<SessionEvent>]) {
+pub(super) fn remember(session: &Session, events: &[Arc<SessionEvent>]) {
     let mut recent = session.recent.lock();
     for e in events {
         recent.push_back(e.clone());
@@ -1158,7 +1259,7 @@ fn remember(session: &Session, events: &[Arc<SessionEvent>]) {
 }
 
 /// Broadcasts committed events (already in the tail) to live subscribers.
-fn publish(session: &Session, events: &[Arc<SessionEvent>]) {
+pub(super) fn publish(session: &Session, events: &[Arc<SessionEvent>]) {
     if events.is_empty() {
         return;
     }

@@ -7,6 +7,7 @@
 //! - `event.rs`: the event records.
 //! - `config.rs`: tunables.
 
+pub mod cluster;
 pub mod config;
 pub mod event;
 mod hub;

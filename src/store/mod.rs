@@ -190,9 +190,27 @@ pub enum LeaseClaim {
     /// Another instance owns it, for at least `expires_in` unless it renews.
     HeldBy {
         owner: String,
+        /// Where the owner takes forwarded commands (its `--advertise-url`),
+        /// if it said.
+        owner_url: Option<String>,
         expires_in: std::time::Duration,
     },
 }
+
+/// A doorbell from the shared store: a commit of another instance (or of
+/// this one) added events to a session. Carries no event: a follower always
+/// reads them from the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Doorbell {
+    /// The session's log now reaches `seq`.
+    Rang { session_id: Uuid, seq: u64 },
+    /// The listener reconnected: notifications may have been lost, so every
+    /// follower reads the log from its cursor.
+    Reconnected,
+}
+
+/// Called by a store's listener for every doorbell; must not block.
+pub type DoorbellFn = std::sync::Arc<dyn Fn(Doorbell) + Send + Sync>;
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -270,6 +288,29 @@ pub trait Store: Send + Sync + 'static {
     async fn release_lease(&self, session_id: Uuid, epoch: u64) -> Result<(), StoreError> {
         let _ = (session_id, epoch);
         Ok(())
+    }
+    /// Where this instance takes forwarded commands (`--advertise-url`),
+    /// recorded with every lease it takes. Unshared stores ignore it.
+    fn set_advertise_url(&self, url: String) {
+        let _ = url;
+    }
+    /// Starts listening for doorbells (commits of every instance), calling
+    /// `ring` for each; `false` when the store has no other writer to hear.
+    fn listen(&self, ring: DoorbellFn) -> bool {
+        let _ = ring;
+        false
+    }
+    /// The project's stored ops with `after < version <= upto`, ascending
+    /// (a follower replaying what the events it read name). Ops at or below
+    /// the newest snapshot are gone: the caller then reloads the project.
+    async fn ops_between(
+        &self,
+        project_id: Uuid,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        let _ = (project_id, after, upto);
+        Ok(Vec::new())
     }
     /// Finishes pending commits; called once at shutdown.
     async fn close(&self) {}

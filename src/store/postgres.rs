@@ -39,8 +39,8 @@ use tokio_postgres::{IsolationLevel, NoTls, Row};
 use uuid::Uuid;
 
 use super::{
-    Fence, LeaseClaim, LoadedProject, Membership, ProjectRecord, SessionRecord, Store, StoreError,
-    StoredEvent, Write,
+    Doorbell, DoorbellFn, Fence, LeaseClaim, LoadedProject, Membership, ProjectRecord,
+    SessionRecord, Store, StoreError, StoredEvent, Write,
 };
 use crate::domain::Role;
 
@@ -94,7 +94,14 @@ const MIGRATIONS: &[&str] = &[
         role text NOT NULL,
         PRIMARY KEY (project_id, user_id)
     );",
+    // 3: where a lease's owner takes forwarded commands (its --advertise-url).
+    "ALTER TABLE session_leases ADD COLUMN owner_url text;",
 ];
+
+/// The channel of the doorbell: each commit that adds events to a session
+/// notifies `<session uuid>:<newest seq>` on it (about 40 bytes, far below
+/// PostgreSQL's 8,000-byte payload limit). Listeners read the events from the table.
+pub const DOORBELL_CHANNEL: &str = "talus_events";
 
 /// The advisory lock key under which migrations run ("talus" in ASCII).
 const MIGRATION_LOCK: i64 = 0x74_61_6c_75_73;
@@ -110,6 +117,10 @@ pub struct PostgresOptions {
     pub instance_id: String,
     /// How long a lease lasts unless renewed.
     pub lease: Duration,
+    /// Ring the doorbell inside the commit's own transaction rather than in
+    /// one of its own right after it (`--doorbell-in-commit`; for measuring
+    /// what NOTIFY's lock costs the commit path).
+    pub doorbell_in_commit: bool,
 }
 
 impl Default for PostgresOptions {
@@ -119,6 +130,7 @@ impl Default for PostgresOptions {
             connect_timeout: Duration::from_secs(5),
             instance_id: format!("pid-{}", std::process::id()),
             lease: Duration::from_secs(5),
+            doorbell_in_commit: false,
         }
     }
 }
@@ -128,6 +140,12 @@ pub struct PostgresStore {
     pool: Pool,
     options: PostgresOptions,
     closed: AtomicBool,
+    /// For the listener's own connection (outside the pool).
+    config: tokio_postgres::Config,
+    /// Recorded with every lease taken (`set_advertise_url`).
+    advertise_url: parking_lot::RwLock<Option<String>>,
+    /// Stops the listener at `close`.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl PostgresStore {
@@ -140,7 +158,7 @@ impl PostgresStore {
         config.connect_timeout(options.connect_timeout);
         config.application_name(format!("talus-tally {}", options.instance_id));
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -164,6 +182,9 @@ impl PostgresStore {
             pool,
             options,
             closed: AtomicBool::new(false),
+            config,
+            advertise_url: parking_lot::RwLock::new(None),
+            stop: tokio_util::sync::CancellationToken::new(),
         })
     }
 
@@ -734,19 +755,20 @@ impl Store for PostgresStore {
         // every claim, so a commit fenced with an older one is refused.
         let stmt = client
             .prepare_cached(
-                "INSERT INTO session_leases (session_id, owner, epoch, expires_at)
-                 VALUES ($1, $2, 1, now() + make_interval(secs => $3))
+                "INSERT INTO session_leases (session_id, owner, epoch, expires_at, owner_url)
+                 VALUES ($1, $2, 1, now() + make_interval(secs => $3), $4)
                  ON CONFLICT (session_id) DO UPDATE
                    SET owner = excluded.owner, epoch = session_leases.epoch + 1,
-                       expires_at = excluded.expires_at
+                       expires_at = excluded.expires_at, owner_url = excluded.owner_url
                    WHERE session_leases.owner = excluded.owner OR session_leases.expires_at < now()
                  RETURNING epoch",
             )
             .await
             .map_err(failed("lease"))?;
         let me = &self.options.instance_id;
+        let url = self.advertise_url.read().clone();
         let row = client
-            .query_opt(&stmt, &[&session_id, me, &self.lease_secs()])
+            .query_opt(&stmt, &[&session_id, me, &self.lease_secs(), &url])
             .await
             .map_err(failed("lease"))?;
         if let Some(row) = row {
@@ -758,7 +780,7 @@ impl Store for PostgresStore {
         }
         let row = client
             .query_opt(
-                "SELECT owner, greatest(extract(epoch FROM expires_at - now()), 0)::float8
+                "SELECT owner, greatest(extract(epoch FROM expires_at - now()), 0)::float8, owner_url
                  FROM session_leases WHERE session_id = $1",
                 &[&session_id],
             )
@@ -767,6 +789,7 @@ impl Store for PostgresStore {
         match row {
             Some(row) => Ok(LeaseClaim::HeldBy {
                 owner: column(&row, 0)?,
+                owner_url: column(&row, 2)?,
                 expires_in: Duration::from_secs_f64(column::<f64>(&row, 1)?.max(0.0)),
             }),
             // Released between the two statements: whoever asks again gets it.
@@ -821,9 +844,50 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    fn set_advertise_url(&self, url: String) {
+        *self.advertise_url.write() = Some(url);
+    }
+
+    fn listen(&self, ring: DoorbellFn) -> bool {
+        let mut config = self.config.clone();
+        config.application_name(format!("talus-tally {} listener", self.options.instance_id));
+        // A broken connection is noticed within a minute even without traffic.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(10));
+        tokio::spawn(listener(config, ring, self.stop.clone()));
+        true
+    }
+
+    async fn ops_between(
+        &self,
+        project_id: Uuid,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        if upto <= after {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT version, op FROM project_ops
+                 WHERE project_id = $1 AND version > $2 AND version <= $3 ORDER BY version",
+            )
+            .await
+            .map_err(failed("read"))?;
+        client
+            .query(&stmt, &[&project_id, &int(after)?, &int(upto)?])
+            .await
+            .map_err(failed("read"))?
+            .iter()
+            .map(|row| Ok((uint(row, 0)?, column::<String>(row, 1)?)))
+            .collect()
+    }
+
     /// Refuses new calls; a commit in flight finishes on its connection.
     async fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        self.stop.cancel();
         self.pool.close();
     }
 }
@@ -842,9 +906,128 @@ impl PostgresStore {
         for write in &writes {
             apply(&tx, write).await?;
         }
+        let doorbells = doorbell_sql(&writes);
+        if self.options.doorbell_in_commit && !doorbells.is_empty() {
+            tx.batch_execute(&doorbells)
+                .await
+                .map_err(failed("commit"))?;
+        }
         // An error here leaves the outcome unknown (the connection may have
         // died after the server committed); the caller is told it failed and
         // a later commit on top of it is refused by the fence or by the plain INSERTs.
-        tx.commit().await.map_err(failed("commit"))
+        tx.commit().await.map_err(failed("commit"))?;
+        if !self.options.doorbell_in_commit && !doorbells.is_empty() {
+            ring_doorbells(&client, &doorbells).await;
+        }
+        Ok(())
     }
+}
+
+/// The doorbell of a commit: one `pg_notify` per session that gained events,
+/// in a transaction of its own after the commit, which waits for no WAL flush
+/// (`synchronous_commit = off`: a doorbell lost in a crash costs latency, not
+/// an event). NOTIFY takes a database-wide lock from its commit until the
+/// commit is durable, so inside the data's own transaction it serialised every
+/// commit of the cluster behind one fsync at a time (BENCHMARKS.md, cluster);
+/// here it is held for a transaction that writes nothing. A listener that
+/// hears the doorbell finds the events committed, since it rings after them.
+async fn ring_doorbells(client: &deadpool_postgres::Client, doorbells: &str) {
+    let sql = format!("BEGIN; SET LOCAL synchronous_commit TO off; {doorbells} COMMIT;");
+    if let Err(e) = client.batch_execute(&sql).await {
+        // Committed all the same: followers find the events on their next read.
+        tracing::warn!(error = %e, "could not ring the doorbell after a commit");
+    }
+}
+
+/// One `pg_notify` per session of `writes` that gained events, as SQL text.
+fn doorbell_sql(writes: &[Write]) -> String {
+    let mut sql = String::new();
+    for write in writes {
+        if let Write::AppendEvents { session_id, events } = write {
+            if let Some(last) = events.last() {
+                // A uuid and a number: nothing to quote.
+                sql.push_str(&format!(
+                    "SELECT pg_notify('{DOORBELL_CHANNEL}', '{session_id}:{}');",
+                    last.seq
+                ));
+            }
+        }
+    }
+    sql
+}
+
+/// The doorbell listener: one dedicated connection (outside the pool) that
+/// `LISTEN`s on `DOORBELL_CHANNEL` and calls `ring` for every notification.
+/// A lost connection is reconnected with backoff (100 ms doubling to 5 s);
+/// after each reconnect `ring(Reconnected)`, since notifications sent while
+/// it was away are lost (their events are not: followers read the table).
+async fn listener(
+    config: tokio_postgres::Config,
+    ring: DoorbellFn,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use futures_util::StreamExt as _;
+    use tokio_postgres::AsyncMessage;
+    let mut backoff = Duration::from_millis(100);
+    let mut connected_before = false;
+    loop {
+        let session = async {
+            let (client, mut connection) = config.connect(NoTls).await?;
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            // The client lives as long as this block: dropping it closes the connection.
+            let listen = client.batch_execute("LISTEN talus_events");
+            tokio::pin!(listen);
+            // The connection is driven by polling its messages, also while LISTEN runs.
+            loop {
+                tokio::select! {
+                    done = &mut listen => { done?; break; }
+                    message = messages.next() => match message {
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(e),
+                        None => return Ok(()),
+                    },
+                }
+            }
+            tracing::info!("listening for doorbells");
+            if connected_before {
+                ring(Doorbell::Reconnected);
+            }
+            connected_before = true;
+            backoff = Duration::from_millis(100);
+            while let Some(message) = messages.next().await {
+                match message? {
+                    AsyncMessage::Notification(n) if n.channel() == DOORBELL_CHANNEL => {
+                        if let Some(bell) = parse_doorbell(n.payload()) {
+                            ring(bell);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Ok::<(), tokio_postgres::Error>(())
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            ended = session => match ended {
+                Ok(()) => tracing::warn!("the doorbell connection closed; reconnecting"),
+                Err(e) => tracing::warn!(error = %e, "the doorbell connection failed; reconnecting"),
+            },
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        // Whatever rang meanwhile is read from the table once the listener is back.
+        connected_before = true;
+    }
+}
+
+/// `<session uuid>:<seq>`, as the commit path sends it.
+fn parse_doorbell(payload: &str) -> Option<Doorbell> {
+    let (session, seq) = payload.split_once(':')?;
+    Some(Doorbell::Rang {
+        session_id: Uuid::parse_str(session).ok()?,
+        seq: seq.parse().ok()?,
+    })
 }
