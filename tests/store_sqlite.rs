@@ -94,7 +94,10 @@ async fn a_large_snapshot_is_written_in_parts_that_other_commits_pass_between() 
     put.await.unwrap().unwrap();
     let groups = store.stats().groups - groups_before;
     // Each part is its own job, committed alone.
-    assert!(groups >= 98 + landed_meanwhile, "{groups} groups for 97 parts, the swap and {landed_meanwhile} commits");
+    assert!(
+        groups >= 98 + landed_meanwhile,
+        "{groups} groups for 97 parts, the swap and {landed_meanwhile} commits"
+    );
     assert!(
         landed_meanwhile >= 48,
         "only {landed_meanwhile} commits landed while 97 parts were written"

@@ -146,6 +146,9 @@ pub(super) struct Follow {
     /// Presence up to this seq came from the owner (`adopt_presence`); the
     /// log's ClientJoined/ClientLeft after it are applied.
     presence_after: AtomicU64,
+    /// The log's presence events no longer say exactly who is here (a
+    /// folded event with cut lists): the pump asks the owner.
+    presence_stale: std::sync::atomic::AtomicBool,
 }
 
 impl Follow {
@@ -155,6 +158,7 @@ impl Follow {
             ring: Notify::new(),
             reader: tokio::sync::Mutex::new(()),
             presence_after: AtomicU64::new(0),
+            presence_stale: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -448,6 +452,9 @@ pub(super) fn start_pump(session: Arc<Session>, every: Duration) {
             if let Err(e) = follow(&session).await {
                 tracing::warn!(session = %session.id, error = %e, "a follower could not read the log");
             }
+            if f.presence_stale.swap(false, Ordering::SeqCst) {
+                adopt_presence(&session).await;
+            }
             tokio::select! {
                 _ = &mut rung => {}
                 _ = session.wait_closed() => return,
@@ -551,6 +558,7 @@ async fn follow_locked(session: &Arc<Session>) -> Result<(), DomainError> {
         let presence_after = f.presence_after.load(Ordering::SeqCst);
         let limit = session.config.history_limit.max(1);
         let mut broken = None;
+        let mut presence_unknown = false;
         let record = {
             let mut state = session.write_state();
             let mut record = None;
@@ -571,8 +579,8 @@ async fn follow_locked(session: &Arc<Session>) -> Result<(), DomainError> {
             }
             if broken.is_none() {
                 for e in &events {
-                    if e.seq > presence_after {
-                        state.follow_presence(e);
+                    if e.seq > presence_after && !state.follow_presence(e) {
+                        presence_unknown = true;
                     }
                 }
                 remember(session, &events);
@@ -594,6 +602,12 @@ async fn follow_locked(session: &Arc<Session>) -> Result<(), DomainError> {
             session.index().upsert(record);
         }
         publish(session, &events);
+        if presence_unknown {
+            // A folded presence event named only some of the clients: the
+            // pump asks the owner for the exact list once it has let go of
+            // the reader lock (the answer's own catch-up would wait for it).
+            f.presence_stale.store(true, Ordering::SeqCst);
+        }
         if !full {
             return Ok(());
         }

@@ -113,7 +113,11 @@ impl PresenceWindow {
 
 impl State {
     /// Presence as a follower learns it from the log: ClientJoined adds, ClientLeft removes.
-    pub(super) fn follow_presence(&mut self, event: &SessionEvent) {
+    /// Applies a presence event of the log to a follower's client list;
+    /// false when the event does not say who is here exactly (a
+    /// `PresenceChanged` whose lists were cut to `--presence-list-limit`, or
+    /// whose count disagrees), so the follower must ask the owner.
+    pub(super) fn follow_presence(&mut self, event: &SessionEvent) -> bool {
         match &event.kind {
             EventKind::ClientJoined { client, .. } => {
                 self.clients.insert(client.id.clone(), (client.clone(), 1));
@@ -121,8 +125,26 @@ impl State {
             EventKind::ClientLeft { client, .. } => {
                 self.clients.remove(&client.id);
             }
+            EventKind::PresenceChanged {
+                joined,
+                left,
+                joined_count,
+                left_count,
+                active_clients,
+            } => {
+                for client in left {
+                    self.clients.remove(&client.id);
+                }
+                for client in joined {
+                    self.clients.insert(client.id.clone(), (client.clone(), 1));
+                }
+                return joined.len() as u64 == u64::from(*joined_count)
+                    && left.len() as u64 == u64::from(*left_count)
+                    && self.clients.len() as u64 == u64::from(*active_clients);
+            }
             _ => {}
         }
+        true
     }
 
     /// Every active client with its count of subscriptions (presence handed to a follower).

@@ -103,10 +103,8 @@ async fn postgres_config(dir: &std::path::Path) -> ClusterConfig {
         }
     };
     ClusterConfig {
-        database_url,
-        instance_id: "test".into(),
-        lease: Duration::from_secs(5),
         pool_size: 8,
+        ..ClusterConfig::new(database_url, "test".into())
     }
 }
 
