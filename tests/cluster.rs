@@ -8,8 +8,6 @@
 #[path = "common/binary.rs"]
 mod binary;
 mod common;
-#[path = "common/postgres.rs"]
-mod pg;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -20,7 +18,7 @@ use serde_json::{json, Value};
 /// The cluster, or an early return after the skip notice.
 macro_rules! cluster_or_skip {
     () => {
-        match pg::cluster() {
+        match common::postgres::cluster() {
             Some(c) => c,
             None => return,
         }
