@@ -55,6 +55,29 @@ fn big_query() -> String {
     .to_string()
 }
 
+/// Sends an expensive update whose commit the gate holds, so it keeps the
+/// only permit; returns once it is at the commit, with its answer to come.
+async fn hold_the_permit(
+    app: &App,
+    store: &HookedStore<MemoryStore, Gate>,
+    session: &str,
+    node: &str,
+) -> tokio::task::JoinHandle<(u16, serde_json::Value)> {
+    store.hook().held.send_replace(true);
+    let answer = {
+        let (http, body) = (app.http.clone(), big_update(session, node));
+        tokio::spawn(async move { http.post_body(body).await })
+    };
+    tokio::time::timeout(TIMEOUT, async {
+        while store.hook().waiting.load(Ordering::SeqCst) < 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the update reaches the commit");
+    answer
+}
+
 #[tokio::test]
 async fn expensive_requests_run_one_at_a_time_queue_up_to_the_limit_and_ordinary_ones_never_wait() {
     let store = Arc::new(HookedStore::with_hook(MemoryStore::new(), Gate::default()));
@@ -78,18 +101,7 @@ async fn expensive_requests_run_one_at_a_time_queue_up_to_the_limit_and_ordinary
     }
 
     // The first expensive request takes the only permit and keeps it while its commit is held.
-    store.hook().held.send_replace(true);
-    let first = {
-        let (http, body) = (app.http.clone(), big_update(&session, &root));
-        tokio::spawn(async move { http.post_body(body).await })
-    };
-    tokio::time::timeout(TIMEOUT, async {
-        while store.hook().waiting.load(Ordering::SeqCst) < 1 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the first update reaches the commit");
+    let first = hold_the_permit(&app, &store, &session, &root).await;
 
     // Two more expensive ones: one waits (the queue holds one), the other is refused.
     let second = {
@@ -198,18 +210,7 @@ async fn expensive_requests_run_one_at_a_time_queue_up_to_the_limit_and_ordinary
     assert_eq!(one["graph"]["nodes"].as_array().map(Vec::len), Some(401));
     // While the permit is held and the queue is full, the aliased listing
     // is refused like one big list.
-    store.hook().held.send_replace(true);
-    let holder = {
-        let (http, body) = (app.http.clone(), big_update(&session, &root));
-        tokio::spawn(async move { http.post_body(body).await })
-    };
-    tokio::time::timeout(TIMEOUT, async {
-        while store.hook().waiting.load(Ordering::SeqCst) < 1 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the update reaches the commit");
+    let holder = hold_the_permit(&app, &store, &session, &root).await;
     // Two such requests: one waits in the queue, the other is refused at
     // once. Were the aliases not counted together, both would run.
     let body = json!({ "query": aliases, "variables": { "s": medium } }).to_string();

@@ -399,14 +399,18 @@ impl Hub {
         }
     }
 
-    /// Renews this instance's leases every third of a lease; a session whose
-    /// lease is gone is closed here (`Session::lose`) and forgotten.
-    fn start_lease_renewal(self: &Arc<Self>) {
+    /// Runs `job` every third of a lease (a cluster's periodic work) until
+    /// the hub stops or is dropped.
+    fn every_third_of_a_lease<F, Fut>(self: &Arc<Self>, job: F)
+    where
+        F: Fn(Arc<Hub>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let weak = Arc::downgrade(self);
         let every = (self.config.lease / 3).max(std::time::Duration::from_millis(100));
         let mut stop = self.stop.subscribe();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -414,25 +418,33 @@ impl Hub {
                     _ = stop.wait_for(|s| *s) => return,
                 }
                 let Some(hub) = weak.upgrade() else { return };
-                let held: Vec<(Uuid, u64)> = hub
-                    .sessions
-                    .read()
-                    .values()
-                    .filter(|s| !s.is_lost())
-                    .filter_map(|s| s.epoch().map(|e| (s.id, e)))
-                    .collect();
-                match hub.store.renew_leases(&held).await {
-                    Ok(lost) => {
-                        for id in lost {
-                            if let Some(s) = hub.find_session(id) {
-                                tracing::warn!(session = %id, "the session's lease is gone; closing it here");
-                                s.lose();
-                                hub.forget(&s);
-                            }
+                job(hub).await;
+            }
+        });
+    }
+
+    /// Renews this instance's leases every third of a lease; a session whose
+    /// lease is gone is closed here (`Session::lose`) and forgotten.
+    fn start_lease_renewal(self: &Arc<Self>) {
+        self.every_third_of_a_lease(|hub| async move {
+            let held: Vec<(Uuid, u64)> = hub
+                .sessions
+                .read()
+                .values()
+                .filter(|s| !s.is_lost())
+                .filter_map(|s| s.epoch().map(|e| (s.id, e)))
+                .collect();
+            match hub.store.renew_leases(&held).await {
+                Ok(lost) => {
+                    for id in lost {
+                        if let Some(s) = hub.find_session(id) {
+                            tracing::warn!(session = %id, "the session's lease is gone; closing it here");
+                            s.lose();
+                            hub.forget(&s);
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "could not renew the session leases"),
                 }
+                Err(e) => tracing::warn!(error = %e, "could not renew the session leases"),
             }
         });
     }
@@ -443,22 +455,9 @@ impl Hub {
     /// Under the lifecycle lock, like every local change of the index, so
     /// a read never undoes a change this instance has just made.
     fn start_index_refresh(self: &Arc<Self>) {
-        let weak = Arc::downgrade(self);
-        let every = (self.config.lease / 3).max(std::time::Duration::from_millis(100));
-        let mut stop = self.stop.subscribe();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-                let Some(hub) = weak.upgrade() else { return };
-                if let Err(e) = hub.refresh_index().await {
-                    tracing::warn!(error = %e, "could not read the stored projects; the project list may be behind");
-                }
+        self.every_third_of_a_lease(|hub| async move {
+            if let Err(e) = hub.refresh_index().await {
+                tracing::warn!(error = %e, "could not read the stored projects; the project list may be behind");
             }
         });
     }
