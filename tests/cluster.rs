@@ -12,7 +12,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{int_of, str_of, Http, Protocol, Ws};
+use common::{eventually, int_of, str_of, try_create_node, Http, Protocol, Ws};
 use serde_json::{json, Value};
 
 /// The cluster, or an early return after the skip notice.
@@ -60,15 +60,6 @@ async fn seqs_until(ws: &mut Ws, id: &str, upto: i64) -> Vec<i64> {
 fn consecutive(seqs: &[i64], from: i64, to: i64) {
     let want: Vec<i64> = (from..=to).collect();
     assert_eq!(seqs, want.as_slice(), "every event once, in order");
-}
-
-/// Polls `probe` on a cross-process observable until it holds, up to 20 s.
-async fn eventually(what: &str, mut probe: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !probe().await {
-        assert!(Instant::now() < deadline, "{what} within 20 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn node_ids(graph: &Value) -> HashSet<String> {
@@ -208,36 +199,6 @@ async fn writers_on_three_instances_and_subscribers_on_each_see_one_gap_free_ord
         int_of(&http[0].session(&session).await["activeClients"]) == 0
     })
     .await;
-}
-
-/// One `createNode` at `base`: its node id, `None` for a retryable refusal
-/// (STORE_UNAVAILABLE), `Err` when the server cannot be reached.
-async fn try_create_node(
-    client: &reqwest::Client,
-    base: &str,
-    session: &str,
-    parent: &str,
-    name: &str,
-) -> Result<Option<String>, String> {
-    let body = json!({
-        "query": "mutation($s: ID!, $p: ID!, $n: String!) { createNode(sessionId: $s, input: { parentId: $p, typeId: \"phase\", name: $n }) { nodeId } }",
-        "variables": { "s": session, "p": parent, "n": name },
-    });
-    let response = client
-        .post(format!("{base}/graphql"))
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let answer: Value = response.json().await.map_err(|e| e.to_string())?;
-    if let Some(error) = answer["errors"].get(0) {
-        assert_eq!(
-            error["extensions"]["code"], "STORE_UNAVAILABLE",
-            "only retryable refusals: {answer}"
-        );
-        return Ok(None);
-    }
-    Ok(Some(str_of(&answer["data"]["createNode"]["nodeId"])))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

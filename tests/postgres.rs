@@ -368,39 +368,6 @@ async fn a_command_on_an_instance_that_does_not_own_the_session_is_forwarded_to_
     b.shutdown().await;
 }
 
-/// One `createNode` on the server at `base`: its node id, `None` for a
-/// retryable refusal (STORE_UNAVAILABLE), `Err` when the server is gone.
-async fn try_create_node(
-    client: &reqwest::Client,
-    base: &str,
-    session: &str,
-    parent: &str,
-    name: &str,
-) -> Result<Option<String>, String> {
-    let body = serde_json::json!({
-        "query": "mutation($s: ID!, $p: ID!, $n: String!) { createNode(sessionId: $s, input: { parentId: $p, typeId: \"phase\", name: $n }) { nodeId } }",
-        "variables": { "s": session, "p": parent, "n": name },
-    });
-    let response = client
-        .post(format!("{base}/graphql"))
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let answer: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
-    if let Some(error) = answer["errors"].get(0) {
-        let code = error["extensions"]["code"].as_str().unwrap_or("");
-        assert_eq!(
-            code, "STORE_UNAVAILABLE",
-            "only retryable refusals: {answer}"
-        );
-        return Ok(None);
-    }
-    Ok(Some(common::str_of(
-        &answer["data"]["createNode"]["nodeId"],
-    )))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_sigkill_of_the_owner_under_16_writers_another_instance_takes_over_and_nothing_acknowledged_is_lost(
 ) {
@@ -448,7 +415,7 @@ async fn after_sigkill_of_the_owner_under_16_writers_another_instance_takes_over
                         let dead = a_dead.load(std::sync::atomic::Ordering::SeqCst);
                         let on_b = dead || w % 2 == 1;
                         let base = if on_b { &b_url } else { &a_url };
-                        match try_create_node(&client, base, &session, &root, &name).await {
+                        match common::try_create_node(&client, base, &session, &root, &name).await {
                             Ok(Some(id)) => {
                                 if dead {
                                     first_on_b.lock().get_or_insert_with(Instant::now);
@@ -540,20 +507,6 @@ async fn a_project_created_on_one_instance_opens_on_another() {
     b.shutdown().await;
 }
 
-/// Polls `query` on `app` until `done` holds for its data; fails after 10 s.
-async fn eventually(app: &common::App, query: &str, done: impl Fn(&serde_json::Value) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let data = app.query(query, serde_json::json!({})).await;
-        if done(&data) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "still not so after 10 s: {data}");
-        // Another instance's periodic read is what is waited for: poll it.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_project_created_or_deleted_on_one_instance_is_listed_or_gone_on_another() {
     let pg = cluster_or_skip!();
@@ -569,13 +522,25 @@ async fn a_project_created_or_deleted_on_one_instance_is_listed_or_gone_on_anoth
     };
     // B read the index at its start, before the project existed; it reads
     // the store again every third of a lease (2 s here).
-    eventually(&b, "{ projects { id name } }", &listed).await;
+    let projects = async || {
+        listed(
+            &b.query("{ projects { id name } }", serde_json::json!({}))
+                .await,
+        )
+    };
+    common::eventually("b lists the project", projects).await;
     a.query(
         "mutation($p: ID!) { deleteProject(id: $p) }",
         serde_json::json!({ "p": project }),
     )
     .await;
-    eventually(&b, "{ projects { id name } }", |d| !listed(d)).await;
+    let gone = async || {
+        !listed(
+            &b.query("{ projects { id name } }", serde_json::json!({}))
+                .await,
+        )
+    };
+    common::eventually("b no longer lists the project", gone).await;
     a.shutdown().await;
     b.shutdown().await;
 }

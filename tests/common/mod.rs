@@ -885,3 +885,45 @@ impl App {
         ws
     }
 }
+
+/// Polls `probe` on a cross-process observable (another instance, a
+/// database) until it holds, up to 20 s; what it waits for is said on failure.
+pub async fn eventually(what: &str, mut probe: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !probe().await {
+        assert!(std::time::Instant::now() < deadline, "{what} within 20 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Creates a phase named `name` under `parent` through the server at `base`:
+/// its id, `None` for a retryable refusal (STORE_UNAVAILABLE, as during a
+/// takeover), `Err` when the server could not be reached; any other error
+/// fails the test.
+pub async fn try_create_node(
+    client: &reqwest::Client,
+    base: &str,
+    session: &str,
+    parent: &str,
+    name: &str,
+) -> Result<Option<String>, String> {
+    let body = json!({
+        "query": "mutation($s: ID!, $p: ID!, $n: String!) { createNode(sessionId: $s, input: { parentId: $p, typeId: \"phase\", name: $n }) { nodeId } }",
+        "variables": { "s": session, "p": parent, "n": name },
+    });
+    let response = client
+        .post(format!("{base}/graphql"))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer: Value = response.json().await.map_err(|e| e.to_string())?;
+    if let Some(error) = answer["errors"].get(0) {
+        assert_eq!(
+            error["extensions"]["code"], "STORE_UNAVAILABLE",
+            "only retryable refusals: {answer}"
+        );
+        return Ok(None);
+    }
+    Ok(Some(str_of(&answer["data"]["createNode"]["nodeId"])))
+}
