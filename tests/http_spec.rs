@@ -161,6 +161,8 @@ async fn malformed_requests_are_400_under_both_media_types() {
             r#"{"query":"{ __typename }","variables":"string"}"#,
             r#"{"query":"{ __typename }","variables":[7]}"#,
             r#"{"query":"{ __typename }","extensions":"string"}"#,
+            // A member given twice: the last one counts, as in any JSON map.
+            r#"{"query":"{ __typename }","query":7}"#,
             r#""just a string""#,
             "[]",
         ] {
@@ -172,6 +174,27 @@ async fn malformed_requests_are_400_under_both_media_types() {
                 "{accept} {body}"
             );
         }
+        // The error names the member and what it should be.
+        let a = post(
+            &app,
+            &[JSON, ("accept", accept)],
+            r#"{"query":"{ __typename }","variables":[7]}"#,
+        )
+        .await;
+        let message = a.body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("variables must be a map, got a list"),
+            "{message}"
+        );
+        // A list is a batch, answered with a list, even of one request.
+        let a = post(
+            &app,
+            &[JSON, ("accept", accept)],
+            r#" [{"query":"{ __typename }"}]"#,
+        )
+        .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.body[0]["data"]["__typename"], "Query", "{}", a.body);
         // null is the same as absent.
         let a = post(
             &app,

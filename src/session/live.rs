@@ -977,11 +977,20 @@ impl ClientChanges {
 /// applied under, so that recovery evicts undo steps exactly as the original
 /// did, whatever `--history-limit` says at the next start.
 pub(super) fn op_json(op: &Op, history_limit: usize) -> Result<String, serde_json::Error> {
-    let mut value = serde_json::to_value(op)?;
-    if let serde_json::Value::Object(map) = &mut value {
-        map.insert("history_limit".into(), history_limit.into());
+    // An op is an internally tagged object (`{"op":"Execute",...}`): the limit
+    // is written as its first member, without building a `Value` tree.
+    let body = serde_json::to_string(op)?;
+    let Some(rest) = body.strip_prefix('{') else {
+        return Ok(body);
+    };
+    let mut json = String::with_capacity(body.len() + 24);
+    json.push_str("{\"history_limit\":");
+    json.push_str(&history_limit.to_string());
+    if rest != "}" {
+        json.push(',');
     }
-    serde_json::to_string(&value)
+    json.push_str(rest);
+    Ok(json)
 }
 
 /// A stored op and the history limit it was applied under (absent in ops stored before it was recorded).
@@ -1598,4 +1607,29 @@ fn finish_applied(
         can_undo: project.dispatcher.can_undo(),
         can_redo: project.dispatcher.can_redo(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Delta;
+
+    #[test]
+    fn an_op_is_stored_with_its_history_limit_and_reads_back_the_same() {
+        let ops = [
+            Op::Execute {
+                command_id: Uuid::from_u128(7),
+                command_type: "UpdateProperty".to_string(),
+                forward: Vec::<Delta>::new(),
+            },
+            Op::Undo,
+            Op::Redo,
+        ];
+        for op in ops {
+            let json = op_json(&op, 37).unwrap();
+            let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(value["history_limit"], 37, "{json}");
+            assert_eq!(parse_op(&json).unwrap(), (op, Some(37)));
+        }
+    }
 }
