@@ -544,3 +544,49 @@ async fn a_project_created_or_deleted_on_one_instance_is_listed_or_gone_on_anoth
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_opens_into_one_session_whichever_instance_is_asked() {
+    let pg = cluster_or_skip!();
+    let url = pg.database().await;
+    let a = app_on(&url, "a").await;
+    let b = app_on(&url, "b").await;
+    let (session, root) = a.create_project("restomod", "Opened twice").await;
+    let project = common::str_of(&a.session(&session).await["project"]["id"]);
+    let open = async |app: &common::App| {
+        let opened = app
+            .query(
+                "mutation($p: ID!) { openProject(projectId: $p) { id } }",
+                serde_json::json!({ "p": project }),
+            )
+            .await;
+        common::str_of(&opened["openProject"]["id"])
+    };
+
+    // Open in a session of a: b answers with that session, and a change made
+    // through b is the session's (forwarded to a), not another writer's.
+    assert_eq!(
+        open(&b).await,
+        session,
+        "b opens the project into a's session"
+    );
+    b.create_node(&session, Some(&root), "phase", "Through b")
+        .await;
+    assert_eq!(a.graph(&session).await, b.graph(&session).await);
+    assert_eq!(common::int_of(&a.graph(&session).await["nodeCount"]), 2);
+
+    // Closed, then opened on both instances at once: one new session for both.
+    a.query(
+        "mutation($s: ID!) { closeSession(id: $s) }",
+        serde_json::json!({ "s": session }),
+    )
+    .await;
+    let (on_a, on_b) = tokio::join!(open(&a), open(&b));
+    assert_eq!(
+        on_a, on_b,
+        "both instances opened the project into one session"
+    );
+    assert_ne!(on_a, session);
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -831,10 +831,18 @@ impl Hub {
 
     /// Opens a stored project; a live session that already has it open is returned instead.
     pub async fn open_project(&self, project_id: Uuid) -> Result<Arc<Session>, DomainError> {
-        let _guard = self.lifecycle.lock().await;
+        let guard = self.lifecycle.lock().await;
         if let Some(session) = self.session_of_project(project_id) {
-            session.touch();
-            return Ok(session);
+            // A follower's session may have been closed by its owner since:
+            // then it is not the project's session any more.
+            let closed_elsewhere =
+                session.is_follower() && matches!(self.store.session(session.id).await, Ok(None));
+            if !closed_elsewhere {
+                session.touch();
+                return Ok(session);
+            }
+            session.close();
+            self.forget(&session);
         }
         // In a shared store another instance may have created it since this
         // one read its index: the store decides (PROJECT_NOT_FOUND from the load).
@@ -850,11 +858,30 @@ impl Hub {
         }
         let record = Self::new_session_record(Some(project_id));
         let epoch = self.new_epoch(record.id).await?;
-        self.store
-            .commit(vec![Write::UpsertSession(record.clone())])
-            .await
-            .map_err(store_error)?;
-        Ok(self.register(&record, None, Some(project), 0, epoch, None))
+        let opened = self.store.open_project_session(&record).await;
+        match opened {
+            Ok(None) => Ok(self.register(&record, None, Some(project), 0, epoch, None)),
+            // Open in a session of another instance (or one stored before this
+            // instance loaded it): that one, loaded here as usual (owner or follower).
+            Ok(Some(existing)) => {
+                self.give_up_lease(record.id, epoch).await;
+                drop(guard);
+                self.session(existing).await
+            }
+            Err(e) => {
+                self.give_up_lease(record.id, epoch).await;
+                Err(store_error(e))
+            }
+        }
+    }
+
+    /// Releases the lease of a session that was never stored.
+    async fn give_up_lease(&self, id: Uuid, epoch: Option<u64>) {
+        if let Some(epoch) = epoch {
+            if let Err(e) = self.store.release_lease(id, epoch).await {
+                tracing::warn!(session = %id, error = %e, "could not release a lease");
+            }
+        }
     }
 
     /// Deletes a stored project; refused while people are working in it.

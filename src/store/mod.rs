@@ -284,6 +284,20 @@ pub trait Store: Send + Sync + 'static {
         let _ = held;
         Ok(Vec::new())
     }
+    /// Stores `record`, a new session for its project, unless a session of
+    /// that project is stored already: then nothing is written and that
+    /// session's id is returned. In a shared store this is one step no other
+    /// instance can interleave with, so a project is open in at most one
+    /// session across the cluster. An unshared store has one process, whose
+    /// hub already made sure (its lifecycle lock): it just stores the record.
+    async fn open_project_session(
+        &self,
+        record: &SessionRecord,
+    ) -> Result<Option<Uuid>, StoreError> {
+        self.commit(vec![Write::UpsertSession(record.clone())])
+            .await
+            .map(|()| None)
+    }
     /// Gives a lease up (the session closed here), so another instance need not wait for it to expire.
     async fn release_lease(&self, session_id: Uuid, epoch: u64) -> Result<(), StoreError> {
         let _ = (session_id, epoch);

@@ -105,6 +105,10 @@ pub const DOORBELL_CHANNEL: &str = "talus_events";
 
 /// The advisory lock key under which migrations run ("talus" in ASCII).
 const MIGRATION_LOCK: i64 = 0x74_61_6c_75_73;
+/// First key of the advisory lock taken while a project is opened into a
+/// session (the second is the project's hash); two-key locks are a key space
+/// of their own, apart from `MIGRATION_LOCK`'s.
+const PROJECT_OPEN_LOCK: i32 = 0x7461_6c75;
 
 /// Tuning of a `PostgresStore`.
 #[derive(Debug, Clone)]
@@ -830,6 +834,46 @@ impl Store for PostgresStore {
             .map(|r| column(r, 0))
             .collect::<Result<_, _>>()?;
         Ok(ids.into_iter().filter(|id| !renewed.contains(id)).collect())
+    }
+
+    async fn open_project_session(
+        &self,
+        record: &SessionRecord,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let Some(project_id) = record.project_id else {
+            self.commit(vec![Write::UpsertSession(record.clone())])
+                .await?;
+            return Ok(None);
+        };
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(failed("commit"))?;
+        // One opener of this project at a time across the cluster, until the
+        // transaction ends: the second sees the first one's session.
+        exec(
+            &tx,
+            "SELECT pg_advisory_xact_lock($1, hashtext(($2::uuid)::text))",
+            &[&PROJECT_OPEN_LOCK, &project_id],
+        )
+        .await?;
+        let existing = tx
+            .query_opt(
+                &tx.prepare_cached(
+                    "SELECT id FROM sessions WHERE project_id = $1 ORDER BY created_at, id LIMIT 1",
+                )
+                .await
+                .map_err(failed("read"))?,
+                &[&project_id],
+            )
+            .await
+            .map_err(failed("read"))?;
+        if let Some(row) = existing {
+            let id: Uuid = column(&row, 0)?;
+            tx.commit().await.map_err(failed("commit"))?;
+            return Ok(Some(id));
+        }
+        apply(&tx, &Write::UpsertSession(record.clone())).await?;
+        tx.commit().await.map_err(failed("commit"))?;
+        Ok(None)
     }
 
     async fn release_lease(&self, session_id: Uuid, epoch: u64) -> Result<(), StoreError> {
