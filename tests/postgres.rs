@@ -590,3 +590,54 @@ async fn a_project_opens_into_one_session_whichever_instance_is_asked() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instance_lists_the_sessions_of_the_cluster() {
+    let pg = cluster_or_skip!();
+    let url = pg.database().await;
+    let a = app_on(&url, "a").await;
+    let b = app_on(&url, "b").await;
+    let (on_a, _) = a.create_project("restomod", "Listed on a").await;
+    let (on_b, _) = b.create_project("restomod", "Listed on b").await;
+    let listed = async |app: &common::App| {
+        let data = app
+            .query(
+                "{ sessions { id project { name } } }",
+                serde_json::json!({}),
+            )
+            .await;
+        data["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    common::str_of(&s["id"]),
+                    common::str_of(&s["project"]["name"]),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let both = vec![
+        (on_a.clone(), "Listed on a".to_string()),
+        (on_b.clone(), "Listed on b".to_string()),
+    ];
+    assert_eq!(
+        listed(&a).await,
+        both,
+        "a lists b's session too, oldest first"
+    );
+    assert_eq!(listed(&b).await, both, "b lists a's session too");
+
+    // Closed on its owner: gone from both lists, the follower on b included.
+    a.query(
+        "mutation($s: ID!) { closeSession(id: $s) }",
+        serde_json::json!({ "s": on_a }),
+    )
+    .await;
+    let only_b = vec![(on_b.clone(), "Listed on b".to_string())];
+    assert_eq!(listed(&a).await, only_b);
+    assert_eq!(listed(&b).await, only_b);
+    a.shutdown().await;
+    b.shutdown().await;
+}

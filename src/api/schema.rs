@@ -188,10 +188,30 @@ impl Query {
 
     #[graphql(complexity = "child_complexity.saturating_mul(expected::SESSIONS).saturating_add(1)")]
     async fn sessions(&self, ctx: &Context<'_>) -> Result<Vec<SessionView>> {
-        access::who(ctx)?;
-        let mut sessions = hub(ctx).sessions();
+        let who = access::who(ctx)?;
+        let hub = hub(ctx);
+        // In a cluster, the sessions live on other instances too: those whose
+        // project the caller is a member of, loaded here as on any first use.
+        let (mut sessions, elsewhere) = hub
+            .sessions_everywhere(|project| match (&who, project) {
+                (access::Who::Anyone, _) => true,
+                (access::Who::User(u), Some(p)) => hub.role(p, &u.id).is_some(),
+                // An empty session's owner is known only where it lives.
+                (access::Who::User(_), None) => false,
+            })
+            .await
+            .map_err(gql)?;
         sessions.retain(|s| access::can_see_session(ctx, s));
-        charge(ctx, sessions.len(), "sessions").await?;
+        charge(ctx, sessions.len() + elsewhere.len(), "sessions").await?;
+        for id in elsewhere {
+            match hub.session_quietly(id).await {
+                Ok(s) => sessions.push(s),
+                // Closed since the list was read.
+                Err(e) if e.code == ErrorCode::SessionNotFound => {}
+                Err(e) => return Err(gql(e)),
+            }
+        }
+        sessions.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok(sessions.into_iter().map(SessionView).collect())
     }
 

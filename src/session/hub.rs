@@ -1,6 +1,6 @@
 //! The hub: every live session, the project index, templates and the store, and the operations across them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -201,14 +201,20 @@ impl Hub {
     /// under a new lease (or refused with STORE_UNAVAILABLE while another
     /// instance holds it).
     pub async fn session(&self, id: Uuid) -> Result<Arc<Session>, DomainError> {
-        let live = self.sessions.read().get(&id).cloned();
-        let session = match live {
-            Some(s) if !s.is_lost() => s,
-            _ if self.store.is_shared() => self.load_session(id).await?,
-            _ => return Err(no_session(id)),
-        };
+        let session = self.session_quietly(id).await?;
         session.touch();
         Ok(session)
+    }
+
+    /// `session` without counting as activity: a list shows a session, it
+    /// does not use it, so listing never keeps one from being reaped.
+    pub async fn session_quietly(&self, id: Uuid) -> Result<Arc<Session>, DomainError> {
+        let live = self.sessions.read().get(&id).cloned();
+        match live {
+            Some(s) if !s.is_lost() => Ok(s),
+            _ if self.store.is_shared() => self.load_session(id).await,
+            _ => Err(no_session(id)),
+        }
     }
 
     /// Wakes the followers a doorbell concerns.
@@ -474,6 +480,39 @@ impl Hub {
     /// A live session if there is one (no error, no activity).
     pub fn find_session(&self, id: Uuid) -> Option<Arc<Session>> {
         self.sessions.read().get(&id).cloned()
+    }
+
+    /// The sessions a list shows: the live ones, and in a shared store the
+    /// ids of the stored sessions not live on this instance whose project
+    /// `visible` accepts (None: a session without a project), to be loaded by
+    /// the caller. A follower whose session its owner closed (no longer
+    /// stored) is dropped here rather than listed.
+    pub async fn sessions_everywhere(
+        &self,
+        visible: impl Fn(Option<Uuid>) -> bool,
+    ) -> Result<(Vec<Arc<Session>>, Vec<Uuid>), DomainError> {
+        if !self.store.is_shared() {
+            return Ok((self.sessions(), Vec::new()));
+        }
+        // Under the lifecycle lock: no open or close slips between the read and the drops.
+        let _guard = self.lifecycle.lock().await;
+        let stored = self.store.sessions().await.map_err(store_error)?;
+        let ids: HashSet<Uuid> = stored.iter().map(|r| r.id).collect();
+        let mut live = self.sessions();
+        let (kept, closed): (Vec<_>, Vec<_>) = live
+            .drain(..)
+            .partition(|s| !s.is_follower() || ids.contains(&s.id));
+        for s in closed {
+            s.close();
+            self.forget(&s);
+        }
+        let here: HashSet<Uuid> = kept.iter().map(|s| s.id).collect();
+        let elsewhere = stored
+            .into_iter()
+            .filter(|r| !here.contains(&r.id) && visible(r.project_id))
+            .map(|r| r.id)
+            .collect();
+        Ok((kept, elsewhere))
     }
 
     /// Every live session, oldest first.
