@@ -309,3 +309,60 @@ async fn after_sigkill_of_the_owner_a_follower_takes_over_in_place_and_its_subsc
     let redone = hb.redo(&session).await;
     assert_eq!(redone["canRedo"], false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_of_an_instance_killed_with_sigkill_stop_being_counted_by_the_owner() {
+    let pg = cluster_or_skip!();
+    let url = pg.database().await;
+    let a = instance(&url, "a");
+    let b = instance(&url, "b");
+    let c = instance(&url, "c");
+    let owner = Http::new(&a.url);
+    let (session, root) = owner.create_project("restomod", "Bus").await;
+    let mut on_b = Vec::new();
+    for i in 0..2 {
+        let mut ws = ws(&b, &format!("b-{i}")).await;
+        ws.subscribe_events("e", &session, None).await;
+        on_b.push(ws);
+    }
+    let mut on_c = ws(&c, "c-0").await;
+    on_c.subscribe_events("e", &session, None).await;
+    let active = async || int_of(&owner.session(&session).await["activeClients"]);
+    eventually("the owner counts the clients of b and c", async || {
+        active().await == 3
+    })
+    .await;
+
+    // b dies: nothing forwards its clients' leaves; its presence lease
+    // expires (2 s) and the owner lets them go. c's client stays.
+    b.kill();
+    eventually("the owner no longer counts b's clients", async || {
+        active().await == 1
+    })
+    .await;
+    // c's subscriber sees the leaves and is still served.
+    owner
+        .create_node(&session, Some(&root), "phase", "after b")
+        .await;
+    let last = owner.last_seq(&session).await;
+    let mut left = 0;
+    let mut seq = 0;
+    // The second leave may be folded into a PresenceChanged at the end of the
+    // presence interval, after the node's events.
+    while seq < last || left < 2 {
+        let event = on_c.next_event("e").await;
+        seq = int_of(&event["seq"]);
+        match event["__typename"].as_str() {
+            Some("ClientLeft") => left += 1,
+            Some("PresenceChanged") => left += int_of(&event["leftCount"]),
+            _ => {}
+        }
+    }
+    assert_eq!(left, 2, "c's subscriber saw b's two clients leave");
+    assert_eq!(
+        int_of(&Http::new(&c.url).session(&session).await["activeClients"]),
+        1,
+        "c counts as the owner does"
+    );
+    drop(a);
+}

@@ -149,11 +149,14 @@ pub(super) struct Follow {
     /// The log's presence events no longer say exactly who is here (a
     /// folded event with cut lists): the pump asks the owner.
     presence_stale: std::sync::atomic::AtomicBool,
+    /// This instance's presence lease, named with every forwarded join and leave.
+    pub via: Option<Uuid>,
 }
 
 impl Follow {
-    pub fn new(owner: String, url: Option<String>) -> Box<Follow> {
+    pub fn new(owner: String, url: Option<String>, via: Option<Uuid>) -> Box<Follow> {
         Box::new(Follow {
+            via,
             remote: Mutex::new(Some(Remote { owner, url })),
             ring: Notify::new(),
             reader: tokio::sync::Mutex::new(()),
@@ -183,11 +186,17 @@ pub enum RemoteWork {
     Redo {
         by: Actor,
     },
+    /// `via`: the presence lease of the instance the client is on
+    /// (`Hub::presence_lease`), so the owner drops the client if that instance dies.
     Join {
         client: ClientInfo,
+        #[serde(default)]
+        via: Option<Uuid>,
     },
     Leave {
         client_id: String,
+        #[serde(default)]
+        via: Option<Uuid>,
     },
     Close,
     /// The owner's active clients and the seq they are current at.
@@ -350,6 +359,7 @@ pub(super) fn forward_leave(session: &Arc<Session>, client_id: String) {
     runtime.spawn(async move {
         let work = RemoteWork::Leave {
             client_id: client_id.clone(),
+            via: session.follow.as_ref().and_then(|f| f.via),
         };
         match forward(&session, work).await {
             // Taken over meanwhile: the leave is this instance's to apply.

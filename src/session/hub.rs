@@ -79,6 +79,11 @@ pub struct Hub {
     /// Every subscriber stream, so a shutdown can wait until each has ended
     /// (and queued its ClientLeft) before the sessions close.
     streams: TaskTracker,
+    /// In a shared store: this process's presence lease (id, epoch), a lease
+    /// on a random id no session has, renewed with the sessions' leases. The
+    /// joins this instance forwards name it; an owner drops the clients that
+    /// came through one that expired (the process died).
+    presence: parking_lot::Mutex<Option<(Uuid, u64)>>,
 }
 
 impl Hub {
@@ -98,6 +103,7 @@ impl Hub {
             lifecycle: tokio::sync::Mutex::new(()),
             stop: watch::channel(false).0,
             streams: TaskTracker::new(),
+            presence: parking_lot::Mutex::new(None),
         });
         for record in hub.store.projects().await? {
             hub.index.upsert(record);
@@ -108,6 +114,7 @@ impl Hub {
         if hub.store.is_shared() {
             // Sessions load lazily, by the instance that takes their lease
             // (`session`), so startup does not grow with the stored sessions.
+            hub.take_presence_lease().await;
             hub.start_lease_renewal();
             hub.start_index_refresh();
             // Followers are woken by the doorbell of every instance's commits.
@@ -261,8 +268,18 @@ impl Hub {
                 .map(RemoteReply::Outcome),
             RemoteWork::Undo { by } => session.undo(by).await.map(RemoteReply::Outcome),
             RemoteWork::Redo { by } => session.redo(by).await.map(RemoteReply::Outcome),
-            RemoteWork::Join { client } => session.join(client).await.map(|()| RemoteReply::Unit),
-            RemoteWork::Leave { client_id } => {
+            RemoteWork::Join { client, via } => {
+                let client_id = client.id.clone();
+                let joined = session.join(client).await;
+                if let (Ok(()), Some(via)) = (&joined, via) {
+                    session.remote_joined(&client_id, via);
+                }
+                joined.map(|()| RemoteReply::Unit)
+            }
+            RemoteWork::Leave { client_id, via } => {
+                if let Some(via) = via {
+                    session.remote_left(&client_id, via);
+                }
                 session.leave(client_id);
                 Ok(RemoteReply::Unit)
             }
@@ -306,7 +323,7 @@ impl Hub {
             None => None,
         };
         let last_seq = record.last_seq.max(logged);
-        let follow = Follow::new(owner.clone(), owner_url);
+        let follow = Follow::new(owner.clone(), owner_url, self.presence_lease());
         let session = self.register(&record, None, project, last_seq, None, Some(follow));
         cluster::adopt_presence(&session).await;
         if let Err(e) = cluster::follow(&session).await {
@@ -429,20 +446,83 @@ impl Hub {
         });
     }
 
+    /// This process's presence lease, if it holds one.
+    pub(super) fn presence_lease(&self) -> Option<Uuid> {
+        self.presence.lock().map(|p| p.0)
+    }
+
+    /// Takes a presence lease on a new random id (a new one for every
+    /// process, so a restarted instance's old clients are not mistaken for
+    /// its new ones). Without one, joins are forwarded unnamed, as before.
+    async fn take_presence_lease(&self) {
+        let id = Uuid::new_v4();
+        match self.store.take_lease(id).await {
+            Ok(LeaseClaim::Held(fence)) => *self.presence.lock() = Some((id, fence.epoch)),
+            Ok(LeaseClaim::HeldBy { .. }) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not take a presence lease; clients of this instance stay counted by owners if it dies")
+            }
+        }
+    }
+
+    /// On the sessions this instance owns, leaves the subscriptions other
+    /// instances forwarded through a presence lease that is gone: their
+    /// instance died (or lost the database for a whole lease) and will never
+    /// forward their leaves.
+    async fn drop_clients_of_gone_instances(&self) {
+        let owned: Vec<Arc<Session>> = self
+            .sessions
+            .read()
+            .values()
+            .filter(|s| !s.is_follower() && !s.is_lost())
+            .cloned()
+            .collect();
+        let mut vias: Vec<Uuid> = owned.iter().flat_map(|s| s.remote_instances()).collect();
+        if vias.is_empty() {
+            return;
+        }
+        vias.sort_unstable();
+        vias.dedup();
+        let alive = match self.store.live_leases(&vias).await {
+            Ok(alive) => alive,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the other instances' presence leases");
+                return;
+            }
+        };
+        for s in owned {
+            let left = s.drop_remote_clients(|via| alive.contains(via));
+            if left > 0 {
+                tracing::info!(session = %s.id, left, "subscriptions of an instance that is gone left");
+            }
+        }
+    }
+
     /// Renews this instance's leases every third of a lease; a session whose
-    /// lease is gone is closed here (`Session::lose`) and forgotten.
+    /// lease is gone is closed here (`Session::lose`) and forgotten. Then
+    /// drops the clients of instances whose presence lease is gone.
     fn start_lease_renewal(self: &Arc<Self>) {
         self.every_third_of_a_lease(|hub| async move {
-            let held: Vec<(Uuid, u64)> = hub
+            let presence = *hub.presence.lock();
+            let mut held: Vec<(Uuid, u64)> = hub
                 .sessions
                 .read()
                 .values()
                 .filter(|s| !s.is_lost())
                 .filter_map(|s| s.epoch().map(|e| (s.id, e)))
                 .collect();
+            held.extend(presence);
             match hub.store.renew_leases(&held).await {
                 Ok(lost) => {
                     for id in lost {
+                        if Some(id) == presence.map(|p| p.0) {
+                            // Away from the database for a whole lease: owners
+                            // dropped this instance's clients. A new lease;
+                            // clients that join from now on count again.
+                            tracing::warn!("this instance's presence lease expired; taking a new one");
+                            hub.take_presence_lease().await;
+                            continue;
+                        }
                         if let Some(s) = hub.find_session(id) {
                             tracing::warn!(session = %id, "the session's lease is gone; closing it here");
                             s.lose();
@@ -452,6 +532,7 @@ impl Hub {
                 }
                 Err(e) => tracing::warn!(error = %e, "could not renew the session leases"),
             }
+            hub.drop_clients_of_gone_instances().await;
         });
     }
 
@@ -1134,6 +1215,11 @@ impl Hub {
                         tracing::warn!(session = %s.id, error = %e, "could not release the session's lease");
                     }
                 }
+            }
+            // Last: this instance's leaves have been forwarded by now.
+            let presence = self.presence.lock().take();
+            if let Some((id, epoch)) = presence {
+                self.give_up_lease(id, Some(epoch)).await;
             }
             self.store.close().await;
             return;

@@ -19,7 +19,7 @@
 //! session therefore holds no task, no channel and no queue buffer, only its
 //! state and a few words of bookkeeping (`Inbox`, two `Notify`s).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use tracing::Instrument;
@@ -284,6 +284,10 @@ pub struct Session {
     lost: std::sync::atomic::AtomicBool,
     /// Set by a shutdown: every presence change is folded until `flush_presence`.
     presence_held: std::sync::atomic::AtomicBool,
+    /// On an owner: the subscriptions other instances forwarded, by client
+    /// and the presence lease of the instance they are on, so they can be
+    /// taken back if that instance dies (nothing would forward their leaves).
+    remote_clients: Mutex<HashMap<(String, Uuid), u32>>,
     pub(super) config: Arc<SessionConfig>,
     pub(super) store: Arc<dyn Store>,
     index: Arc<ProjectIndex>,
@@ -335,6 +339,7 @@ impl Session {
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             lost: std::sync::atomic::AtomicBool::new(false),
             presence_held: std::sync::atomic::AtomicBool::new(false),
+            remote_clients: Mutex::new(HashMap::new()),
             config,
             store,
             index,
@@ -582,6 +587,7 @@ impl Session {
         if self.is_follower() {
             let work = RemoteWork::Join {
                 client: client.clone(),
+                via: self.follow.as_ref().and_then(|f| f.via),
             };
             if let Some(done) = cluster::forward_unit(self, work).await {
                 // Presence is best effort: an unreachable owner does not fail the subscription.
@@ -592,6 +598,56 @@ impl Session {
             }
         }
         self.ask(Work::Join { client }, Answer::Unit).await
+    }
+
+    /// A subscription another instance forwarded (`via` its presence lease) joined.
+    pub(super) fn remote_joined(&self, client_id: &str, via: Uuid) {
+        *self
+            .remote_clients
+            .lock()
+            .entry((client_id.to_string(), via))
+            .or_insert(0) += 1;
+    }
+
+    /// A subscription another instance forwarded left.
+    pub(super) fn remote_left(&self, client_id: &str, via: Uuid) {
+        let mut remote = self.remote_clients.lock();
+        let key = (client_id.to_string(), via);
+        if let Some(n) = remote.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                remote.remove(&key);
+            }
+        }
+    }
+
+    /// The presence leases other instances' subscriptions came through.
+    pub(super) fn remote_instances(&self) -> Vec<Uuid> {
+        let mut all: Vec<Uuid> = self.remote_clients.lock().keys().map(|k| k.1).collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    /// Leaves every subscription that came through a presence lease `alive`
+    /// does not accept (its instance died); returns how many.
+    pub(super) fn drop_remote_clients(self: &Arc<Self>, alive: impl Fn(&Uuid) -> bool) -> usize {
+        let gone: Vec<(String, u32)> = {
+            let mut remote = self.remote_clients.lock();
+            let dead: Vec<(String, Uuid)> =
+                remote.keys().filter(|k| !alive(&k.1)).cloned().collect();
+            dead.into_iter()
+                .filter_map(|k| remote.remove(&k).map(|n| (k.0, n)))
+                .collect()
+        };
+        let mut left = 0;
+        for (client_id, n) in gone {
+            for _ in 0..n {
+                self.leave(client_id.clone());
+                left += 1;
+            }
+        }
+        left
     }
 
     pub(super) fn leave(self: &Arc<Self>, client_id: String) {

@@ -298,6 +298,14 @@ pub trait Store: Send + Sync + 'static {
             .await
             .map(|()| None)
     }
+    /// Which of `ids` have an unexpired lease (whoever holds it). Unshared
+    /// stores have one process, alive while it asks: all of them.
+    async fn live_leases(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<std::collections::HashSet<Uuid>, StoreError> {
+        Ok(ids.iter().copied().collect())
+    }
     /// Gives a lease up (the session closed here), so another instance need not wait for it to expire.
     async fn release_lease(&self, session_id: Uuid, epoch: u64) -> Result<(), StoreError> {
         let _ = (session_id, epoch);

@@ -876,6 +876,28 @@ impl Store for PostgresStore {
         Ok(None)
     }
 
+    async fn live_leases(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<std::collections::HashSet<Uuid>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT session_id FROM session_leases
+                 WHERE session_id = ANY($1) AND expires_at > now()",
+            )
+            .await
+            .map_err(failed("lease"))?;
+        let ids = ids.to_vec();
+        client
+            .query(&stmt, &[&ids])
+            .await
+            .map_err(failed("lease"))?
+            .iter()
+            .map(|r| column(r, 0))
+            .collect()
+    }
+
     async fn release_lease(&self, session_id: Uuid, epoch: u64) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
