@@ -17,13 +17,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+use tower_http::validate_request::{ValidateRequest, ValidateRequestHeaderLayer};
 
 use crate::api::expensive::{Admitted, ExpensiveLimiter, EXPENSIVE_BODY_BYTES};
 use crate::api::guard::{selected_operation, selects_mutation, ReadOnly};
@@ -86,58 +86,74 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(cors)
         // Outermost: a foreign origin is refused before anything else, its
-        // preflight included.
-        .layer(middleware::from_fn_with_state(state.clone(), check_origin));
+        // preflight included. A `ValidateRequest` rather than `from_fn`
+        // middleware: that cloned the whole inner stack (CORS, route) and the
+        // state for every request.
+        .layer(ValidateRequestHeaderLayer::custom(OriginGuard(
+            state.origins.clone(),
+        )));
     Router::new()
         .merge(graphql)
         .route("/schema.graphql", get(sdl))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .merge(crate::playground::router())
-        .with_state(state)
+        // Shared, not cloned field by field for every request.
+        .with_state(Arc::new(state))
 }
 
 /// Refuses a request addressed to a `Host` this server does not answer, or
 /// whose `Origin` is neither the server's own nor allowed (403).
-async fn check_origin(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if !host_allowed(&state.origins, request.headers()) {
-        let host = request
-            .headers()
-            .get(header::HOST)
+#[derive(Clone)]
+struct OriginGuard(Arc<OriginPolicy>);
+
+impl ValidateRequest<Body> for OriginGuard {
+    type ResponseBody = Body;
+
+    fn validate(&mut self, request: &mut Request) -> Result<(), Response> {
+        match refusal(&self.0, request.headers()) {
+            None => Ok(()),
+            Some(response) => Err(response),
+        }
+    }
+}
+
+/// The 403 for a request `OriginGuard` refuses, or None.
+fn refusal(origins: &OriginPolicy, headers: &HeaderMap) -> Option<Response> {
+    let media = || MediaType::negotiate(headers).unwrap_or(MediaType::Json);
+    let text = |name: header::HeaderName| {
+        headers
+            .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
-            .to_string();
+            .to_string()
+    };
+    if !host_allowed(origins, headers) {
+        let host = text(header::HOST);
         tracing::info!(%host, "refused a request addressed to an unknown host");
-        let media = MediaType::negotiate(request.headers()).unwrap_or(MediaType::Json);
-        return error_response(
-            media,
+        return Some(error_response(
+            media(),
             StatusCode::FORBIDDEN,
             "FORBIDDEN",
             format!(
                 "requests addressed to the host {host} are not answered (DNS-rebinding protection); \
                  the server's operator can allow the name with --allowed-hosts"
             ),
-        );
+        ));
     }
-    if origin_allowed(&state.origins, request.headers()) {
-        return next.run(request).await;
+    if origin_allowed(origins, headers) {
+        return None;
     }
-    let origin = request
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let origin = text(header::ORIGIN);
     tracing::info!(%origin, "refused a request from a foreign origin");
-    let media = MediaType::negotiate(request.headers()).unwrap_or(MediaType::Json);
-    error_response(
-        media,
+    Some(error_response(
+        media(),
         StatusCode::FORBIDDEN,
         "FORBIDDEN",
         format!(
             "requests from the origin {origin} are not allowed; the server's operator can allow it with --cors-origins"
         ),
-    )
+    ))
 }
 
 /// The two media types a GraphQL response can be sent as.
@@ -574,7 +590,11 @@ fn json_content_type(headers: &HeaderMap) -> bool {
         )
 }
 
-async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+async fn graphql_post(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let streaming = Streaming::requested(&headers);
     let Some(media) = response_media(&headers, streaming) else {
         return not_acceptable();
@@ -807,7 +827,7 @@ fn stream(
     crate::sse::respond(state.schema.clone(), settings, headers, request, kind)
 }
 
-async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
+async fn graphql_get(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (mut parts, _body) = request.into_parts();
     let is_upgrade = parts
         .headers
@@ -852,7 +872,7 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
             .max_frame_size(state.max_body_bytes)
             .on_upgrade(move |socket| {
                 let connections = state.connections.clone();
-                connections.track_future(crate::ws::serve(socket, state, protocol))
+                connections.track_future(crate::ws::serve(socket, (*state).clone(), protocol))
             })
             .into_response();
     }
@@ -931,7 +951,7 @@ async fn graphql_head(request: Request) -> Response {
 }
 
 /// Prometheus metrics (text exposition format); see src/metrics.rs for what is counted.
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     if let Some(hub) = state.schema.data::<std::sync::Arc<crate::session::Hub>>() {
         metrics::gauge!(crate::metrics::names::SESSIONS).set(hub.sessions().len() as f64);
     }
@@ -947,7 +967,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn sdl(State(state): State<AppState>) -> Response {
+async fn sdl(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         state.schema.sdl(),
