@@ -26,6 +26,7 @@
 //! read back exactly as it was written. Lease expiry is the database's own
 //! clock (`now()`), so instances need not agree on the time.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -149,6 +150,12 @@ pub struct PostgresOptions {
     /// one of its own right after it (`--doorbell-in-commit`; for measuring
     /// what NOTIFY's lock costs the commit path).
     pub doorbell_in_commit: bool,
+    /// Sessions whose doorbells may wait for the ringer (`--doorbell-batch`):
+    /// with N > 0 a commit hands its doorbells to one ringer task, which rings
+    /// everything waiting in one transaction while commits go on, and a commit
+    /// that finds N sessions waiting rings its own; 0 rings each commit's
+    /// doorbell in the commit's own pipeline.
+    pub doorbell_batch: usize,
 }
 
 impl Default for PostgresOptions {
@@ -159,6 +166,70 @@ impl Default for PostgresOptions {
             instance_id: format!("pid-{}", std::process::id()),
             lease: Duration::from_secs(5),
             doorbell_in_commit: false,
+            doorbell_batch: 0,
+        }
+    }
+}
+
+/// Doorbells of committed events waiting for the ringer: the newest seq per
+/// session (so they coalesce), at most `PostgresOptions::doorbell_batch` sessions.
+struct Bells {
+    waiting: parking_lot::Mutex<HashMap<Uuid, u64>>,
+    wake: tokio::sync::Notify,
+    limit: usize,
+}
+
+impl Bells {
+    /// Queues the doorbells of a commit that succeeded; returns those that did
+    /// not fit, for the caller to ring itself.
+    fn queue(&self, bells: Vec<(Uuid, u64)>) -> Vec<(Uuid, u64)> {
+        let mut overflow = Vec::new();
+        {
+            let mut waiting = self.waiting.lock();
+            for (session, seq) in bells {
+                if let Some(newest) = waiting.get_mut(&session) {
+                    *newest = (*newest).max(seq);
+                } else if waiting.len() < self.limit {
+                    waiting.insert(session, seq);
+                } else {
+                    overflow.push((session, seq));
+                }
+            }
+        }
+        self.wake.notify_one();
+        overflow
+    }
+}
+
+/// The ringer (`doorbell_batch` > 0): rings every doorbell waiting in one
+/// transaction, then the ones that arrived meanwhile, until the store closes.
+/// A failed ring is logged and dropped: followers read the log once per
+/// lease period anyway, so it costs latency, never an event.
+async fn ringer(
+    pool: Pool,
+    bells: std::sync::Arc<Bells>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = bells.wake.notified() => {}
+        }
+        let batch: Vec<(Uuid, u64)> = std::mem::take(&mut *bells.waiting.lock())
+            .into_iter()
+            .collect();
+        if batch.is_empty() {
+            continue;
+        }
+        let rung = match pool.get().await {
+            Ok(client) => client
+                .batch_execute(&ring_sql(&batch))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = rung {
+            tracing::warn!(error = %e, sessions = batch.len(), "could not ring the doorbells of committed events");
         }
     }
 }
@@ -172,8 +243,10 @@ pub struct PostgresStore {
     config: tokio_postgres::Config,
     /// Recorded with every lease taken (`set_advertise_url`).
     advertise_url: parking_lot::RwLock<Option<String>>,
-    /// Stops the listener at `close`.
+    /// Stops the listener and the ringer at `close`.
     stop: tokio_util::sync::CancellationToken,
+    /// Doorbells waiting for the ringer, when `doorbell_batch` > 0.
+    bells: Option<std::sync::Arc<Bells>>,
 }
 
 impl PostgresStore {
@@ -206,13 +279,24 @@ impl PostgresStore {
             .map_err(|e| anyhow::anyhow!("could not connect to the database: {e}"))?;
         migrate(&mut client).await?;
         drop(client);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let bells = (options.doorbell_batch > 0 && !options.doorbell_in_commit).then(|| {
+            let bells = std::sync::Arc::new(Bells {
+                waiting: parking_lot::Mutex::new(HashMap::new()),
+                wake: tokio::sync::Notify::new(),
+                limit: options.doorbell_batch,
+            });
+            tokio::spawn(ringer(pool.clone(), bells.clone(), stop.clone()));
+            bells
+        });
         Ok(PostgresStore {
             pool,
             options,
             closed: AtomicBool::new(false),
             config,
             advertise_url: parking_lot::RwLock::new(None),
-            stop: tokio_util::sync::CancellationToken::new(),
+            stop,
+            bells,
         })
     }
 
@@ -905,7 +989,7 @@ impl PostgresStore {
     /// before `COMMIT` and `COMMIT` itself succeeded, and is reported with
     /// the first error otherwise. The doorbell's transaction starts after the
     /// `COMMIT` finished and rings only for events that are stored (see
-    /// `doorbell_sql`), so a refused commit rings nothing and a bell never
+    /// `pipelined_ring_sql`), so a refused commit rings nothing and a bell never
     /// comes before its events.
     async fn commit_inner(
         &self,
@@ -933,14 +1017,15 @@ impl PostgresStore {
                     .collect()
             })
             .collect();
-        let doorbells = doorbell_sql(&writes, self.options.doorbell_in_commit);
+        let bells = bells_of(&writes);
         let commit = if self.options.doorbell_in_commit {
-            format!("{doorbells}COMMIT")
+            format!("{}COMMIT", notify_sql(&bells))
         } else {
             "COMMIT".to_string()
         };
-        let after = (!self.options.doorbell_in_commit && !doorbells.is_empty())
-            .then(|| format!("BEGIN; SET LOCAL synchronous_commit TO off; {doorbells} COMMIT;"));
+        // Rung behind the COMMIT in this pipeline, unless the ringer takes them.
+        let after = (!self.options.doorbell_in_commit && self.bells.is_none() && !bells.is_empty())
+            .then(|| pipelined_ring_sql(&bells));
         let client: &tokio_postgres::Client = &client;
         let mut requests: Vec<Request<'_>> = Vec::with_capacity(steps.len() + 3);
         requests.push(Box::pin(client.batch_execute("BEGIN")));
@@ -969,41 +1054,67 @@ impl PostgresStore {
             // Committed all the same: followers find the events on their next read.
             tracing::warn!(error = %e, "could not ring the doorbell after a commit");
         }
+        if let Some(ringer) = &self.bells {
+            // Committed: the ringer may ring them now, after the commit.
+            let overflow = ringer.queue(bells);
+            if !overflow.is_empty() {
+                if let Err(e) = client.batch_execute(&ring_sql(&overflow)).await {
+                    tracing::warn!(error = %e, "could not ring the doorbell after a commit");
+                }
+            }
+        }
         Ok(())
     }
 }
 
-/// The doorbell of a commit as SQL text: one `pg_notify` per session that
-/// gained events. By default (`in_commit` false) it runs in a transaction of
-/// its own right after the commit, which waits for no WAL flush
-/// (`synchronous_commit = off`: a doorbell lost in a crash costs latency, not
-/// an event), and rings only if the session's newest event of the commit is
-/// stored, so a commit that was refused rings nothing. NOTIFY takes a
-/// database-wide lock from its commit until the commit is durable, so inside
-/// the data's own transaction it would hold every commit of the cluster
-/// behind one fsync at a time (BENCHMARKS.md, cluster); here it is held for a
-/// transaction that writes nothing. A listener that hears the doorbell finds
-/// the events committed, since it rings after them.
-fn doorbell_sql(writes: &[Write], in_commit: bool) -> String {
-    let mut sql = String::new();
-    for write in writes {
-        if let Write::AppendEvents { session_id, events } = write {
-            if let Some(last) = events.last() {
-                // A uuid and a number: nothing to quote.
-                let seq = last.seq;
-                if in_commit {
-                    sql.push_str(&format!(
-                        "SELECT pg_notify('{DOORBELL_CHANNEL}', '{session_id}:{seq}');"
-                    ));
-                } else {
-                    sql.push_str(&format!(
-                        "SELECT pg_notify('{DOORBELL_CHANNEL}', '{session_id}:{seq}') FROM session_events
-                         WHERE session_id = '{session_id}' AND seq = {seq};"
-                    ));
-                }
+/// The doorbells of a commit: each session that gained events, with its newest seq.
+fn bells_of(writes: &[Write]) -> Vec<(Uuid, u64)> {
+    writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::AppendEvents { session_id, events } => {
+                events.last().map(|e| (*session_id, e.seq))
             }
-        }
+            _ => None,
+        })
+        .collect()
+}
+
+/// One `pg_notify` per doorbell, as SQL text (a uuid and a number: nothing to quote).
+fn notify_sql(bells: &[(Uuid, u64)]) -> String {
+    bells
+        .iter()
+        .map(|(session, seq)| format!("SELECT pg_notify('{DOORBELL_CHANNEL}', '{session}:{seq}');"))
+        .collect()
+}
+
+/// Doorbells in a transaction of their own, for events already committed.
+/// It waits for no WAL flush (`synchronous_commit = off`: a doorbell lost in
+/// a crash costs latency, not an event). NOTIFY takes a database-wide lock
+/// from its commit until the commit is durable, so inside the data's own
+/// transaction it would hold every commit of the cluster behind one fsync at
+/// a time (BENCHMARKS.md, cluster); here it is held for a transaction that
+/// writes nothing. A listener that hears a doorbell finds the events
+/// committed, since it rings after them.
+fn ring_sql(bells: &[(Uuid, u64)]) -> String {
+    format!(
+        "BEGIN; SET LOCAL synchronous_commit TO off; {} COMMIT;",
+        notify_sql(bells)
+    )
+}
+
+/// `ring_sql` for the end of a commit's own pipeline, which is sent before
+/// the commit's outcome is known: each doorbell rings only if its event is
+/// stored, so a commit that was refused rings nothing.
+fn pipelined_ring_sql(bells: &[(Uuid, u64)]) -> String {
+    let mut sql = String::from("BEGIN; SET LOCAL synchronous_commit TO off; ");
+    for (session, seq) in bells {
+        sql.push_str(&format!(
+            "SELECT pg_notify('{DOORBELL_CHANNEL}', '{session}:{seq}') FROM session_events
+             WHERE session_id = '{session}' AND seq = {seq};"
+        ));
     }
+    sql.push_str(" COMMIT;");
     sql
 }
 
