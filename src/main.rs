@@ -270,6 +270,11 @@ struct ServeArgs {
     /// every commit of the cluster then waits for the others' WAL flushes (for measurements).
     #[arg(long, env = "TALUS_DOORBELL_IN_COMMIT")]
     doorbell_in_commit: bool,
+    /// Sessions whose doorbells may wait for the one ringer task, which rings all that wait in one
+    /// transaction (0 to 1,000,000; a commit that finds the limit reached rings its own; 0: every
+    /// commit rings its own doorbell at the end of its pipeline).
+    #[arg(long, env = "TALUS_DOORBELL_BATCH", default_value_t = 4_096, value_parser = count(0, 1_000_000))]
+    doorbell_batch: usize,
     #[command(flatten)]
     auth: AuthArgs,
 }
@@ -422,6 +427,7 @@ impl ServeArgs {
                     forward_timeout: Duration::from_secs(self.forward_timeout_secs),
                     forward_idle_connections: self.forward_idle_connections,
                     doorbell_in_commit: self.doorbell_in_commit,
+                    doorbell_batch: self.doorbell_batch,
                 });
         Ok(c)
     }

@@ -87,6 +87,8 @@ pub struct ClusterConfig {
     pub forward_idle_connections: usize,
     /// NOTIFY inside the commit's transaction (`--doorbell-in-commit`).
     pub doorbell_in_commit: bool,
+    /// Sessions whose doorbells may wait for the ringer (`--doorbell-batch`; 0: each commit rings its own).
+    pub doorbell_batch: usize,
 }
 
 impl ClusterConfig {
@@ -102,6 +104,7 @@ impl ClusterConfig {
             forward_timeout: Duration::from_secs(10),
             forward_idle_connections: 32,
             doorbell_in_commit: false,
+            doorbell_batch: 4_096,
         }
     }
 }
@@ -242,6 +245,7 @@ pub async fn open_postgres(cluster: &ClusterConfig) -> anyhow::Result<Arc<dyn St
         instance_id: cluster.instance_id.clone(),
         lease: cluster.lease,
         doorbell_in_commit: cluster.doorbell_in_commit,
+        doorbell_batch: cluster.doorbell_batch,
         ..PostgresOptions::default()
     };
     let store = PostgresStore::connect(&cluster.database_url, options)

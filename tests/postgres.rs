@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use common::postgres::{cluster, options};
 use store_suite::events;
-use talus_tally::store::{Fence, LeaseClaim, PostgresStore, Store, StoreError, Write};
+use talus_tally::domain::Role;
+use talus_tally::store::{
+    Doorbell, Fence, LeaseClaim, Membership, PostgresStore, Store, StoreError, Write,
+};
 use uuid::Uuid;
 
 /// The cluster, or an early return after the skip notice.
@@ -91,7 +94,7 @@ async fn instances_starting_together_on_an_empty_database_migrate_it_once() {
     for start in starts {
         stores.push(start.await.unwrap());
     }
-    assert_eq!(schema_version(&url).await, 3);
+    assert_eq!(schema_version(&url).await, 4);
     let s = Uuid::new_v4();
     stores[0].commit(vec![events(s, 1..=2)]).await.unwrap();
     assert_eq!(stores[2].event_range(s).await.unwrap(), Some((1, 2)));
@@ -101,7 +104,7 @@ async fn instances_starting_together_on_an_empty_database_migrate_it_once() {
         .await
         .unwrap();
     assert_eq!(again.event_range(s).await.unwrap(), Some((1, 2)));
-    assert_eq!(schema_version(&url).await, 3);
+    assert_eq!(schema_version(&url).await, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,11 +114,11 @@ async fn a_database_of_the_previous_schema_gains_the_memberships_table_and_keeps
     let s = Uuid::new_v4();
     store.commit(vec![events(s, 1..=3)]).await.unwrap();
     store.close().await;
-    // Schema 1 as an earlier release left it: no project_members table, no owner_url.
+    // Schema 1 as an earlier release left it: no project_members table, no owner_url, no fence function.
     psql(&url)
         .await
         .batch_execute(
-            "DROP TABLE project_members; ALTER TABLE session_leases DROP COLUMN owner_url; UPDATE talus_schema SET version = 1",
+            "DROP FUNCTION talus_fence; DROP TABLE project_members; ALTER TABLE session_leases DROP COLUMN owner_url; UPDATE talus_schema SET version = 1",
         )
         .await
         .unwrap();
@@ -124,7 +127,7 @@ async fn a_database_of_the_previous_schema_gains_the_memberships_table_and_keeps
         .await
         .unwrap();
 
-    assert_eq!(schema_version(&url).await, 3);
+    assert_eq!(schema_version(&url).await, 4);
     assert_eq!(store.event_range(s).await.unwrap(), Some((1, 3)));
     assert_eq!(store.memberships().await.unwrap(), vec![]);
 }
@@ -141,7 +144,7 @@ async fn a_database_of_schema_2_gains_the_lease_owner_address_and_keeps_its_leas
     psql(&url)
         .await
         .batch_execute(
-            "ALTER TABLE session_leases DROP COLUMN owner_url; UPDATE talus_schema SET version = 2",
+            "DROP FUNCTION talus_fence; ALTER TABLE session_leases DROP COLUMN owner_url; UPDATE talus_schema SET version = 2",
         )
         .await
         .unwrap();
@@ -150,13 +153,52 @@ async fn a_database_of_schema_2_gains_the_lease_owner_address_and_keeps_its_leas
         .await
         .unwrap();
 
-    assert_eq!(schema_version(&url).await, 3);
+    assert_eq!(schema_version(&url).await, 4);
     match upgraded.take_lease(s).await.unwrap() {
         LeaseClaim::HeldBy { owner_url, .. } => {
             assert_eq!(owner_url, None, "the old lease has no address")
         }
         other => panic!("the lease of {fence:?} is still held: {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_schema_3_gains_the_fence_function_and_its_leases_and_log_still_fence() {
+    let pg = cluster_or_skip!();
+    let (url, store) = pg.store().await;
+    let s = Uuid::new_v4();
+    let LeaseClaim::Held(fence) = store.take_lease(s).await.unwrap() else {
+        panic!("a free lease is taken");
+    };
+    store
+        .commit_fenced(&fence, vec![events(s, 1..=2), last_seq(s, 2)])
+        .await
+        .unwrap();
+    store.close().await;
+    psql(&url)
+        .await
+        .batch_execute("DROP FUNCTION talus_fence; UPDATE talus_schema SET version = 3")
+        .await
+        .unwrap();
+
+    // The same instance name: the lease it held before the upgrade is its own.
+    let upgraded = PostgresStore::connect(&url, options("test")).await.unwrap();
+
+    assert_eq!(schema_version(&url).await, 4);
+    let at_2 = Fence {
+        last_seq: 2,
+        ..fence
+    };
+    let stale = upgraded
+        .commit_fenced(&fence, vec![events(s, 3..=3), last_seq(s, 3)])
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, StoreError::Conflict(_)), "{stale:?}");
+    upgraded
+        .commit_fenced(&at_2, vec![events(s, 3..=3), last_seq(s, 3)])
+        .await
+        .unwrap();
+    assert_eq!(upgraded.event_range(s).await.unwrap(), Some((1, 3)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,7 +219,7 @@ async fn a_database_with_a_newer_schema_is_refused_and_left_untouched() {
 
     assert_eq!(
         format!("{error:#}"),
-        "the database was written by a newer Talus Tally (schema 99, this binary knows up to 3); refusing to use it"
+        "the database was written by a newer Talus Tally (schema 99, this binary knows up to 4); refusing to use it"
     );
     assert_eq!(schema_version(&url).await, 99);
 }
@@ -254,6 +296,149 @@ async fn a_session_has_one_lease_holder_and_a_stale_owner_cannot_commit() {
         .unwrap()
         .is_empty());
     assert_eq!(a.event_range(s).await.unwrap(), Some((1, 3)));
+}
+
+/// A commit is one pipeline (BEGIN, fence, writes, COMMIT, doorbell sent
+/// together): a fence that does not hold must fail the transaction so that
+/// the COMMIT sent behind it rolls back, and the doorbell behind that must
+/// stay silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_miss_in_the_pipelined_commit_writes_nothing_and_rings_no_doorbell() {
+    let pg = cluster_or_skip!();
+    let (_, store) = pg.store().await;
+    fence_miss_writes_and_rings_nothing(store).await;
+}
+
+/// The same with the ringer (`--doorbell-batch`): doorbells handed over only
+/// after the commit succeeded, and a commit that finds the ringer's limit
+/// reached rings its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_miss_rings_no_doorbell_through_the_ringer_and_doorbells_beyond_its_limit_ring_too()
+{
+    let pg = cluster_or_skip!();
+    let url = pg.database().await;
+    let store = PostgresStore::connect(
+        &url,
+        talus_tally::store::PostgresOptions {
+            doorbell_batch: 1,
+            ..options("test")
+        },
+    )
+    .await
+    .unwrap();
+    fence_miss_writes_and_rings_nothing(store).await;
+}
+
+async fn fence_miss_writes_and_rings_nothing(store: PostgresStore) {
+    let (bells, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    assert!(store.listen(Arc::new(move |bell| {
+        let _ = bells.send(bell);
+    })));
+    // Listening once a doorbell of another session is heard.
+    let warm = Uuid::new_v4();
+    let mut seq = 0;
+    common::eventually("the listener hears a doorbell", async || {
+        seq += 1;
+        store.commit(vec![events(warm, [seq])]).await.unwrap();
+        while let Ok(bell) = heard.try_recv() {
+            if matches!(bell, Doorbell::Rang { session_id, .. } if session_id == warm) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+
+    let (s, p) = (Uuid::new_v4(), Uuid::new_v4());
+    let LeaseClaim::Held(fence) = store.take_lease(s).await.unwrap() else {
+        panic!("a free lease is taken");
+    };
+    store
+        .commit_fenced(
+            &fence,
+            vec![store_suite::op(p, 1), events(s, 1..=2), last_seq(s, 2)],
+        )
+        .await
+        .unwrap();
+    let before = store_suite::everything(&store, &[p], &[s]).await;
+    let members_before = store.memberships().await.unwrap();
+    let refused_writes = || {
+        vec![
+            store_suite::op(p, 2),
+            events(s, 3..=4),
+            last_seq(s, 4),
+            Write::UpsertProject(store_suite::project(p, "refused", 2)),
+            Write::PutMember(Membership {
+                project_id: p,
+                user_id: "refused".into(),
+                role: Role::Owner,
+            }),
+        ]
+    };
+    let misses = [
+        // A stale epoch (the lease was taken again since).
+        Fence {
+            epoch: fence.epoch + 1,
+            last_seq: 2,
+            ..fence
+        },
+        // The right epoch, but the log does not end where the committer thinks.
+        Fence {
+            last_seq: 1,
+            ..fence
+        },
+    ];
+    for miss in misses {
+        let error = store
+            .commit_fenced(&miss, refused_writes())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Conflict(_)), "{error:?}");
+        assert_eq!(store_suite::everything(&store, &[p], &[s]).await, before);
+        assert_eq!(store.memberships().await.unwrap(), members_before);
+    }
+    // The connections that carried the refused commits are usable again.
+    for _ in 0..16 {
+        assert_eq!(store.event_range(s).await.unwrap(), Some((1, 2)));
+    }
+    let at_2 = Fence {
+        last_seq: 2,
+        ..fence
+    };
+    store
+        .commit_fenced(&at_2, vec![events(s, 3..=3), last_seq(s, 3)])
+        .await
+        .unwrap();
+    assert_eq!(store.event_range(s).await.unwrap(), Some((1, 3)));
+
+    // One commit for two more sessions: with a ringer of limit 1 at least one
+    // of them does not fit and is rung by the commit itself; both ring.
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    store
+        .commit(vec![events(a, [1]), events(b, [1])])
+        .await
+        .unwrap();
+
+    // The bells of s, in commit order: the two commits that landed (the
+    // ringer may fold the first into the second), nothing of the refused ones.
+    let mut rung = Vec::new();
+    let mut others = std::collections::HashSet::new();
+    while rung.last() != Some(&3) || others.len() < 2 {
+        let bell = tokio::time::timeout(Duration::from_secs(20), heard.recv())
+            .await
+            .expect("the doorbells of the last commits ring")
+            .expect("the listener runs");
+        if let Doorbell::Rang { session_id, seq } = bell {
+            if session_id == s {
+                rung.push(seq);
+            } else if session_id == a || session_id == b {
+                assert_eq!(seq, 1);
+                others.insert(session_id);
+            }
+        }
+    }
+    assert!(rung == vec![2, 3] || rung == vec![3], "{rung:?}");
+    store.close().await;
 }
 
 /// The session record with its newest seq, as every group's commit writes it.

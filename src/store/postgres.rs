@@ -26,6 +26,9 @@
 //! read back exactly as it was written. Lease expiry is the database's own
 //! clock (`now()`), so instances need not agree on the time.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -96,7 +99,33 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 3: where a lease's owner takes forwarded commands (its --advertise-url).
     "ALTER TABLE session_leases ADD COLUMN owner_url text;",
+    // 4: the fence of a commit as one statement, so that the whole commit can
+    // be sent in one pipeline (see `commit_inner`): it locks the lease row and
+    // the session row until the transaction ends and fails the transaction
+    // (SQLSTATE `FENCE_MISS`) unless the epoch and the last seq are the
+    // committer's, so the COMMIT sent after it becomes a rollback.
+    "CREATE OR REPLACE FUNCTION talus_fence(sid uuid, held_epoch bigint, expected_seq bigint)
+     RETURNS void LANGUAGE plpgsql AS $$
+     DECLARE
+       lease_epoch bigint;
+       stored_seq bigint;
+     BEGIN
+       SELECT epoch INTO lease_epoch FROM session_leases WHERE session_id = sid FOR UPDATE;
+       IF lease_epoch IS DISTINCT FROM held_epoch THEN
+         RAISE EXCEPTION USING ERRCODE = 'TT001', MESSAGE = format(
+           'session %s is owned by another instance now (lease epoch %s instead of %s)',
+           sid, coalesce(lease_epoch::text, 'none'), held_epoch);
+       END IF;
+       SELECT last_seq INTO stored_seq FROM sessions WHERE id = sid FOR UPDATE;
+       IF coalesce(stored_seq, 0) <> expected_seq THEN
+         RAISE EXCEPTION USING ERRCODE = 'TT001', MESSAGE = format(
+           'session %s has events up to seq %s, not %s', sid, coalesce(stored_seq, 0), expected_seq);
+       END IF;
+     END $$;",
 ];
+
+/// The SQLSTATE `talus_fence` fails a commit with: the fence did not hold.
+const FENCE_MISS: &str = "TT001";
 
 /// The channel of the doorbell: each commit that adds events to a session
 /// notifies `<session uuid>:<newest seq>` on it (about 40 bytes, far below
@@ -125,6 +154,12 @@ pub struct PostgresOptions {
     /// one of its own right after it (`--doorbell-in-commit`; for measuring
     /// what NOTIFY's lock costs the commit path).
     pub doorbell_in_commit: bool,
+    /// Sessions whose doorbells may wait for the ringer (`--doorbell-batch`):
+    /// with N > 0 a commit hands its doorbells to one ringer task, which rings
+    /// everything waiting in one transaction while commits go on, and a commit
+    /// that finds N sessions waiting rings its own; 0 rings each commit's
+    /// doorbell in the commit's own pipeline.
+    pub doorbell_batch: usize,
 }
 
 impl Default for PostgresOptions {
@@ -135,6 +170,70 @@ impl Default for PostgresOptions {
             instance_id: format!("pid-{}", std::process::id()),
             lease: Duration::from_secs(5),
             doorbell_in_commit: false,
+            doorbell_batch: 0,
+        }
+    }
+}
+
+/// Doorbells of committed events waiting for the ringer: the newest seq per
+/// session (so they coalesce), at most `PostgresOptions::doorbell_batch` sessions.
+struct Bells {
+    waiting: parking_lot::Mutex<HashMap<Uuid, u64>>,
+    wake: tokio::sync::Notify,
+    limit: usize,
+}
+
+impl Bells {
+    /// Queues the doorbells of a commit that succeeded; returns those that did
+    /// not fit, for the caller to ring itself.
+    fn queue(&self, bells: Vec<(Uuid, u64)>) -> Vec<(Uuid, u64)> {
+        let mut overflow = Vec::new();
+        {
+            let mut waiting = self.waiting.lock();
+            for (session, seq) in bells {
+                if let Some(newest) = waiting.get_mut(&session) {
+                    *newest = (*newest).max(seq);
+                } else if waiting.len() < self.limit {
+                    waiting.insert(session, seq);
+                } else {
+                    overflow.push((session, seq));
+                }
+            }
+        }
+        self.wake.notify_one();
+        overflow
+    }
+}
+
+/// The ringer (`doorbell_batch` > 0): rings every doorbell waiting in one
+/// transaction, then the ones that arrived meanwhile, until the store closes.
+/// A failed ring is logged and dropped: followers read the log once per
+/// lease period anyway, so it costs latency, never an event.
+async fn ringer(
+    pool: Pool,
+    bells: std::sync::Arc<Bells>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = bells.wake.notified() => {}
+        }
+        let batch: Vec<(Uuid, u64)> = std::mem::take(&mut *bells.waiting.lock())
+            .into_iter()
+            .collect();
+        if batch.is_empty() {
+            continue;
+        }
+        let rung = match pool.get().await {
+            Ok(client) => client
+                .batch_execute(&ring_sql(&batch))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = rung {
+            tracing::warn!(error = %e, sessions = batch.len(), "could not ring the doorbells of committed events");
         }
     }
 }
@@ -148,8 +247,10 @@ pub struct PostgresStore {
     config: tokio_postgres::Config,
     /// Recorded with every lease taken (`set_advertise_url`).
     advertise_url: parking_lot::RwLock<Option<String>>,
-    /// Stops the listener at `close`.
+    /// Stops the listener and the ringer at `close`.
     stop: tokio_util::sync::CancellationToken,
+    /// Doorbells waiting for the ringer, when `doorbell_batch` > 0.
+    bells: Option<std::sync::Arc<Bells>>,
 }
 
 impl PostgresStore {
@@ -182,13 +283,24 @@ impl PostgresStore {
             .map_err(|e| anyhow::anyhow!("could not connect to the database: {e}"))?;
         migrate(&mut client).await?;
         drop(client);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let bells = (options.doorbell_batch > 0 && !options.doorbell_in_commit).then(|| {
+            let bells = std::sync::Arc::new(Bells {
+                waiting: parking_lot::Mutex::new(HashMap::new()),
+                wake: tokio::sync::Notify::new(),
+                limit: options.doorbell_batch,
+            });
+            tokio::spawn(ringer(pool.clone(), bells.clone(), stop.clone()));
+            bells
+        });
         Ok(PostgresStore {
             pool,
             options,
             closed: AtomicBool::new(false),
             config,
             advertise_url: parking_lot::RwLock::new(None),
-            stop: tokio_util::sync::CancellationToken::new(),
+            stop,
+            bells,
         })
     }
 
@@ -333,6 +445,9 @@ fn pg_error(e: &tokio_postgres::Error) -> StoreError {
     let message = e
         .as_db_error()
         .map_or_else(|| e.to_string(), |d| d.message().to_string());
+    if code.code() == FENCE_MISS {
+        return StoreError::Conflict(message);
+    }
     if *code == SqlState::UNIQUE_VIOLATION {
         return StoreError::Conflict(
             "a seq or version that is already stored was written again".into(),
@@ -370,86 +485,54 @@ fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> StoreError + '_ {
     }
 }
 
-/// Checks, under row locks held until the transaction ends, that `fence`
-/// still owns its session and that the session's log ends where the committer thinks.
-async fn check_fence(
-    tx: &deadpool_postgres::Transaction<'_>,
-    fence: &Fence,
-) -> Result<(), StoreError> {
-    let sql = "SELECT epoch, owner FROM session_leases WHERE session_id = $1 FOR UPDATE";
-    let lease = tx
-        .query_opt(
-            &tx.prepare_cached(sql).await.map_err(failed("fence"))?,
-            &[&fence.session_id],
-        )
-        .await
-        .map_err(failed("fence"))?;
-    let epoch = match &lease {
-        Some(row) => Some(uint(row, 0)?),
-        None => None,
-    };
-    if epoch != Some(fence.epoch) {
-        return Err(StoreError::Conflict(format!(
-            "session {} is owned by another instance now (lease epoch {} instead of {})",
-            fence.session_id,
-            epoch.map_or_else(|| "none".to_string(), |e| e.to_string()),
-            fence.epoch
-        )));
-    }
-    let sql = "SELECT last_seq FROM sessions WHERE id = $1 FOR UPDATE";
-    let session = tx
-        .query_opt(
-            &tx.prepare_cached(sql).await.map_err(failed("fence"))?,
-            &[&fence.session_id],
-        )
-        .await
-        .map_err(failed("fence"))?;
-    let last_seq = match &session {
-        Some(row) => uint(row, 0)?,
-        None => 0,
-    };
-    if last_seq != fence.last_seq {
-        return Err(StoreError::Conflict(format!(
-            "session {} has events up to seq {last_seq}, not {}",
-            fence.session_id, fence.last_seq
-        )));
-    }
-    Ok(())
+/// One statement of a commit with its parameters.
+struct Step<'a> {
+    sql: &'static str,
+    params: Vec<Box<dyn ToSql + Sync + Send + 'a>>,
 }
 
-/// Runs one statement (prepared once per connection) with `params`.
-async fn exec(
-    tx: &deadpool_postgres::Transaction<'_>,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<u64, StoreError> {
-    let stmt = tx.prepare_cached(sql).await.map_err(failed("commit"))?;
-    tx.execute(&stmt, params).await.map_err(failed("commit"))
+fn step<'a>(sql: &'static str, params: Vec<Box<dyn ToSql + Sync + Send + 'a>>) -> Step<'a> {
+    Step { sql, params }
 }
 
-/// Applies one write inside the commit's transaction.
-async fn apply(tx: &deadpool_postgres::Transaction<'_>, write: &Write) -> Result<(), StoreError> {
+/// The statements of a commit, in order: the fence (if any), then each write's.
+fn plan<'a>(fence: Option<&Fence>, writes: &'a [Write]) -> Result<Vec<Step<'a>>, StoreError> {
+    let mut steps = Vec::with_capacity(writes.len() + 1);
+    if let Some(fence) = fence {
+        steps.push(step(
+            "SELECT talus_fence($1, $2, $3)",
+            vec![
+                Box::new(fence.session_id),
+                Box::new(int(fence.epoch)?),
+                Box::new(int(fence.last_seq)?),
+            ],
+        ));
+    }
+    for write in writes {
+        plan_write(&mut steps, write)?;
+    }
+    Ok(steps)
+}
+
+/// The statements of one write.
+fn plan_write<'a>(steps: &mut Vec<Step<'a>>, write: &'a Write) -> Result<(), StoreError> {
     match write {
-        Write::UpsertProject(p) => {
-            exec(
-                tx,
-                "INSERT INTO projects (id, name, template_id, created_at, updated_at, version, node_count)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, template_id = excluded.template_id,
-                   created_at = excluded.created_at, updated_at = excluded.updated_at,
-                   version = excluded.version, node_count = excluded.node_count",
-                &[
-                    &p.id,
-                    &p.name,
-                    &p.template_id,
-                    &timestamp(&p.created_at),
-                    &timestamp(&p.updated_at),
-                    &int(p.version)?,
-                    &int(p.node_count)?,
-                ],
-            )
-            .await?;
-        }
+        Write::UpsertProject(p) => steps.push(step(
+            "INSERT INTO projects (id, name, template_id, created_at, updated_at, version, node_count)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, template_id = excluded.template_id,
+               created_at = excluded.created_at, updated_at = excluded.updated_at,
+               version = excluded.version, node_count = excluded.node_count",
+            vec![
+                Box::new(p.id),
+                Box::new(p.name.as_str()),
+                Box::new(p.template_id.as_str()),
+                Box::new(timestamp(&p.created_at)),
+                Box::new(timestamp(&p.updated_at)),
+                Box::new(int(p.version)?),
+                Box::new(int(p.node_count)?),
+            ],
+        )),
         Write::Snapshot {
             project_id,
             version,
@@ -458,101 +541,81 @@ async fn apply(tx: &deadpool_postgres::Transaction<'_>, write: &Write) -> Result
             let version = int(*version)?;
             // A snapshot serialised in the background may arrive after a
             // newer one: the newer one stays.
-            exec(
-                tx,
+            steps.push(step(
                 "INSERT INTO project_snapshots (project_id, version, state) VALUES ($1, $2, $3)
                  ON CONFLICT (project_id) DO UPDATE SET version = excluded.version, state = excluded.state
                  WHERE excluded.version >= project_snapshots.version",
-                &[project_id, &version, state],
-            )
-            .await?;
-            exec(
-                tx,
+                vec![
+                    Box::new(*project_id),
+                    Box::new(version),
+                    Box::new(state.as_str()),
+                ],
+            ));
+            steps.push(step(
                 "DELETE FROM project_ops WHERE project_id = $1 AND version <= $2",
-                &[project_id, &version],
-            )
-            .await?;
+                vec![Box::new(*project_id), Box::new(version)],
+            ));
         }
         Write::AppendOp {
             project_id,
             version,
             op,
-        } => {
-            exec(
-                tx,
-                "INSERT INTO project_ops (project_id, version, op) VALUES ($1, $2, $3)",
-                &[project_id, &int(*version)?, op],
-            )
-            .await?;
-        }
+        } => steps.push(step(
+            "INSERT INTO project_ops (project_id, version, op) VALUES ($1, $2, $3)",
+            vec![
+                Box::new(*project_id),
+                Box::new(int(*version)?),
+                Box::new(op.as_str()),
+            ],
+        )),
         Write::DeleteProject(id) => {
-            exec(tx, "DELETE FROM projects WHERE id = $1", &[id]).await?;
-            exec(
-                tx,
+            for sql in [
+                "DELETE FROM projects WHERE id = $1",
                 "DELETE FROM project_snapshots WHERE project_id = $1",
-                &[id],
-            )
-            .await?;
-            exec(tx, "DELETE FROM project_ops WHERE project_id = $1", &[id]).await?;
-            exec(
-                tx,
+                "DELETE FROM project_ops WHERE project_id = $1",
                 "DELETE FROM project_members WHERE project_id = $1",
-                &[id],
-            )
-            .await?;
+            ] {
+                steps.push(step(sql, vec![Box::new(*id)]));
+            }
         }
-        Write::PutMember(m) => {
-            exec(
-                tx,
-                "INSERT INTO project_members (project_id, user_id, role) VALUES ($1, $2, $3)
-                 ON CONFLICT (project_id, user_id) DO UPDATE SET role = excluded.role",
-                &[&m.project_id, &m.user_id, &m.role.as_str()],
-            )
-            .await?;
-        }
+        Write::PutMember(m) => steps.push(step(
+            "INSERT INTO project_members (project_id, user_id, role) VALUES ($1, $2, $3)
+             ON CONFLICT (project_id, user_id) DO UPDATE SET role = excluded.role",
+            vec![
+                Box::new(m.project_id),
+                Box::new(m.user_id.as_str()),
+                Box::new(m.role.as_str()),
+            ],
+        )),
         Write::RemoveMember {
             project_id,
             user_id,
-        } => {
-            exec(
-                tx,
-                "DELETE FROM project_members WHERE project_id = $1 AND user_id = $2",
-                &[project_id, user_id],
-            )
-            .await?;
-        }
-        Write::UpsertSession(s) => {
-            exec(
-                tx,
-                "INSERT INTO sessions (id, project_id, created_at, last_activity, last_seq)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (id) DO UPDATE SET project_id = excluded.project_id,
-                   created_at = excluded.created_at, last_activity = excluded.last_activity,
-                   last_seq = excluded.last_seq",
-                &[
-                    &s.id,
-                    &s.project_id,
-                    &timestamp(&s.created_at),
-                    &timestamp(&s.last_activity),
-                    &int(s.last_seq)?,
-                ],
-            )
-            .await?;
-        }
+        } => steps.push(step(
+            "DELETE FROM project_members WHERE project_id = $1 AND user_id = $2",
+            vec![Box::new(*project_id), Box::new(user_id.as_str())],
+        )),
+        Write::UpsertSession(s) => steps.push(step(
+            "INSERT INTO sessions (id, project_id, created_at, last_activity, last_seq)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET project_id = excluded.project_id,
+               created_at = excluded.created_at, last_activity = excluded.last_activity,
+               last_seq = excluded.last_seq",
+            vec![
+                Box::new(s.id),
+                Box::new(s.project_id),
+                Box::new(timestamp(&s.created_at)),
+                Box::new(timestamp(&s.last_activity)),
+                Box::new(int(s.last_seq)?),
+            ],
+        )),
         Write::DeleteSession(id) => {
-            exec(tx, "DELETE FROM sessions WHERE id = $1", &[id]).await?;
-            exec(
-                tx,
+            for sql in [
+                "DELETE FROM sessions WHERE id = $1",
                 "DELETE FROM session_events WHERE session_id = $1",
-                &[id],
-            )
-            .await?;
-            exec(
-                tx,
                 "DELETE FROM session_leases WHERE session_id = $1",
-                &[id],
-            )
-            .await?;
+            ] {
+                steps.push(step(sql, vec![Box::new(*id)]));
+            }
         }
         Write::AppendEvents { session_id, events } => {
             if events.is_empty() {
@@ -565,13 +628,11 @@ async fn apply(tx: &deadpool_postgres::Transaction<'_>, write: &Write) -> Result
                 .map(|e| int(e.seq))
                 .collect::<Result<Vec<i64>, _>>()?;
             let jsons: Vec<&str> = events.iter().map(|e| e.json.as_str()).collect();
-            exec(
-                tx,
+            steps.push(step(
                 "INSERT INTO session_events (session_id, seq, json)
                  SELECT $1, seq, json FROM unnest($2::bigint[], $3::text[]) AS e(seq, json)",
-                &[session_id, &seqs, &jsons],
-            )
-            .await?;
+                vec![Box::new(*session_id), Box::new(seqs), Box::new(jsons)],
+            ));
         }
         Write::PruneEvents {
             session_id,
@@ -579,15 +640,38 @@ async fn apply(tx: &deadpool_postgres::Transaction<'_>, write: &Write) -> Result
         } => {
             // Above i64::MAX every stored seq is below it.
             let below = i64::try_from(*below_seq).unwrap_or(i64::MAX);
-            exec(
-                tx,
+            steps.push(step(
                 "DELETE FROM session_events WHERE session_id = $1 AND seq < $2",
-                &[session_id, &below],
-            )
-            .await?;
+                vec![Box::new(*session_id), Box::new(below)],
+            ));
         }
     }
     Ok(())
+}
+
+/// A request of a pipeline, boxed so that statements and simple queries mix.
+type Request<'a> = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send + 'a>>;
+
+/// Sends every request before awaiting any (tokio-postgres sends a request
+/// when its future is first polled, and the server answers in order), then
+/// awaits their answers in order: one round trip for the lot.
+async fn pipeline(requests: Vec<Request<'_>>) -> Vec<Result<(), tokio_postgres::Error>> {
+    let mut slots: Vec<(Request<'_>, Option<Result<(), tokio_postgres::Error>>)> =
+        requests.into_iter().map(|r| (r, None)).collect();
+    for (request, answer) in &mut slots {
+        // Polled once, in order: this sends the request.
+        if let std::task::Poll::Ready(done) = futures_util::poll!(request.as_mut()) {
+            *answer = Some(done);
+        }
+    }
+    let mut answers = Vec::with_capacity(slots.len());
+    for (request, answer) in slots {
+        answers.push(match answer {
+            Some(done) => done,
+            None => request.await,
+        });
+    }
+    answers
 }
 
 #[async_trait]
@@ -959,66 +1043,144 @@ impl Store for PostgresStore {
 }
 
 impl PostgresStore {
+    /// One transaction in one pipeline: `BEGIN`, the fence (if any), every
+    /// write's statements, `COMMIT`, and the doorbell's transaction, all sent
+    /// before the first answer is read, so a commit costs one round trip (plus
+    /// one per statement text this connection has not prepared yet).
+    ///
+    /// Why this is safe: the server runs the requests one after the other. A
+    /// statement that fails (a fence miss, a seq stored twice) aborts the
+    /// transaction, every statement after it fails too, and the `COMMIT`
+    /// then rolls back; the commit counts as done only if every statement
+    /// before `COMMIT` and `COMMIT` itself succeeded, and is reported with
+    /// the first error otherwise. The doorbell's transaction starts after the
+    /// `COMMIT` finished and rings only for events that are stored (see
+    /// `pipelined_ring_sql`), so a refused commit rings nothing and a bell never
+    /// comes before its events.
     async fn commit_inner(
         &self,
         fence: Option<&Fence>,
         writes: Vec<Write>,
     ) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(failed("commit"))?;
-        if let Some(fence) = fence {
-            check_fence(&tx, fence).await?;
+        let client = self.client().await?;
+        let steps = plan(fence, &writes)?;
+        let mut statements = Vec::with_capacity(steps.len());
+        for step in &steps {
+            // Prepared once per connection; cached afterwards (no round trip).
+            statements.push(
+                client
+                    .prepare_cached(step.sql)
+                    .await
+                    .map_err(failed("commit"))?,
+            );
         }
-        for write in &writes {
-            apply(&tx, write).await?;
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = steps
+            .iter()
+            .map(|s| {
+                s.params
+                    .iter()
+                    .map(|p| &**p as &(dyn ToSql + Sync))
+                    .collect()
+            })
+            .collect();
+        let bells = bells_of(&writes);
+        let commit = if self.options.doorbell_in_commit {
+            format!("{}COMMIT", notify_sql(&bells))
+        } else {
+            "COMMIT".to_string()
+        };
+        // Rung behind the COMMIT in this pipeline, unless the ringer takes them.
+        let after = (!self.options.doorbell_in_commit && self.bells.is_none() && !bells.is_empty())
+            .then(|| pipelined_ring_sql(&bells));
+        let client: &tokio_postgres::Client = &client;
+        let mut requests: Vec<Request<'_>> = Vec::with_capacity(steps.len() + 3);
+        requests.push(Box::pin(client.batch_execute("BEGIN")));
+        for (statement, params) in statements.iter().zip(&params) {
+            requests.push(Box::pin(async move {
+                client.execute(statement, params).await.map(|_| ())
+            }));
         }
-        let doorbells = doorbell_sql(&writes);
-        if self.options.doorbell_in_commit && !doorbells.is_empty() {
-            tx.batch_execute(&doorbells)
-                .await
-                .map_err(failed("commit"))?;
+        requests.push(Box::pin(client.batch_execute(&commit)));
+        if let Some(after) = &after {
+            requests.push(Box::pin(client.batch_execute(after)));
         }
-        // An error here leaves the outcome unknown (the connection may have
-        // died after the server committed); the caller is told it failed and
-        // a later commit on top of it is refused by the fence or by the plain INSERTs.
-        tx.commit().await.map_err(failed("commit"))?;
-        if !self.options.doorbell_in_commit && !doorbells.is_empty() {
-            ring_doorbells(&client, &doorbells).await;
+        let mut answers = pipeline(requests).await;
+        let bell = if after.is_some() { answers.pop() } else { None };
+        // An error at COMMIT leaves the outcome unknown (the connection may
+        // have died after the server committed); the caller is told it failed
+        // and a later commit on top of it is refused by the fence or by the plain INSERTs.
+        if let Some(error) = answers.into_iter().find_map(Result::err) {
+            if error.code().is_some_and(|c| c.code() == FENCE_MISS) {
+                // Expected after a takeover: the caller steps down.
+                return Err(pg_error(&error));
+            }
+            return Err(failed("commit")(error));
+        }
+        if let Some(Err(e)) = bell {
+            // Committed all the same: followers find the events on their next read.
+            tracing::warn!(error = %e, "could not ring the doorbell after a commit");
+        }
+        if let Some(ringer) = &self.bells {
+            // Committed: the ringer may ring them now, after the commit.
+            let overflow = ringer.queue(bells);
+            if !overflow.is_empty() {
+                if let Err(e) = client.batch_execute(&ring_sql(&overflow)).await {
+                    tracing::warn!(error = %e, "could not ring the doorbell after a commit");
+                }
+            }
         }
         Ok(())
     }
 }
 
-/// The doorbell of a commit: one `pg_notify` per session that gained events,
-/// in a transaction of its own after the commit, which waits for no WAL flush
-/// (`synchronous_commit = off`: a doorbell lost in a crash costs latency, not
-/// an event). NOTIFY takes a database-wide lock from its commit until the
-/// commit is durable, so inside the data's own transaction it serialised every
-/// commit of the cluster behind one fsync at a time (BENCHMARKS.md, cluster);
-/// here it is held for a transaction that writes nothing. A listener that
-/// hears the doorbell finds the events committed, since it rings after them.
-async fn ring_doorbells(client: &deadpool_postgres::Client, doorbells: &str) {
-    let sql = format!("BEGIN; SET LOCAL synchronous_commit TO off; {doorbells} COMMIT;");
-    if let Err(e) = client.batch_execute(&sql).await {
-        // Committed all the same: followers find the events on their next read.
-        tracing::warn!(error = %e, "could not ring the doorbell after a commit");
-    }
+/// The doorbells of a commit: each session that gained events, with its newest seq.
+fn bells_of(writes: &[Write]) -> Vec<(Uuid, u64)> {
+    writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::AppendEvents { session_id, events } => {
+                events.last().map(|e| (*session_id, e.seq))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
-/// One `pg_notify` per session of `writes` that gained events, as SQL text.
-fn doorbell_sql(writes: &[Write]) -> String {
-    let mut sql = String::new();
-    for write in writes {
-        if let Write::AppendEvents { session_id, events } = write {
-            if let Some(last) = events.last() {
-                // A uuid and a number: nothing to quote.
-                sql.push_str(&format!(
-                    "SELECT pg_notify('{DOORBELL_CHANNEL}', '{session_id}:{}');",
-                    last.seq
-                ));
-            }
-        }
+/// One `pg_notify` per doorbell, as SQL text (a uuid and a number: nothing to quote).
+fn notify_sql(bells: &[(Uuid, u64)]) -> String {
+    bells
+        .iter()
+        .map(|(session, seq)| format!("SELECT pg_notify('{DOORBELL_CHANNEL}', '{session}:{seq}');"))
+        .collect()
+}
+
+/// Doorbells in a transaction of their own, for events already committed.
+/// It waits for no WAL flush (`synchronous_commit = off`: a doorbell lost in
+/// a crash costs latency, not an event). NOTIFY takes a database-wide lock
+/// from its commit until the commit is durable, so inside the data's own
+/// transaction it would hold every commit of the cluster behind one fsync at
+/// a time (BENCHMARKS.md, cluster); here it is held for a transaction that
+/// writes nothing. A listener that hears a doorbell finds the events
+/// committed, since it rings after them.
+fn ring_sql(bells: &[(Uuid, u64)]) -> String {
+    format!(
+        "BEGIN; SET LOCAL synchronous_commit TO off; {} COMMIT;",
+        notify_sql(bells)
+    )
+}
+
+/// `ring_sql` for the end of a commit's own pipeline, which is sent before
+/// the commit's outcome is known: each doorbell rings only if its event is
+/// stored, so a commit that was refused rings nothing.
+fn pipelined_ring_sql(bells: &[(Uuid, u64)]) -> String {
+    let mut sql = String::from("BEGIN; SET LOCAL synchronous_commit TO off; ");
+    for (session, seq) in bells {
+        sql.push_str(&format!(
+            "SELECT pg_notify('{DOORBELL_CHANNEL}', '{session}:{seq}') FROM session_events
+             WHERE session_id = '{session}' AND seq = {seq};"
+        ));
     }
+    sql.push_str(" COMMIT;");
     sql
 }
 
