@@ -933,12 +933,12 @@ impl Store for PostgresStore {
         let tx = client.transaction().await.map_err(failed("commit"))?;
         // One opener of this project at a time across the cluster, until the
         // transaction ends: the second sees the first one's session.
-        exec(
-            &tx,
+        tx.execute(
             "SELECT pg_advisory_xact_lock($1, hashtext(($2::uuid)::text))",
             &[&PROJECT_OPEN_LOCK, &project_id],
         )
-        .await?;
+        .await
+        .map_err(failed("commit"))?;
         let existing = tx
             .query_opt(
                 &tx.prepare_cached(
@@ -955,7 +955,17 @@ impl Store for PostgresStore {
             tx.commit().await.map_err(failed("commit"))?;
             return Ok(Some(id));
         }
-        apply(&tx, &Write::UpsertSession(record.clone())).await?;
+        let write = Write::UpsertSession(record.clone());
+        for step in plan(None, std::slice::from_ref(&write))? {
+            let params: Vec<&(dyn ToSql + Sync)> = step
+                .params
+                .iter()
+                .map(|p| &**p as &(dyn ToSql + Sync))
+                .collect();
+            tx.execute(step.sql, &params)
+                .await
+                .map_err(failed("commit"))?;
+        }
         tx.commit().await.map_err(failed("commit"))?;
         Ok(None)
     }
