@@ -22,7 +22,15 @@
 //! each event is executed against the subscription's selection once (through
 //! the same resolver, see `api::RenderOne`) and the JSON is memoised on the
 //! event under the full selection, so a thousand subscribers with the same
-//! selection cost one execution and a thousand socket writes.
+//! selection cost one execution and a thousand socket writes. Its task only
+//! sets it up: it hands the subscription's stream of frames (`Frames`) to the
+//! connection, whose own task polls it from then on, so a delivery wakes one
+//! task, not a subscription task and then the connection. Backpressure is the
+//! same without the queue: while the connection waits for a write (a peer
+//! that does not read), it polls none of its subscriptions, which lag and
+//! later catch up from the log. The connection's rarely woken branches (the
+//! socket's read side, the queue, the ping timer, shutdown) are polled only
+//! when they woke (`gate::Gate`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -40,10 +48,12 @@ use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_stream::StreamMap;
 
 use crate::api::extension::Validated;
 use crate::api::{ApiLimits, AppSchema, Caller, ConnClient, Probe, RenderOne};
 use crate::auth::{AuthError, Verifier};
+use crate::gate::Gate;
 use crate::http::AppState;
 use crate::session::{ClientInfo, EventKind, RenderKey, SessionEvent};
 
@@ -361,14 +371,43 @@ fn plan(payload: &Payload) -> Option<Plan> {
     // serde_json's map is ordered, so equal variables print equally.
     let key = serde_json::to_string(&(&payload.query, &payload.operation_name, &shape)).ok()?;
     Some(Plan {
+        key: intern(key),
         request: Payload {
             query: payload.query.clone(),
             operation_name: payload.operation_name.clone(),
             variables: payload.variables.clone(),
             extensions: None,
         },
-        key: RenderKey::from(key),
     })
+}
+
+/// Render keys remembered, least recently used first out.
+const RENDER_KEYS: usize = 256;
+
+/// Longest render key remembered.
+const RENDER_KEY_MAX_BYTES: usize = 8 * 1024;
+
+static KEYS: std::sync::LazyLock<Mutex<lru::LruCache<String, RenderKey>>> =
+    std::sync::LazyLock::new(|| {
+        Mutex::new(lru::LruCache::new(
+            std::num::NonZeroUsize::new(RENDER_KEYS).expect("not zero"),
+        ))
+    });
+
+/// One `RenderKey` for equal selections, so that finding an event's
+/// rendering compares pointers, not the selection's text, once per
+/// subscriber and event.
+fn intern(key: String) -> RenderKey {
+    if key.len() > RENDER_KEY_MAX_BYTES {
+        return RenderKey::from(key);
+    }
+    let mut keys = KEYS.lock();
+    if let Some(k) = keys.get(&key) {
+        return k.clone();
+    }
+    let k = RenderKey::from(key.as_str());
+    keys.put(key, k.clone());
+    k
 }
 
 /// Parses a document for `plan`: the variables of its `sessionEvents` field's arguments, if it is one.
@@ -437,18 +476,48 @@ fn complete_frame(id: &str) -> String {
     format!(r#"{{"id":{},"type":"complete"}}"#, json_string(id))
 }
 
+/// A frame from its head (`frame_head`) and its payload.
+fn frame(head: &str, payload: &str) -> String {
+    let mut text = String::with_capacity(head.len() + payload.len() + 1);
+    text.push_str(head);
+    text.push_str(payload);
+    text.push('}');
+    text
+}
+
 /// A frame with a payload up to the payload itself: `{"id":..,"type":..,"payload":`.
 fn frame_head(id: &str, kind: &str) -> String {
     format!(r#"{{"id":{},"type":"{kind}","payload":"#, json_string(id))
 }
 
-/// A frame for the connection to write, from operation `op`.
+/// What an operation hands its connection: a frame to write, or (the
+/// `sessionEvents` fast path) the stream of its frames, which the
+/// connection's own task polls from then on.
 struct Out {
     op: u64,
+    what: Outgoing,
+}
+
+enum Outgoing {
+    Frame(Frame),
+    Events(Frames),
+}
+
+/// A frame of an operation.
+struct Frame {
     text: String,
     /// The operation's last frame (`complete` or `error`): once written, its id is free again.
     last: bool,
 }
+
+/// A `sessionEvents` subscription as frames, ending with its `complete`.
+///
+/// The connection's task polls it itself, so a delivery wakes that one
+/// task (the session's broadcast wakes it directly) instead of a
+/// subscription task that then queued the frame and woke the connection;
+/// and a connection that is not writing (its peer does not read) does not
+/// poll it, so the subscription lags and later catches up from the log.
+type Frames = std::pin::Pin<Box<dyn futures_util::Stream<Item = Frame> + Send>>;
 
 /// A subscription slot of the connection (`--max-subscriptions`), released once.
 struct Slot {
@@ -495,9 +564,12 @@ struct Running {
 /// The connection's active operations, by id and by serial (frames carry the serial).
 #[derive(Default)]
 struct Ops {
-    by_id: HashMap<String, Running>,
-    ids: HashMap<u64, String>,
+    by_id: HashMap<String, Running, foldhash::fast::RandomState>,
+    /// Looked up for every frame written.
+    ids: HashMap<u64, String, foldhash::fast::RandomState>,
     next: u64,
+    /// The `sessionEvents` subscriptions this connection polls itself, by serial.
+    events: StreamMap<u64, Frames>,
 }
 
 impl Ops {
@@ -520,6 +592,7 @@ impl Ops {
         if let Some(id) = self.ids.remove(&serial) {
             self.by_id.remove(&id);
         }
+        self.events.remove(&serial);
     }
 
     /// Stops operation `id` on the client's request; whether it was active.
@@ -527,6 +600,8 @@ impl Ops {
         match self.by_id.remove(id) {
             Some(running) => {
                 self.ids.remove(&running.serial);
+                // Its subscription ends here, and with it the client's presence.
+                self.events.remove(&running.serial);
                 running.task.abort();
                 true
             }
@@ -560,8 +635,7 @@ impl Op {
     async fn send(&self, text: String, last: bool) -> bool {
         let out = Out {
             op: self.serial,
-            text,
-            last,
+            what: Outgoing::Frame(Frame { text, last }),
         };
         self.out.send(out).await.is_ok()
     }
@@ -576,7 +650,13 @@ impl Op {
 
     async fn run(self, payload: Payload, fast: Option<(Plan, Arc<Slot>)>) {
         if let Some((plan, slot)) = fast {
-            if self.session_events(&plan).await {
+            if let Some(frames) = self.session_events(plan).await {
+                let out = Out {
+                    op: self.serial,
+                    what: Outgoing::Events(frames),
+                };
+                // A connection that is gone drops the stream, and with it the subscription.
+                let _ = self.out.send(out).await;
                 return;
             }
             // The engine reports whatever made the fast path decline, and counts its own slot.
@@ -617,9 +697,10 @@ impl Op {
         self.send(complete_frame(&self.id), true).await;
     }
 
-    /// A `sessionEvents` subscription on the fast path; false when it declines
-    /// (a validation error, an unknown session), leaving the report to `execute`.
-    async fn session_events(&self, plan: &Plan) -> bool {
+    /// A `sessionEvents` subscription on the fast path, as the stream of its
+    /// frames; `None` when it declines (a validation error, an unknown
+    /// session), leaving the report to `execute`.
+    async fn session_events(&self, plan: Plan) -> Option<Frames> {
         let probe = Arc::new(Mutex::new(None));
         let synthetic = Arc::new(SessionEvent::new(
             0,
@@ -633,7 +714,7 @@ impl Op {
         ));
         let checked = render(
             &self.schema,
-            plan,
+            &plan,
             synthetic,
             Some(probe.clone()),
             self.caller.as_ref(),
@@ -641,11 +722,9 @@ impl Op {
         .await;
         let args = *probe.lock();
         let (Some((session_id, since)), true) = (args, checked.errors.is_empty()) else {
-            return false;
+            return None;
         };
-        let Some(hub) = self.schema.data::<Arc<crate::session::Hub>>() else {
-            return false;
-        };
+        let hub = self.schema.data::<Arc<crate::session::Hub>>()?;
         let client = ClientInfo {
             id: self.client.id.clone(),
             name: self.client.name.clone(),
@@ -661,57 +740,55 @@ impl Op {
                 }
                 _ => Box::pin(std::future::pending()),
             };
-        let Ok(events) = hub.subscribe(session_id, since, Some(client)).await else {
-            return false;
-        };
+        let events = hub.subscribe(session_id, since, Some(client)).await.ok()?;
         crate::metrics::count_operation(
             "subscription",
             plan.request.operation_name.as_deref(),
             true,
         );
-        let _active = crate::metrics::GaugeGuard::new(crate::metrics::names::SUBSCRIPTIONS);
-        // Looked up once per subscription, not once per delivered event.
-        let delivered = metrics::counter!(crate::metrics::names::EVENTS_DELIVERED);
+        let active = crate::metrics::GaugeGuard::new(crate::metrics::names::SUBSCRIPTIONS);
         // Every frame of this subscription starts the same way: build that once.
         let head = frame_head(&self.id, self.next_type());
-        let mut events = std::pin::pin!(events);
-        let mut lost = lost;
-        loop {
-            let event = tokio::select! {
-                biased;
-                _ = &mut lost => {
-                    // Removed from the project: the stream ends with FORBIDDEN.
-                    let error = async_graphql::Response::from_errors(vec![
-                        crate::api::access::revoked().into_server_error(async_graphql::Pos::default()),
-                    ]);
-                    let body = serde_json::to_string(&error).unwrap_or_else(|_| "{}".into());
-                    self.send(format!("{head}{body}}}"), false).await;
-                    break;
-                }
-                event = events.next() => match event {
-                    Some(event) => event,
-                    None => break,
-                },
-            };
-            let rendered = event
-                .rendered(&plan.key, || async {
-                    let response = render(&self.schema, plan, event.clone(), None, None).await;
-                    Arc::from(serde_json::to_string(&response).unwrap_or_else(|_| "{}".into()))
-                })
-                .await;
-            let mut frame = String::with_capacity(head.len() + rendered.len() + 1);
-            frame.push_str(&head);
-            frame.push_str(&rendered);
-            frame.push('}');
-            // Waits while the connection's queue is full: the stream meanwhile
-            // lags and later catches up from the log.
-            if !self.send(frame, false).await {
-                return true;
+        let complete = complete_frame(&self.id);
+        let schema = self.schema.clone();
+        let frames = async_stream::stream! {
+            let _active = active;
+            let mut events = std::pin::pin!(events);
+            let mut lost = lost;
+            loop {
+                let event = tokio::select! {
+                    biased;
+                    _ = &mut lost => {
+                        // Removed from the project: the stream ends with FORBIDDEN.
+                        let error = async_graphql::Response::from_errors(vec![
+                            crate::api::access::revoked().into_server_error(async_graphql::Pos::default()),
+                        ]);
+                        let body = serde_json::to_string(&error).unwrap_or_else(|_| "{}".into());
+                        yield Frame { text: format!("{head}{body}}}"), last: false };
+                        break;
+                    }
+                    event = events.next() => match event {
+                        Some(event) => event,
+                        None => break,
+                    },
+                };
+                let text = match event.rendered_now(&plan.key) {
+                    Some(rendered) => frame(&head, rendered),
+                    None => {
+                        let rendered = event
+                            .rendered(&plan.key, || async {
+                                let response = render(&schema, &plan, event.clone(), None, None).await;
+                                Arc::from(serde_json::to_string(&response).unwrap_or_else(|_| "{}".into()))
+                            })
+                            .await;
+                        frame(&head, &rendered)
+                    }
+                };
+                yield Frame { text, last: false };
             }
-            delivered.increment(1);
-        }
-        self.send(complete_frame(&self.id), true).await;
-        true
+            yield Frame { text: complete, last: true };
+        };
+        Some(Box::pin(frames))
     }
 }
 
@@ -773,9 +850,15 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
     let shutdown = stopped(&mut shutdown);
     tokio::pin!(shutdown);
     let mut batch: Vec<Out> = Vec::with_capacity(MAX_BURST);
+    // The branches that wake rarely are polled only when they woke (see
+    // `gate`): during a fan-out the connection wakes for its subscriptions.
+    let (read_gate, queue_gate, ping_gate, stop_gate) =
+        (Gate::new(), Gate::new(), Gate::new(), Gate::new());
+    // Looked up once per connection, not once per delivered event.
+    let delivered = metrics::counter!(crate::metrics::names::EVENTS_DELIVERED);
     let end = loop {
         tokio::select! {
-            incoming = stream.next() => {
+            incoming = std::future::poll_fn(|cx| read_gate.poll(cx, |cx| stream.poll_next_unpin(cx))) => {
                 let text = match incoming {
                     Some(Ok(Message::Text(t))) => t.as_str().to_owned(),
                     Some(Ok(Message::Binary(b))) => match String::from_utf8(b.to_vec()) {
@@ -892,14 +975,22 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                     }
                 }
             }
-            _ = out_rx.recv_many(&mut batch, MAX_BURST) => {
-                match tokio::time::timeout(timeout, write_batch(&mut sink, &mut batch, &mut ops)).await {
+            _ = std::future::poll_fn(|cx| queue_gate.poll(cx, |cx| out_rx.poll_recv_many(cx, &mut batch, MAX_BURST))) => {
+                match timed(timeout, write_batch(&mut sink, &mut batch, &mut ops)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(())) => break End::Gone,
                     Err(_) => break End::Stalled,
                 }
             }
-            _ = ping.tick() => {
+            Some(first) = ops.events.next(), if !ops.events.is_empty() => {
+                take_events(first, &mut ops, &mut batch, &delivered).await;
+                match timed(timeout, write_batch(&mut sink, &mut batch, &mut ops)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(())) => break End::Gone,
+                    Err(_) => break End::Stalled,
+                }
+            }
+            _ = std::future::poll_fn(|cx| ping_gate.poll(cx, |cx| ping.poll_tick(cx))) => {
                 if last_seen.elapsed() > timeout {
                     break End::Close(1001, "ping timeout".into());
                 }
@@ -919,7 +1010,7 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
             _ = &mut init_deadline, if client.is_none() => {
                 break End::Close(4408, "Connection initialisation timeout".into());
             }
-            _ = &mut shutdown => {
+            _ = std::future::poll_fn(|cx| stop_gate.poll(cx, |cx| std::future::Future::poll(shutdown.as_mut(), cx))) => {
                 // Subscriptions end on their own (the hub stops them); let their
                 // last messages go out before closing.
                 let deadline = tokio::time::sleep(Duration::from_millis(200));
@@ -927,6 +1018,13 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                 loop {
                     tokio::select! {
                         _ = out_rx.recv_many(&mut batch, MAX_BURST) => {
+                            let written = tokio::time::timeout(timeout, write_batch(&mut sink, &mut batch, &mut ops)).await;
+                            if !matches!(written, Ok(Ok(()))) {
+                                break;
+                            }
+                        }
+                        Some(first) = ops.events.next(), if !ops.events.is_empty() => {
+                            take_events(first, &mut ops, &mut batch, &delivered).await;
                             let written = tokio::time::timeout(timeout, write_batch(&mut sink, &mut batch, &mut ops)).await;
                             if !matches!(written, Ok(Ok(()))) {
                                 break;
@@ -1010,24 +1108,79 @@ where
     sink.flush().await.map_err(|_| ())
 }
 
-/// Writes the queued frames of operations that are still active, with one flush.
+/// Adds `first` and the frames the connection's subscriptions have ready
+/// after it (up to `MAX_BURST` in the batch) to `batch`, without waiting.
+async fn take_events(
+    first: (u64, Frame),
+    ops: &mut Ops,
+    batch: &mut Vec<Out>,
+    delivered: &metrics::Counter,
+) {
+    let mut events = 0;
+    let mut take = |batch: &mut Vec<Out>, (op, frame): (u64, Frame)| {
+        events += u64::from(!frame.last);
+        batch.push(Out {
+            op,
+            what: Outgoing::Frame(frame),
+        });
+    };
+    take(batch, first);
+    std::future::poll_fn(|cx| {
+        while batch.len() < MAX_BURST {
+            match ops.events.poll_next_unpin(cx) {
+                std::task::Poll::Ready(Some(next)) => take(batch, next),
+                _ => break,
+            }
+        }
+        std::task::Poll::Ready(())
+    })
+    .await;
+    delivered.increment(events);
+}
+
+/// Writes the queued frames of operations that are still active, with one
+/// flush; a subscription's stream of frames joins the connection's.
 async fn write_batch<S>(sink: &mut S, batch: &mut Vec<Out>, ops: &mut Ops) -> Result<(), ()>
 where
     S: futures_util::Sink<Message> + Unpin,
 {
     for out in batch.drain(..) {
         if !ops.is_live(out.op) {
-            // The client completed it: nothing more of it is sent.
+            // The client completed it: nothing more of it is sent (a
+            // subscription's stream is dropped, which ends it).
             continue;
         }
-        if out.last {
-            ops.finished(out.op);
+        match out.what {
+            Outgoing::Events(frames) => {
+                ops.events.insert(out.op, frames);
+            }
+            Outgoing::Frame(frame) => {
+                if frame.last {
+                    ops.finished(out.op);
+                }
+                sink.feed(Message::Text(frame.text.into()))
+                    .await
+                    .map_err(|_| ())?;
+            }
         }
-        sink.feed(Message::Text(out.text.into()))
-            .await
-            .map_err(|_| ())?;
     }
     sink.flush().await.map_err(|_| ())
+}
+
+/// `tokio::time::timeout`, with the timer made only if `work` does not
+/// finish in its first poll (a write to a socket with room, nearly always):
+/// a timer per delivery cost a clock read and a runtime handle's reference
+/// count, shared by every connection.
+async fn timed<F: std::future::Future>(
+    limit: Duration,
+    work: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut work = std::pin::pin!(work);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(work.as_mut().poll(cx))).await;
+    if let std::task::Poll::Ready(done) = first {
+        return Ok(done);
+    }
+    tokio::time::timeout(limit, work).await
 }
 
 /// Resolves once the flag is set (holding no borrow across awaits).
