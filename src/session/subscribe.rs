@@ -147,8 +147,8 @@ pub(super) fn stream(
             let _ = stop.wait_for(|c| *c).await;
         };
         tokio::pin!(stopped);
-        // Both are polled only once they woke: the stream wakes for the broadcast.
-        let (closed_gate, stopped_gate) = (Gate::new(), Gate::new());
+        // Both are polled only once one of them woke: the stream wakes for the broadcast.
+        let ending = Gate::new();
         // The newest seq this subscriber has (been told to skip to).
         let mut last = since.unwrap_or(start);
         // Catch up to what is committed before going live.
@@ -189,8 +189,15 @@ pub(super) fn stream(
             }
             let received = tokio::select! {
                 biased;
-                _ = std::future::poll_fn(|cx| closed_gate.poll(cx, |cx| std::future::Future::poll(closed.as_mut(), cx))) => break,
-                _ = std::future::poll_fn(|cx| stopped_gate.poll(cx, |cx| std::future::Future::poll(stopped.as_mut(), cx))) => break,
+                _ = std::future::poll_fn(|cx| ending.poll(cx, |cx| {
+                    if std::future::Future::poll(closed.as_mut(), cx).is_ready()
+                        || std::future::Future::poll(stopped.as_mut(), cx).is_ready()
+                    {
+                        std::task::Poll::Ready(())
+                    } else {
+                        std::task::Poll::Pending
+                    }
+                })) => break,
                 r = rx.recv() => r,
             };
             match received {
