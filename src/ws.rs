@@ -332,7 +332,18 @@ const PLAN_CACHE_ENTRIES: usize = 256;
 /// variables its field takes as arguments. Every subscriber of a storm sends
 /// the same document, and parsing it was a third of the server's instructions
 /// per connection (callgrind, 1,000 clients connecting).
-type Shape = Option<Arc<[String]>>;
+type Shape = Option<Fields>;
+
+/// What a `sessionEvents` document's plan needs from its parse.
+#[derive(Clone)]
+struct Fields {
+    /// The variables the field takes as arguments.
+    arguments: Arc<[String]>,
+    /// The render key of the document with no other variables, made once, so
+    /// that its subscribers share one key and finding an event's rendering
+    /// compares pointers, not the selection's text, per subscriber and event.
+    plain: RenderKey,
+}
 
 /// A document's text and operation name.
 type PlanKey = (String, Option<String>);
@@ -353,7 +364,7 @@ fn plan(payload: &Payload) -> Option<Plan> {
     }
     let key = (payload.query.clone(), payload.operation_name.clone());
     let cached = PLANS.lock().get(&key).cloned();
-    let arguments = match cached {
+    let fields = match cached {
         Some(shape) => shape?,
         None => {
             let shape = shape(&payload.query, payload.operation_name.as_deref());
@@ -365,13 +376,16 @@ fn plan(payload: &Payload) -> Option<Plan> {
     };
     // The arguments choose the session and where to start, not what an event renders as.
     let mut shape = payload.variables.clone().unwrap_or_default();
-    for name in arguments.iter() {
+    for name in fields.arguments.iter() {
         shape.remove(name);
     }
-    // serde_json's map is ordered, so equal variables print equally.
-    let key = serde_json::to_string(&(&payload.query, &payload.operation_name, &shape)).ok()?;
+    let key = if shape.is_empty() {
+        fields.plain.clone()
+    } else {
+        RenderKey::from(render_key(&payload.query, &payload.operation_name, &shape)?)
+    };
     Some(Plan {
-        key: intern(key),
+        key,
         request: Payload {
             query: payload.query.clone(),
             operation_name: payload.operation_name.clone(),
@@ -381,33 +395,14 @@ fn plan(payload: &Payload) -> Option<Plan> {
     })
 }
 
-/// Render keys remembered, least recently used first out.
-const RENDER_KEYS: usize = 256;
-
-/// Longest render key remembered.
-const RENDER_KEY_MAX_BYTES: usize = 8 * 1024;
-
-static KEYS: std::sync::LazyLock<Mutex<lru::LruCache<String, RenderKey>>> =
-    std::sync::LazyLock::new(|| {
-        Mutex::new(lru::LruCache::new(
-            std::num::NonZeroUsize::new(RENDER_KEYS).expect("not zero"),
-        ))
-    });
-
-/// One `RenderKey` for equal selections, so that finding an event's
-/// rendering compares pointers, not the selection's text, once per
-/// subscriber and event.
-fn intern(key: String) -> RenderKey {
-    if key.len() > RENDER_KEY_MAX_BYTES {
-        return RenderKey::from(key);
-    }
-    let mut keys = KEYS.lock();
-    if let Some(k) = keys.get(&key) {
-        return k.clone();
-    }
-    let k = RenderKey::from(key.as_str());
-    keys.put(key, k.clone());
-    k
+/// The full selection's text: query, operation name and the variables that are not arguments.
+fn render_key(
+    query: &str,
+    operation_name: &Option<String>,
+    variables: &Map<String, Value>,
+) -> Option<String> {
+    // serde_json's map is ordered, so equal variables print equally.
+    serde_json::to_string(&(query, operation_name, variables)).ok()
 }
 
 /// Parses a document for `plan`: the variables of its `sessionEvents` field's arguments, if it is one.
@@ -443,7 +438,11 @@ fn shape(query: &str, operation_name: Option<&str>) -> Shape {
         .iter()
         .filter_map(|(_, value)| value.node.to_string().strip_prefix('$').map(str::to_string))
         .collect();
-    Some(names.into())
+    let name = operation_name.map(str::to_string);
+    Some(Fields {
+        arguments: names.into(),
+        plain: RenderKey::from(render_key(query, &name, &Map::new())?),
+    })
 }
 
 /// Executes the plan's selection on one event; with a probe, also learns the arguments.
