@@ -831,7 +831,9 @@ fn close_reason(reason: &str) -> String {
 pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtocols) {
     let _open = crate::metrics::GaugeGuard::new(crate::metrics::names::WEBSOCKETS);
     let legacy = matches!(protocol, WebSocketProtocols::SubscriptionsTransportWS);
-    let (mut sink, mut stream) = socket.split();
+    // Not split: both halves are used by this task only, and a split puts a
+    // lock (and the sink's one-frame slot) in front of every read and write.
+    let mut socket = socket;
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(state.ws_queue.max(1));
     let limit = state
         .schema
@@ -873,7 +875,7 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                 turn = turn.wrapping_add(1);
                 for i in 0..4 {
                     let polled = match (turn + i) % 4 {
-                        0 => stream.poll_next_unpin(cx).map(Rare::Incoming),
+                        0 => socket.poll_next_unpin(cx).map(Rare::Incoming),
                         1 => out_rx.poll_recv_many(cx, &mut batch, MAX_BURST).map(|_| Rare::Queue),
                         2 => ping.poll_tick(cx).map(|_| Rare::Ping),
                         _ => std::future::Future::poll(shutdown.as_mut(), cx).map(|()| Rare::Shutdown),
@@ -994,7 +996,7 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                     };
                     if !reply.is_empty() {
                         let frames = reply.into_iter().map(|t| Message::Text(t.into()));
-                        match tokio::time::timeout(timeout, write_all(&mut sink, frames)).await {
+                        match tokio::time::timeout(timeout, write_all(&mut socket, frames)).await {
                             Ok(Ok(())) => {}
                             Ok(Err(())) => break End::Gone,
                             Err(_) => break End::Stalled,
@@ -1002,7 +1004,7 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                     }
                 }
                 Rare::Queue => {
-                    match timed(timeout, write_batch(&mut sink, &mut batch, &mut ops)).await {
+                    match timed(timeout, write_batch(&mut socket, &mut batch, &mut ops)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(())) => break End::Gone,
                         Err(_) => break End::Stalled,
@@ -1016,7 +1018,7 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                     if legacy && client.is_some() {
                         frames.push(Message::Text(r#"{"type":"ka"}"#.into()));
                     }
-                    match tokio::time::timeout(timeout, write_all(&mut sink, frames.into_iter())).await {
+                    match tokio::time::timeout(timeout, write_all(&mut socket, frames.into_iter())).await {
                         Ok(Ok(())) => {}
                         Ok(Err(())) => break End::Gone,
                         Err(_) => break End::Stalled,
@@ -1030,14 +1032,14 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                     loop {
                         tokio::select! {
                             _ = out_rx.recv_many(&mut batch, MAX_BURST) => {
-                                let written = tokio::time::timeout(timeout, write_batch(&mut sink, &mut batch, &mut ops)).await;
+                                let written = tokio::time::timeout(timeout, write_batch(&mut socket, &mut batch, &mut ops)).await;
                                 if !matches!(written, Ok(Ok(()))) {
                                     break;
                                 }
                             }
                             Some(first) = ops.events.next(), if !ops.events.is_empty() => {
                                 take_events(first, &mut ops, &mut batch, &delivered).await;
-                                let written = tokio::time::timeout(timeout, write_batch(&mut sink, &mut batch, &mut ops)).await;
+                                let written = tokio::time::timeout(timeout, write_batch(&mut socket, &mut batch, &mut ops)).await;
                                 if !matches!(written, Ok(Ok(()))) {
                                     break;
                                 }
@@ -1053,7 +1055,7 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
             },
             Some(first) = ops.events.next(), if !ops.events.is_empty() => {
                 take_events(first, &mut ops, &mut batch, &delivered).await;
-                match timed(timeout, write_batch(&mut sink, &mut batch, &mut ops)).await {
+                match timed(timeout, write_batch(&mut socket, &mut batch, &mut ops)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(())) => break End::Gone,
                     Err(_) => break End::Stalled,
@@ -1087,10 +1089,10 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                 let error = serde_json::json!({ "type": "connection_error", "payload": { "message": reason } });
                 let frame = std::iter::once(Message::Text(error.to_string().into()));
                 let _ =
-                    tokio::time::timeout(timeout.min(CLOSE_LINGER), write_all(&mut sink, frame))
+                    tokio::time::timeout(timeout.min(CLOSE_LINGER), write_all(&mut socket, frame))
                         .await;
             }
-            close(&mut sink, &mut stream, code, reason, timeout).await;
+            close(&mut socket, code, reason, timeout).await;
         }
     }
 }
@@ -1098,10 +1100,11 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
 /// Sends the close frame and waits briefly for the peer's, so the frame is
 /// read before the TCP connection goes (closing a socket with unread input
 /// resets it, and the peer may then never see the close code).
-async fn close<S, R>(sink: &mut S, stream: &mut R, code: u16, reason: String, timeout: Duration)
+async fn close<W>(socket: &mut W, code: u16, reason: String, timeout: Duration)
 where
-    S: futures_util::Sink<Message> + Unpin,
-    R: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+    W: futures_util::Sink<Message>
+        + futures_util::Stream<Item = Result<Message, axum::Error>>
+        + Unpin,
 {
     let linger = timeout.min(CLOSE_LINGER);
     let frame = Message::Close(Some(CloseFrame {
@@ -1109,13 +1112,13 @@ where
         reason: close_reason(&reason).into(),
     }));
     if !matches!(
-        tokio::time::timeout(linger, sink.send(frame)).await,
+        tokio::time::timeout(linger, socket.send(frame)).await,
         Ok(Ok(()))
     ) {
         return;
     }
     let _ = tokio::time::timeout(linger, async {
-        while let Some(Ok(message)) = stream.next().await {
+        while let Some(Ok(message)) = socket.next().await {
             if matches!(message, Message::Close(_)) {
                 break;
             }
