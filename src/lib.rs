@@ -3,6 +3,7 @@ pub mod api;
 pub mod auth;
 pub mod conn_limit;
 pub mod domain;
+pub mod gate;
 pub mod http;
 pub mod metrics;
 pub mod origin;

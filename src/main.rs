@@ -147,7 +147,7 @@ struct ServeArgs {
     #[arg(long, env = "TALUS_WS_INIT_TIMEOUT_SECS", default_value_t = 3,
           value_parser = clap::value_parser!(u64).range(1..=600))]
     ws_init_timeout_secs: u64,
-    /// Frames queued per websocket connection; a subscription that finds it full catches up from the log later.
+    /// Frames queued per websocket connection by its operations; a subscription that finds it full catches up from the log later (sessionEvents subscriptions are polled by the connection and queue nothing).
     #[arg(long, env = "TALUS_WS_QUEUE", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=65536))]
     ws_queue: u64,

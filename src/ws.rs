@@ -22,7 +22,15 @@
 //! each event is executed against the subscription's selection once (through
 //! the same resolver, see `api::RenderOne`) and the JSON is memoised on the
 //! event under the full selection, so a thousand subscribers with the same
-//! selection cost one execution and a thousand socket writes.
+//! selection cost one execution and a thousand socket writes. Its task only
+//! sets it up: it hands the subscription's stream of frames (`Frames`) to the
+//! connection, whose own task polls it from then on, so a delivery wakes one
+//! task, not a subscription task and then the connection. Backpressure is the
+//! same without the queue: while the connection waits for a write (a peer
+//! that does not read), it polls none of its subscriptions, which lag and
+//! later catch up from the log. The connection's rarely woken branches (the
+//! socket's read side, the queue, the ping timer, shutdown) are polled only
+//! when they woke (`gate::Gate`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -40,10 +48,12 @@ use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_stream::StreamMap;
 
 use crate::api::extension::Validated;
 use crate::api::{ApiLimits, AppSchema, Caller, ConnClient, Probe, RenderOne};
 use crate::auth::{AuthError, Verifier};
+use crate::gate::Gate;
 use crate::http::AppState;
 use crate::session::{ClientInfo, EventKind, RenderKey, SessionEvent};
 
@@ -322,7 +332,18 @@ const PLAN_CACHE_ENTRIES: usize = 256;
 /// variables its field takes as arguments. Every subscriber of a storm sends
 /// the same document, and parsing it was a third of the server's instructions
 /// per connection (callgrind, 1,000 clients connecting).
-type Shape = Option<Arc<[String]>>;
+type Shape = Option<Fields>;
+
+/// What a `sessionEvents` document's plan needs from its parse.
+#[derive(Clone)]
+struct Fields {
+    /// The variables the field takes as arguments.
+    arguments: Arc<[String]>,
+    /// The render key of the document with no other variables, made once, so
+    /// that its subscribers share one key and finding an event's rendering
+    /// compares pointers, not the selection's text, per subscriber and event.
+    plain: RenderKey,
+}
 
 /// A document's text and operation name.
 type PlanKey = (String, Option<String>);
@@ -343,7 +364,7 @@ fn plan(payload: &Payload) -> Option<Plan> {
     }
     let key = (payload.query.clone(), payload.operation_name.clone());
     let cached = PLANS.lock().get(&key).cloned();
-    let arguments = match cached {
+    let fields = match cached {
         Some(shape) => shape?,
         None => {
             let shape = shape(&payload.query, payload.operation_name.as_deref());
@@ -355,20 +376,33 @@ fn plan(payload: &Payload) -> Option<Plan> {
     };
     // The arguments choose the session and where to start, not what an event renders as.
     let mut shape = payload.variables.clone().unwrap_or_default();
-    for name in arguments.iter() {
+    for name in fields.arguments.iter() {
         shape.remove(name);
     }
-    // serde_json's map is ordered, so equal variables print equally.
-    let key = serde_json::to_string(&(&payload.query, &payload.operation_name, &shape)).ok()?;
+    let key = if shape.is_empty() {
+        fields.plain.clone()
+    } else {
+        RenderKey::from(render_key(&payload.query, &payload.operation_name, &shape)?)
+    };
     Some(Plan {
+        key,
         request: Payload {
             query: payload.query.clone(),
             operation_name: payload.operation_name.clone(),
             variables: payload.variables.clone(),
             extensions: None,
         },
-        key: RenderKey::from(key),
     })
+}
+
+/// The full selection's text: query, operation name and the variables that are not arguments.
+fn render_key(
+    query: &str,
+    operation_name: &Option<String>,
+    variables: &Map<String, Value>,
+) -> Option<String> {
+    // serde_json's map is ordered, so equal variables print equally.
+    serde_json::to_string(&(query, operation_name, variables)).ok()
 }
 
 /// Parses a document for `plan`: the variables of its `sessionEvents` field's arguments, if it is one.
@@ -404,7 +438,11 @@ fn shape(query: &str, operation_name: Option<&str>) -> Shape {
         .iter()
         .filter_map(|(_, value)| value.node.to_string().strip_prefix('$').map(str::to_string))
         .collect();
-    Some(names.into())
+    let name = operation_name.map(str::to_string);
+    Some(Fields {
+        arguments: names.into(),
+        plain: RenderKey::from(render_key(query, &name, &Map::new())?),
+    })
 }
 
 /// Executes the plan's selection on one event; with a probe, also learns the arguments.
@@ -437,18 +475,48 @@ fn complete_frame(id: &str) -> String {
     format!(r#"{{"id":{},"type":"complete"}}"#, json_string(id))
 }
 
+/// A frame from its head (`frame_head`) and its payload.
+fn frame(head: &str, payload: &str) -> String {
+    let mut text = String::with_capacity(head.len() + payload.len() + 1);
+    text.push_str(head);
+    text.push_str(payload);
+    text.push('}');
+    text
+}
+
 /// A frame with a payload up to the payload itself: `{"id":..,"type":..,"payload":`.
 fn frame_head(id: &str, kind: &str) -> String {
     format!(r#"{{"id":{},"type":"{kind}","payload":"#, json_string(id))
 }
 
-/// A frame for the connection to write, from operation `op`.
+/// What an operation hands its connection: a frame to write, or (the
+/// `sessionEvents` fast path) the stream of its frames, which the
+/// connection's own task polls from then on.
 struct Out {
     op: u64,
+    what: Outgoing,
+}
+
+enum Outgoing {
+    Frame(Frame),
+    Events(Frames),
+}
+
+/// A frame of an operation.
+struct Frame {
     text: String,
     /// The operation's last frame (`complete` or `error`): once written, its id is free again.
     last: bool,
 }
+
+/// A `sessionEvents` subscription as frames, ending with its `complete`.
+///
+/// The connection's task polls it itself, so a delivery wakes that one
+/// task (the session's broadcast wakes it directly) instead of a
+/// subscription task that then queued the frame and woke the connection;
+/// and a connection that is not writing (its peer does not read) does not
+/// poll it, so the subscription lags and later catches up from the log.
+type Frames = std::pin::Pin<Box<dyn futures_util::Stream<Item = Frame> + Send>>;
 
 /// A subscription slot of the connection (`--max-subscriptions`), released once.
 struct Slot {
@@ -495,9 +563,12 @@ struct Running {
 /// The connection's active operations, by id and by serial (frames carry the serial).
 #[derive(Default)]
 struct Ops {
-    by_id: HashMap<String, Running>,
-    ids: HashMap<u64, String>,
+    by_id: HashMap<String, Running, foldhash::fast::RandomState>,
+    /// Looked up for every frame written.
+    ids: HashMap<u64, String, foldhash::fast::RandomState>,
     next: u64,
+    /// The `sessionEvents` subscriptions this connection polls itself, by serial.
+    events: StreamMap<u64, Frames>,
 }
 
 impl Ops {
@@ -520,6 +591,7 @@ impl Ops {
         if let Some(id) = self.ids.remove(&serial) {
             self.by_id.remove(&id);
         }
+        self.events.remove(&serial);
     }
 
     /// Stops operation `id` on the client's request; whether it was active.
@@ -527,6 +599,8 @@ impl Ops {
         match self.by_id.remove(id) {
             Some(running) => {
                 self.ids.remove(&running.serial);
+                // Its subscription ends here, and with it the client's presence.
+                self.events.remove(&running.serial);
                 running.task.abort();
                 true
             }
@@ -560,8 +634,7 @@ impl Op {
     async fn send(&self, text: String, last: bool) -> bool {
         let out = Out {
             op: self.serial,
-            text,
-            last,
+            what: Outgoing::Frame(Frame { text, last }),
         };
         self.out.send(out).await.is_ok()
     }
@@ -576,7 +649,13 @@ impl Op {
 
     async fn run(self, payload: Payload, fast: Option<(Plan, Arc<Slot>)>) {
         if let Some((plan, slot)) = fast {
-            if self.session_events(&plan).await {
+            if let Some(frames) = self.session_events(plan).await {
+                let out = Out {
+                    op: self.serial,
+                    what: Outgoing::Events(frames),
+                };
+                // A connection that is gone drops the stream, and with it the subscription.
+                let _ = self.out.send(out).await;
                 return;
             }
             // The engine reports whatever made the fast path decline, and counts its own slot.
@@ -617,9 +696,10 @@ impl Op {
         self.send(complete_frame(&self.id), true).await;
     }
 
-    /// A `sessionEvents` subscription on the fast path; false when it declines
-    /// (a validation error, an unknown session), leaving the report to `execute`.
-    async fn session_events(&self, plan: &Plan) -> bool {
+    /// A `sessionEvents` subscription on the fast path, as the stream of its
+    /// frames; `None` when it declines (a validation error, an unknown
+    /// session), leaving the report to `execute`.
+    async fn session_events(&self, plan: Plan) -> Option<Frames> {
         let probe = Arc::new(Mutex::new(None));
         let synthetic = Arc::new(SessionEvent::new(
             0,
@@ -633,7 +713,7 @@ impl Op {
         ));
         let checked = render(
             &self.schema,
-            plan,
+            &plan,
             synthetic,
             Some(probe.clone()),
             self.caller.as_ref(),
@@ -641,11 +721,9 @@ impl Op {
         .await;
         let args = *probe.lock();
         let (Some((session_id, since)), true) = (args, checked.errors.is_empty()) else {
-            return false;
+            return None;
         };
-        let Some(hub) = self.schema.data::<Arc<crate::session::Hub>>() else {
-            return false;
-        };
+        let hub = self.schema.data::<Arc<crate::session::Hub>>()?;
         let client = ClientInfo {
             id: self.client.id.clone(),
             name: self.client.name.clone(),
@@ -661,58 +739,65 @@ impl Op {
                 }
                 _ => Box::pin(std::future::pending()),
             };
-        let Ok(events) = hub.subscribe(session_id, since, Some(client)).await else {
-            return false;
-        };
+        let events = hub.subscribe(session_id, since, Some(client)).await.ok()?;
         crate::metrics::count_operation(
             "subscription",
             plan.request.operation_name.as_deref(),
             true,
         );
-        let _active = crate::metrics::GaugeGuard::new(crate::metrics::names::SUBSCRIPTIONS);
-        // Looked up once per subscription, not once per delivered event.
-        let delivered = metrics::counter!(crate::metrics::names::EVENTS_DELIVERED);
+        let active = crate::metrics::GaugeGuard::new(crate::metrics::names::SUBSCRIPTIONS);
         // Every frame of this subscription starts the same way: build that once.
         let head = frame_head(&self.id, self.next_type());
-        let mut events = std::pin::pin!(events);
-        let mut lost = lost;
-        loop {
-            let event = tokio::select! {
-                biased;
-                _ = &mut lost => {
-                    // Removed from the project: the stream ends with FORBIDDEN.
-                    let error = async_graphql::Response::from_errors(vec![
-                        crate::api::access::revoked().into_server_error(async_graphql::Pos::default()),
-                    ]);
-                    let body = serde_json::to_string(&error).unwrap_or_else(|_| "{}".into());
-                    self.send(format!("{head}{body}}}"), false).await;
-                    break;
-                }
-                event = events.next() => match event {
-                    Some(event) => event,
-                    None => break,
-                },
-            };
-            let rendered = event
-                .rendered(&plan.key, || async {
-                    let response = render(&self.schema, plan, event.clone(), None, None).await;
-                    Arc::from(serde_json::to_string(&response).unwrap_or_else(|_| "{}".into()))
-                })
-                .await;
-            let mut frame = String::with_capacity(head.len() + rendered.len() + 1);
-            frame.push_str(&head);
-            frame.push_str(&rendered);
-            frame.push('}');
-            // Waits while the connection's queue is full: the stream meanwhile
-            // lags and later catches up from the log.
-            if !self.send(frame, false).await {
-                return true;
+        let complete = complete_frame(&self.id);
+        let schema = self.schema.clone();
+        let frames = async_stream::stream! {
+            let _active = active;
+            let mut events = std::pin::pin!(events);
+            let mut lost = lost;
+            loop {
+                let event = tokio::select! {
+                    biased;
+                    _ = &mut lost => {
+                        // Removed from the project: the stream ends with FORBIDDEN.
+                        let error = async_graphql::Response::from_errors(vec![
+                            crate::api::access::revoked().into_server_error(async_graphql::Pos::default()),
+                        ]);
+                        let body = serde_json::to_string(&error).unwrap_or_else(|_| "{}".into());
+                        yield Frame { text: format!("{head}{body}}}"), last: false };
+                        break;
+                    }
+                    event = events.next() => match event {
+                        Some(event) => event,
+                        None => break,
+                    },
+                };
+                let text = match event.rendered_now(&plan.key) {
+                    Some(rendered) => frame(&head, rendered),
+                    None => {
+                        let rendered = event
+                            .rendered(&plan.key, || async {
+                                let response = render(&schema, &plan, event.clone(), None, None).await;
+                                Arc::from(serde_json::to_string(&response).unwrap_or_else(|_| "{}".into()))
+                            })
+                            .await;
+                        frame(&head, &rendered)
+                    }
+                };
+                yield Frame { text, last: false };
             }
-            delivered.increment(1);
-        }
-        self.send(complete_frame(&self.id), true).await;
-        true
+            yield Frame { text: complete, last: true };
+        };
+        Some(Box::pin(frames))
     }
+}
+
+/// Which of a connection's rarely woken branches is ready.
+enum Rare {
+    Incoming(Option<Result<Message, axum::Error>>),
+    /// Frames were taken from the queue into the batch.
+    Queue,
+    Ping,
+    Shutdown,
 }
 
 /// How a connection ends.
@@ -746,7 +831,9 @@ fn close_reason(reason: &str) -> String {
 pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtocols) {
     let _open = crate::metrics::GaugeGuard::new(crate::metrics::names::WEBSOCKETS);
     let legacy = matches!(protocol, WebSocketProtocols::SubscriptionsTransportWS);
-    let (mut sink, mut stream) = socket.split();
+    // Not split: both halves are used by this task only, and a split puts a
+    // lock (and the sink's one-frame slot) in front of every read and write.
+    let mut socket = socket;
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(state.ws_queue.max(1));
     let limit = state
         .schema
@@ -773,141 +860,202 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
     let shutdown = stopped(&mut shutdown);
     tokio::pin!(shutdown);
     let mut batch: Vec<Out> = Vec::with_capacity(MAX_BURST);
+    // The branches that wake rarely (the socket's read side, the queue, the
+    // ping timer, shutdown) are polled, together, only when one of them woke
+    // (see `gate`): during a fan-out the connection wakes for its
+    // subscriptions, and one gate is one cache line to look at, not four.
+    let rare_gate = Gate::new();
+    let mut turn: usize = 0;
+    // Looked up once per connection, not once per delivered event.
+    let delivered = metrics::counter!(crate::metrics::names::EVENTS_DELIVERED);
     let end = loop {
         tokio::select! {
-            incoming = stream.next() => {
-                let text = match incoming {
-                    Some(Ok(Message::Text(t))) => t.as_str().to_owned(),
-                    Some(Ok(Message::Binary(b))) => match String::from_utf8(b.to_vec()) {
-                        Ok(t) => t,
-                        Err(_) => break End::Close(4400, "Invalid message received: binary data that is not UTF-8".into()),
-                    },
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
-                        last_seen = Instant::now();
-                        continue;
+            rare = std::future::poll_fn(|cx| rare_gate.poll(cx, |cx| {
+                // Each from a different one first, so none starves the others.
+                turn = turn.wrapping_add(1);
+                for i in 0..4 {
+                    let polled = match (turn + i) % 4 {
+                        0 => socket.poll_next_unpin(cx).map(Rare::Incoming),
+                        1 => out_rx.poll_recv_many(cx, &mut batch, MAX_BURST).map(|_| Rare::Queue),
+                        2 => ping.poll_tick(cx).map(|_| Rare::Ping),
+                        _ => std::future::Future::poll(shutdown.as_mut(), cx).map(|()| Rare::Shutdown),
+                    };
+                    if polled.is_ready() {
+                        return polled;
                     }
-                    Some(Ok(Message::Close(_))) | None => break End::Gone,
-                    Some(Err(e)) => break if too_big(e) {
-                        End::Close(1009, format!("a message is larger than the limit of {} bytes", state.max_body_bytes))
-                    } else {
-                        End::Gone
-                    },
-                };
-                last_seen = Instant::now();
-                let reply = match parse(&text, legacy) {
-                    Err(reason) => break End::Close(4400, reason),
-                    Ok(Incoming::Init(payload)) => {
-                        if client.is_some() {
-                            break End::Close(4429, "Too many initialisation requests".into());
+                }
+                std::task::Poll::Pending
+            })) => match rare {
+                Rare::Incoming(incoming) => {
+                    let text = match incoming {
+                        Some(Ok(Message::Text(t))) => t.as_str().to_owned(),
+                        Some(Ok(Message::Binary(b))) => match String::from_utf8(b.to_vec()) {
+                            Ok(t) => t,
+                            Err(_) => break End::Close(4400, "Invalid message received: binary data that is not UTF-8".into()),
+                        },
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                            last_seen = Instant::now();
+                            continue;
                         }
-                        let mut c = match connection_client(payload.as_ref()) {
-                            Ok(c) => c,
-                            Err(reason) => break End::Close(4403, format!("Forbidden: {reason}")),
-                        };
-                        if let Some(verifier) = &state.verifier {
-                            let user = match connection_caller(verifier, payload.as_ref()) {
-                                Ok(user) => user,
-                                Err(e) => break End::Close(4403, close_reason(&format!("Forbidden: {e}"))),
-                            };
-                            let Some(slot) = state.user_connections.take(&user.0.id) else {
-                                break End::Close(4429, close_reason(&format!(
-                                    "Too many connections: the limit max-connections-per-user is {}",
-                                    state.user_connections.limit
-                                )));
-                            };
-                            _user_slot = Some(slot);
-                            // The display name is the token's, never the payload's.
-                            c.name = user.0.name.clone();
-                            let deadline = Instant::now() + user.0.remaining(verifier.leeway_secs());
-                            expiry.as_mut().reset(deadline);
-                            caller = Some(user);
-                        }
-                        client = Some(c);
-                        let mut frames = vec![r#"{"type":"connection_ack"}"#.to_string()];
-                        if legacy {
-                            // The legacy protocol's keep-alive starts right after the ack.
-                            frames.push(r#"{"type":"ka"}"#.to_string());
-                        }
-                        frames
-                    }
-                    Ok(Incoming::Ping(payload)) => vec![match payload {
-                        Some(p) => serde_json::json!({ "type": "pong", "payload": p }).to_string(),
-                        None => r#"{"type":"pong"}"#.to_string(),
-                    }],
-                    Ok(Incoming::Pong) => Vec::new(),
-                    Ok(Incoming::Subscribe { id, payload }) => {
-                        let Some(c) = &client else {
-                            break End::Close(4401, "Unauthorized".into());
-                        };
-                        if ops.by_id.contains_key(&id) {
-                            break End::Close(4409, close_reason(&format!("Subscriber for {id} already exists")));
-                        }
-                        if ops.by_id.len() >= limit.saturating_add(MAX_EXTRA_OPERATIONS) {
-                            let error = serde_json::json!([{
-                                "message": format!(
-                                    "this connection already has {} operations in flight (the limit is {} subscriptions plus {MAX_EXTRA_OPERATIONS})",
-                                    ops.by_id.len(), limit
-                                ),
-                                "extensions": { "code": "LIMIT_EXCEEDED" },
-                            }]);
-                            vec![format!("{}{error}}}", frame_head(&id, "error"))]
+                        Some(Ok(Message::Close(_))) | None => break End::Gone,
+                        Some(Err(e)) => break if too_big(e) {
+                            End::Close(1009, format!("a message is larger than the limit of {} bytes", state.max_body_bytes))
                         } else {
-                        // The slot is taken here, in message order, so of two
-                        // subscriptions the later one is the one refused.
-                        let fast = plan(&payload).and_then(|p| Some((p, Slot::take(&c.subscriptions, limit)?)));
-                        let slot = fast.as_ref().map(|(_, s)| s.clone());
-                        let serial = ops.serial();
-                        let op = Op {
-                            schema: state.schema.clone(),
-                            client: c.clone(),
-                            caller: caller.clone(),
-                            out: out_tx.clone(),
-                            serial,
-                            id: id.clone(),
-                            legacy,
-                        };
-                        let task = tokio::spawn(op.run(payload, fast));
-                        ops.insert(id, Running { serial, task, _slot: slot });
-                        Vec::new()
+                            End::Gone
+                        },
+                    };
+                    last_seen = Instant::now();
+                    let reply = match parse(&text, legacy) {
+                        Err(reason) => break End::Close(4400, reason),
+                        Ok(Incoming::Init(payload)) => {
+                            if client.is_some() {
+                                break End::Close(4429, "Too many initialisation requests".into());
+                            }
+                            let mut c = match connection_client(payload.as_ref()) {
+                                Ok(c) => c,
+                                Err(reason) => break End::Close(4403, format!("Forbidden: {reason}")),
+                            };
+                            if let Some(verifier) = &state.verifier {
+                                let user = match connection_caller(verifier, payload.as_ref()) {
+                                    Ok(user) => user,
+                                    Err(e) => break End::Close(4403, close_reason(&format!("Forbidden: {e}"))),
+                                };
+                                let Some(slot) = state.user_connections.take(&user.0.id) else {
+                                    break End::Close(4429, close_reason(&format!(
+                                        "Too many connections: the limit max-connections-per-user is {}",
+                                        state.user_connections.limit
+                                    )));
+                                };
+                                _user_slot = Some(slot);
+                                // The display name is the token's, never the payload's.
+                                c.name = user.0.name.clone();
+                                let deadline = Instant::now() + user.0.remaining(verifier.leeway_secs());
+                                expiry.as_mut().reset(deadline);
+                                caller = Some(user);
+                            }
+                            client = Some(c);
+                            let mut frames = vec![r#"{"type":"connection_ack"}"#.to_string()];
+                            if legacy {
+                                // The legacy protocol's keep-alive starts right after the ack.
+                                frames.push(r#"{"type":"ka"}"#.to_string());
+                            }
+                            frames
                         }
-                    }
-                    Ok(Incoming::Complete { id }) => {
-                        if ops.stop(&id) {
-                            // An acknowledgement that the operation ended and
-                            // its slot is free (async-graphql did the same);
-                            // frames it had queued are dropped, not written.
-                            vec![complete_frame(&id)]
-                        } else {
+                        Ok(Incoming::Ping(payload)) => vec![match payload {
+                            Some(p) => serde_json::json!({ "type": "pong", "payload": p }).to_string(),
+                            None => r#"{"type":"pong"}"#.to_string(),
+                        }],
+                        Ok(Incoming::Pong) => Vec::new(),
+                        Ok(Incoming::Subscribe { id, payload }) => {
+                            let Some(c) = &client else {
+                                break End::Close(4401, "Unauthorized".into());
+                            };
+                            if ops.by_id.contains_key(&id) {
+                                break End::Close(4409, close_reason(&format!("Subscriber for {id} already exists")));
+                            }
+                            if ops.by_id.len() >= limit.saturating_add(MAX_EXTRA_OPERATIONS) {
+                                let error = serde_json::json!([{
+                                    "message": format!(
+                                        "this connection already has {} operations in flight (the limit is {} subscriptions plus {MAX_EXTRA_OPERATIONS})",
+                                        ops.by_id.len(), limit
+                                    ),
+                                    "extensions": { "code": "LIMIT_EXCEEDED" },
+                                }]);
+                                vec![format!("{}{error}}}", frame_head(&id, "error"))]
+                            } else {
+                            // The slot is taken here, in message order, so of two
+                            // subscriptions the later one is the one refused.
+                            let fast = plan(&payload).and_then(|p| Some((p, Slot::take(&c.subscriptions, limit)?)));
+                            let slot = fast.as_ref().map(|(_, s)| s.clone());
+                            let serial = ops.serial();
+                            let op = Op {
+                                schema: state.schema.clone(),
+                                client: c.clone(),
+                                caller: caller.clone(),
+                                out: out_tx.clone(),
+                                serial,
+                                id: id.clone(),
+                                legacy,
+                            };
+                            let task = tokio::spawn(op.run(payload, fast));
+                            ops.insert(id, Running { serial, task, _slot: slot });
                             Vec::new()
+                            }
+                        }
+                        Ok(Incoming::Complete { id }) => {
+                            if ops.stop(&id) {
+                                // An acknowledgement that the operation ended and
+                                // its slot is free (async-graphql did the same);
+                                // frames it had queued are dropped, not written.
+                                vec![complete_frame(&id)]
+                            } else {
+                                Vec::new()
+                            }
+                        }
+                        Ok(Incoming::Terminate) => break End::Close(1000, "connection_terminate".into()),
+                    };
+                    if !reply.is_empty() {
+                        let frames = reply.into_iter().map(|t| Message::Text(t.into()));
+                        match tokio::time::timeout(timeout, write_all(&mut socket, frames)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(())) => break End::Gone,
+                            Err(_) => break End::Stalled,
                         }
                     }
-                    Ok(Incoming::Terminate) => break End::Close(1000, "connection_terminate".into()),
-                };
-                if !reply.is_empty() {
-                    let frames = reply.into_iter().map(|t| Message::Text(t.into()));
-                    match tokio::time::timeout(timeout, write_all(&mut sink, frames)).await {
+                }
+                Rare::Queue => {
+                    match timed(timeout, write_batch(&mut socket, &mut batch, &mut ops)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(())) => break End::Gone,
                         Err(_) => break End::Stalled,
                     }
                 }
-            }
-            _ = out_rx.recv_many(&mut batch, MAX_BURST) => {
-                match tokio::time::timeout(timeout, write_batch(&mut sink, &mut batch, &mut ops)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(())) => break End::Gone,
-                    Err(_) => break End::Stalled,
+                Rare::Ping => {
+                    if last_seen.elapsed() > timeout {
+                        break End::Close(1001, "ping timeout".into());
+                    }
+                    let mut frames = vec![Message::Ping(Bytes::from_static(b"talus"))];
+                    if legacy && client.is_some() {
+                        frames.push(Message::Text(r#"{"type":"ka"}"#.into()));
+                    }
+                    match tokio::time::timeout(timeout, write_all(&mut socket, frames.into_iter())).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(())) => break End::Gone,
+                        Err(_) => break End::Stalled,
+                    }
                 }
-            }
-            _ = ping.tick() => {
-                if last_seen.elapsed() > timeout {
-                    break End::Close(1001, "ping timeout".into());
+                Rare::Shutdown => {
+                    // Subscriptions end on their own (the hub stops them); let their
+                    // last messages go out before closing.
+                    let deadline = tokio::time::sleep(Duration::from_millis(200));
+                    tokio::pin!(deadline);
+                    loop {
+                        tokio::select! {
+                            _ = out_rx.recv_many(&mut batch, MAX_BURST) => {
+                                let written = tokio::time::timeout(timeout, write_batch(&mut socket, &mut batch, &mut ops)).await;
+                                if !matches!(written, Ok(Ok(()))) {
+                                    break;
+                                }
+                            }
+                            Some(first) = ops.events.next(), if !ops.events.is_empty() => {
+                                take_events(first, &mut ops, &mut batch, &delivered).await;
+                                let written = tokio::time::timeout(timeout, write_batch(&mut socket, &mut batch, &mut ops)).await;
+                                if !matches!(written, Ok(Ok(()))) {
+                                    break;
+                                }
+                            }
+                            _ = &mut deadline => break,
+                        }
+                        if ops.by_id.is_empty() {
+                            break;
+                        }
+                    }
+                    break End::Close(1001, "server shutting down".into());
                 }
-                let mut frames = vec![Message::Ping(Bytes::from_static(b"talus"))];
-                if legacy && client.is_some() {
-                    frames.push(Message::Text(r#"{"type":"ka"}"#.into()));
-                }
-                match tokio::time::timeout(timeout, write_all(&mut sink, frames.into_iter())).await {
+            },
+            Some(first) = ops.events.next(), if !ops.events.is_empty() => {
+                take_events(first, &mut ops, &mut batch, &delivered).await;
+                match timed(timeout, write_batch(&mut socket, &mut batch, &mut ops)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(())) => break End::Gone,
                     Err(_) => break End::Stalled,
@@ -918,27 +1066,6 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
             }
             _ = &mut init_deadline, if client.is_none() => {
                 break End::Close(4408, "Connection initialisation timeout".into());
-            }
-            _ = &mut shutdown => {
-                // Subscriptions end on their own (the hub stops them); let their
-                // last messages go out before closing.
-                let deadline = tokio::time::sleep(Duration::from_millis(200));
-                tokio::pin!(deadline);
-                loop {
-                    tokio::select! {
-                        _ = out_rx.recv_many(&mut batch, MAX_BURST) => {
-                            let written = tokio::time::timeout(timeout, write_batch(&mut sink, &mut batch, &mut ops)).await;
-                            if !matches!(written, Ok(Ok(()))) {
-                                break;
-                            }
-                        }
-                        _ = &mut deadline => break,
-                    }
-                    if ops.by_id.is_empty() {
-                        break;
-                    }
-                }
-                break End::Close(1001, "server shutting down".into());
             }
         }
     };
@@ -962,10 +1089,10 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
                 let error = serde_json::json!({ "type": "connection_error", "payload": { "message": reason } });
                 let frame = std::iter::once(Message::Text(error.to_string().into()));
                 let _ =
-                    tokio::time::timeout(timeout.min(CLOSE_LINGER), write_all(&mut sink, frame))
+                    tokio::time::timeout(timeout.min(CLOSE_LINGER), write_all(&mut socket, frame))
                         .await;
             }
-            close(&mut sink, &mut stream, code, reason, timeout).await;
+            close(&mut socket, code, reason, timeout).await;
         }
     }
 }
@@ -973,10 +1100,11 @@ pub async fn serve(socket: WebSocket, state: AppState, protocol: WebSocketProtoc
 /// Sends the close frame and waits briefly for the peer's, so the frame is
 /// read before the TCP connection goes (closing a socket with unread input
 /// resets it, and the peer may then never see the close code).
-async fn close<S, R>(sink: &mut S, stream: &mut R, code: u16, reason: String, timeout: Duration)
+async fn close<W>(socket: &mut W, code: u16, reason: String, timeout: Duration)
 where
-    S: futures_util::Sink<Message> + Unpin,
-    R: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+    W: futures_util::Sink<Message>
+        + futures_util::Stream<Item = Result<Message, axum::Error>>
+        + Unpin,
 {
     let linger = timeout.min(CLOSE_LINGER);
     let frame = Message::Close(Some(CloseFrame {
@@ -984,13 +1112,13 @@ where
         reason: close_reason(&reason).into(),
     }));
     if !matches!(
-        tokio::time::timeout(linger, sink.send(frame)).await,
+        tokio::time::timeout(linger, socket.send(frame)).await,
         Ok(Ok(()))
     ) {
         return;
     }
     let _ = tokio::time::timeout(linger, async {
-        while let Some(Ok(message)) = stream.next().await {
+        while let Some(Ok(message)) = socket.next().await {
             if matches!(message, Message::Close(_)) {
                 break;
             }
@@ -1010,24 +1138,79 @@ where
     sink.flush().await.map_err(|_| ())
 }
 
-/// Writes the queued frames of operations that are still active, with one flush.
+/// Adds `first` and the frames the connection's subscriptions have ready
+/// after it (up to `MAX_BURST` in the batch) to `batch`, without waiting.
+async fn take_events(
+    first: (u64, Frame),
+    ops: &mut Ops,
+    batch: &mut Vec<Out>,
+    delivered: &metrics::Counter,
+) {
+    let mut events = 0;
+    let mut take = |batch: &mut Vec<Out>, (op, frame): (u64, Frame)| {
+        events += u64::from(!frame.last);
+        batch.push(Out {
+            op,
+            what: Outgoing::Frame(frame),
+        });
+    };
+    take(batch, first);
+    std::future::poll_fn(|cx| {
+        while batch.len() < MAX_BURST {
+            match ops.events.poll_next_unpin(cx) {
+                std::task::Poll::Ready(Some(next)) => take(batch, next),
+                _ => break,
+            }
+        }
+        std::task::Poll::Ready(())
+    })
+    .await;
+    delivered.increment(events);
+}
+
+/// Writes the queued frames of operations that are still active, with one
+/// flush; a subscription's stream of frames joins the connection's.
 async fn write_batch<S>(sink: &mut S, batch: &mut Vec<Out>, ops: &mut Ops) -> Result<(), ()>
 where
     S: futures_util::Sink<Message> + Unpin,
 {
     for out in batch.drain(..) {
         if !ops.is_live(out.op) {
-            // The client completed it: nothing more of it is sent.
+            // The client completed it: nothing more of it is sent (a
+            // subscription's stream is dropped, which ends it).
             continue;
         }
-        if out.last {
-            ops.finished(out.op);
+        match out.what {
+            Outgoing::Events(frames) => {
+                ops.events.insert(out.op, frames);
+            }
+            Outgoing::Frame(frame) => {
+                if frame.last {
+                    ops.finished(out.op);
+                }
+                sink.feed(Message::Text(frame.text.into()))
+                    .await
+                    .map_err(|_| ())?;
+            }
         }
-        sink.feed(Message::Text(out.text.into()))
-            .await
-            .map_err(|_| ())?;
     }
     sink.flush().await.map_err(|_| ())
+}
+
+/// `tokio::time::timeout`, with the timer made only if `work` does not
+/// finish in its first poll (a write to a socket with room, nearly always):
+/// a timer per delivery cost a clock read and a runtime handle's reference
+/// count, shared by every connection.
+async fn timed<F: std::future::Future>(
+    limit: Duration,
+    work: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut work = std::pin::pin!(work);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(work.as_mut().poll(cx))).await;
+    if let std::task::Poll::Ready(done) = first {
+        return Ok(done);
+    }
+    tokio::time::timeout(limit, work).await
 }
 
 /// Resolves once the flag is set (holding no borrow across awaits).

@@ -381,6 +381,44 @@ async fn the_id_of_an_operation_is_free_again_once_its_complete_was_sent() {
 }
 
 #[tokio::test]
+async fn completing_a_session_events_subscription_ends_it_at_once_and_its_id_can_subscribe_again() {
+    let app = App::start().await;
+    let (session, root) = app.create_project("restomod", "Again").await;
+    let mut watcher = app.subscribe(&session).await;
+    let mut ws = app.ws_as("again", "Again").await;
+    ws.subscribe_events("e", &session, None).await;
+    ws.wait_joined("e").await;
+    let joined = watcher.event().await;
+    assert_eq!(joined["__typename"], "ClientJoined", "{joined}");
+
+    // The connection polls the subscription itself: a complete drops it there.
+    ws.send(json!({ "id": "e", "type": "complete" })).await;
+    ws.expect_complete("e").await;
+    let left = watcher.event().await;
+    assert_eq!(left["__typename"], "ClientLeft", "{left}");
+    assert_eq!(left["client"]["clientId"], "again");
+
+    // The same id subscribes again and gets each event of a change once, in order.
+    ws.subscribe_events("e", &session, None).await;
+    ws.wait_joined("e").await;
+    app.update_property(&session, &root, "vin", json!("again"))
+        .await;
+    let mut events = Vec::new();
+    for _ in 0..3 {
+        events.push(ws.next_event("e").await);
+    }
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["__typename"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        types,
+        ["CommandExecuting", "PropertyChanged", "CommandExecuted"]
+    );
+    common::assert_consecutive(&events, common::int_of(&events[0]["seq"]));
+}
+
+#[tokio::test]
 async fn the_legacy_subprotocol_sends_ka_after_the_ack_and_then_periodically() {
     let app = server().await;
     let mut socket = open(&app, "graphql-ws").await;

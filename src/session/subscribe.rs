@@ -15,6 +15,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
+use crate::gate::Gate;
+
 use super::event::{Batch, EventKind, SessionEvent};
 use super::live::Session;
 
@@ -145,6 +147,8 @@ pub(super) fn stream(
             let _ = stop.wait_for(|c| *c).await;
         };
         tokio::pin!(stopped);
+        // Both are polled only once one of them woke: the stream wakes for the broadcast.
+        let ending = Gate::new();
         // The newest seq this subscriber has (been told to skip to).
         let mut last = since.unwrap_or(start);
         // Catch up to what is committed before going live.
@@ -185,8 +189,15 @@ pub(super) fn stream(
             }
             let received = tokio::select! {
                 biased;
-                _ = &mut closed => break,
-                _ = &mut stopped => break,
+                _ = std::future::poll_fn(|cx| ending.poll(cx, |cx| {
+                    if std::future::Future::poll(closed.as_mut(), cx).is_ready()
+                        || std::future::Future::poll(stopped.as_mut(), cx).is_ready()
+                    {
+                        std::task::Poll::Ready(())
+                    } else {
+                        std::task::Poll::Pending
+                    }
+                })) => break,
                 r = rx.recv() => r,
             };
             match received {
