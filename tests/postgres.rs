@@ -491,6 +491,11 @@ async fn app_on(url: &str, instance: &str) -> common::App {
     common::App::start_on(dir, config, Arc::new(store)).await
 }
 
+/// Instances "a" and "b" on the database at `url`.
+async fn two_instances(url: &str) -> (common::App, common::App) {
+    (app_on(url, "a").await, app_on(url, "b").await)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_undo_and_redo_survive_a_move_to_another_instance_which_loads_the_session_lazily()
 {
@@ -529,8 +534,7 @@ async fn commands_undo_and_redo_survive_a_move_to_another_instance_which_loads_t
 async fn a_command_on_an_instance_that_does_not_own_the_session_is_forwarded_to_the_owner() {
     let pg = cluster_or_skip!();
     let url = pg.database().await;
-    let a = app_on(&url, "a").await;
-    let b = app_on(&url, "b").await;
+    let (a, b) = two_instances(&url).await;
     let (session, root) = a.create_project("restomod", "Bus").await;
 
     let phase = b.create_node(&session, Some(&root), "phase", "Strip").await;
@@ -672,8 +676,7 @@ async fn after_sigkill_of_the_owner_under_16_writers_another_instance_takes_over
 async fn a_project_created_on_one_instance_opens_on_another() {
     let pg = cluster_or_skip!();
     let url = pg.database().await;
-    let a = app_on(&url, "a").await;
-    let b = app_on(&url, "b").await;
+    let (a, b) = two_instances(&url).await;
     let (session, _) = a.create_project("restomod", "Bus").await;
     let project = common::str_of(&a.session(&session).await["project"]["id"]);
 
@@ -696,8 +699,7 @@ async fn a_project_created_on_one_instance_opens_on_another() {
 async fn a_project_created_or_deleted_on_one_instance_is_listed_or_gone_on_another() {
     let pg = cluster_or_skip!();
     let url = pg.database().await;
-    let a = app_on(&url, "a").await;
-    let b = app_on(&url, "b").await;
+    let (a, b) = two_instances(&url).await;
     let (session, _) = a.create_project("restomod", "Listed elsewhere").await;
     let project = common::str_of(&a.session(&session).await["project"]["id"]);
     let listed = |data: &serde_json::Value| {
@@ -734,8 +736,7 @@ async fn a_project_created_or_deleted_on_one_instance_is_listed_or_gone_on_anoth
 async fn a_project_opens_into_one_session_whichever_instance_is_asked() {
     let pg = cluster_or_skip!();
     let url = pg.database().await;
-    let a = app_on(&url, "a").await;
-    let b = app_on(&url, "b").await;
+    let (a, b) = two_instances(&url).await;
     let (session, root) = a.create_project("restomod", "Opened twice").await;
     let project = common::str_of(&a.session(&session).await["project"]["id"]);
     let open = async |app: &common::App| {
@@ -780,8 +781,7 @@ async fn a_project_opens_into_one_session_whichever_instance_is_asked() {
 async fn every_instance_lists_the_sessions_of_the_cluster() {
     let pg = cluster_or_skip!();
     let url = pg.database().await;
-    let a = app_on(&url, "a").await;
-    let b = app_on(&url, "b").await;
+    let (a, b) = two_instances(&url).await;
     let (on_a, _) = a.create_project("restomod", "Listed on a").await;
     let (on_b, _) = b.create_project("restomod", "Listed on b").await;
     let listed = async |app: &common::App| {
