@@ -826,3 +826,36 @@ async fn every_instance_lists_the_sessions_of_the_cluster() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_closed_by_its_owner_ends_the_subscriptions_on_other_instances() {
+    let pg = cluster_or_skip!();
+    let url = pg.database().await;
+    let (a, b) = two_instances(&url).await;
+    let (session, _) = a.create_project("restomod", "Closed on a").await;
+    let mut on_b = b.ws_as("watcher", "Watcher").await;
+    on_b.subscribe_events("e", &session, None).await;
+    on_b.wait_joined("e").await;
+
+    a.query(
+        "mutation($s: ID!) { closeSession(id: $s) }",
+        serde_json::json!({ "s": session }),
+    )
+    .await;
+    // No doorbell rings for a close: b's follower finds the session gone on
+    // its next read of the store (within a lease, 2 s here) and ends.
+    on_b.wait_complete("e").await;
+    let seen = b
+        .query(
+            "query($s: ID!) { session(id: $s) { id } }",
+            serde_json::json!({ "s": session }),
+        )
+        .await;
+    assert_eq!(
+        seen["session"],
+        serde_json::Value::Null,
+        "b no longer has it"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}

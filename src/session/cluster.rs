@@ -468,7 +468,16 @@ pub(super) fn start_pump(session: Arc<Session>, every: Duration) {
             tokio::select! {
                 _ = &mut rung => {}
                 _ = session.wait_closed() => return,
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(every) => {
+                    // No doorbell for a whole lease: the owner may have closed
+                    // the session (its row is gone). Then the follower ends
+                    // too, and so do its subscriptions, as they do on the owner.
+                    if let Ok(None) = session.store.session(session.id).await {
+                        tracing::info!(session = %session.id, "the session was closed by its owner; its follower here ends");
+                        session.lose();
+                        return;
+                    }
+                }
             }
         }
     });

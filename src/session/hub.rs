@@ -343,6 +343,12 @@ impl Hub {
             }
             self.forget(&s);
         }
+        // A session that is not stored (never was, or closed) takes no lease:
+        // asking for one would write a lease row per request for a made-up
+        // id, and race a closing owner's release.
+        if self.store.session(id).await.map_err(store_error)?.is_none() {
+            return Err(no_session(id));
+        }
         // The lease first: a commit of the previous owner is then either
         // visible to the reads below or refused by its fence.
         let epoch = match self.store.take_lease(id).await.map_err(store_error)? {
