@@ -426,7 +426,7 @@ fn graphql_request(params: &Map<String, Value>) -> Result<async_graphql::Request
         Some(Value::String(q)) => q.as_str(),
         Some(other) => return Err(format!("query must be a string, got {}", kind(other))),
         None if extensions.is_some_and(|e| e.contains_key("persistedQuery")) => "",
-        None => return Err(NO_QUERY.to_string()),
+        None => return Err("the request has no query: send {\"query\": \"{ ... }\"}".to_string()),
     };
     let operation_name = match present("operationName") {
         None => None,
@@ -655,7 +655,7 @@ async fn graphql_post(
         );
     }
     let request = match fast_request(&bytes) {
-        Some(request) => request.map(BatchRequest::Single),
+        Some(request) => Ok(BatchRequest::Single(request)),
         None => slow_request(&bytes, state.max_http_batch),
     };
     let request = match request {
@@ -702,12 +702,13 @@ enum Refusal {
 /// engine's types, without a `serde_json::Value` tree in between (that tree
 /// and its conversion were about a tenth of a small mutation's CPU). `None`
 /// for anything else (a batch, a member of another type, a duplicate member,
-/// bad JSON): `slow_request` reads those and says exactly what is wrong.
-fn fast_request(bytes: &[u8]) -> Option<Result<async_graphql::Request, Refusal>> {
+/// bad JSON, no query): `slow_request` reads those and says exactly what is
+/// wrong, or runs a persisted query's hash.
+fn fast_request(bytes: &[u8]) -> Option<async_graphql::Request> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Params {
-        query: Option<String>,
+        query: String,
         operation_name: Option<String>,
         variables: Option<async_graphql::Variables>,
         extensions: Option<std::collections::BTreeMap<String, async_graphql::Value>>,
@@ -717,24 +718,18 @@ fn fast_request(bytes: &[u8]) -> Option<Result<async_graphql::Request, Refusal>>
         return None;
     }
     let params: Params = serde_json::from_slice(bytes).ok()?;
-    let extensions = params.extensions.unwrap_or_default();
-    let query = match params.query {
-        Some(query) => query,
-        None if extensions.contains_key("persistedQuery") => String::new(),
-        None => return Some(Err(Refusal::BadRequest(NO_QUERY.to_string()))),
-    };
-    let mut request = async_graphql::Request::new(query);
+    let mut request = async_graphql::Request::new(params.query);
     if let Some(variables) = params.variables {
         request = request.variables(variables);
     }
     if let Some(name) = params.operation_name.filter(|n| !n.is_empty()) {
         request = request.operation_name(name);
     }
-    request.extensions.extend(extensions);
-    Some(Ok(request))
+    request
+        .extensions
+        .extend(params.extensions.unwrap_or_default());
+    Some(request)
 }
-
-const NO_QUERY: &str = "the request has no query: send {\"query\": \"{ ... }\"}";
 
 /// Any POST body, as JSON first: a request, or a batch of at most
 /// `max_batch`, each member's type checked with a message naming it.

@@ -211,7 +211,7 @@ impl Query {
                 Err(e) => return Err(gql(e)),
             }
         }
-        sessions.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        crate::session::oldest_first(&mut sessions);
         Ok(sessions.into_iter().map(SessionView).collect())
     }
 

@@ -585,13 +585,12 @@ impl Hub {
         let _guard = self.lifecycle.lock().await;
         let stored = self.store.sessions().await.map_err(store_error)?;
         let ids: HashSet<Uuid> = stored.iter().map(|r| r.id).collect();
-        let mut live = self.sessions();
-        let (kept, closed): (Vec<_>, Vec<_>) = live
-            .drain(..)
+        let (kept, closed): (Vec<_>, Vec<_>) = self
+            .sessions()
+            .into_iter()
             .partition(|s| !s.is_follower() || ids.contains(&s.id));
         for s in closed {
-            s.close();
-            self.forget(&s);
+            self.drop_closed_follower(&s);
         }
         let here: HashSet<Uuid> = kept.iter().map(|s| s.id).collect();
         let elsewhere = stored
@@ -602,10 +601,17 @@ impl Hub {
         Ok((kept, elsewhere))
     }
 
+    /// Ends and forgets a follower whose session its owner closed (its row is
+    /// gone); its pump notices the same on its own within a lease.
+    fn drop_closed_follower(&self, session: &Session) {
+        session.lose();
+        self.forget(session);
+    }
+
     /// Every live session, oldest first.
     pub fn sessions(&self) -> Vec<Arc<Session>> {
         let mut all: Vec<Arc<Session>> = self.sessions.read().values().cloned().collect();
-        all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        oldest_first(&mut all);
         all
     }
 
@@ -617,10 +623,11 @@ impl Hub {
         self.index.get(&id)
     }
 
-    /// The live session that has `project_id` open, if any.
+    /// The live session that has `project_id` open, if any (not one lost
+    /// to another instance, or closed by its owner elsewhere).
     pub fn session_of_project(&self, project_id: Uuid) -> Option<Arc<Session>> {
         let sid = *self.open.read().get(&project_id)?;
-        self.find_session(sid)
+        self.find_session(sid).filter(|s| !s.is_lost())
     }
 
     fn register(
@@ -967,8 +974,7 @@ impl Hub {
                 session.touch();
                 return Ok(session);
             }
-            session.close();
-            self.forget(&session);
+            self.drop_closed_follower(&session);
         }
         // In a shared store another instance may have created it since this
         // one read its index: the store decides (PROJECT_NOT_FOUND from the load).
@@ -1242,4 +1248,9 @@ impl Hub {
         }
         self.store.close().await;
     }
+}
+
+/// Sorts sessions oldest first (by creation, then id), the order of every list.
+pub fn oldest_first(sessions: &mut [Arc<Session>]) {
+    sessions.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
 }

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 pub use config::SessionConfig;
 pub use event::{Actor, ClientInfo, EventKind, RenderKey, SessionEvent};
-pub use hub::{CleanupResult, Hub};
+pub use hub::{oldest_first, CleanupResult, Hub};
 pub use live::{OpenProject, Outcome, Session, State};
 
 use crate::domain::Role;

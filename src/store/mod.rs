@@ -15,6 +15,8 @@ pub mod memory;
 pub mod postgres;
 pub mod sqlite;
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -300,10 +302,7 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Which of `ids` have an unexpired lease (whoever holds it). Unshared
     /// stores have one process, alive while it asks: all of them.
-    async fn live_leases(
-        &self,
-        ids: &[Uuid],
-    ) -> Result<std::collections::HashSet<Uuid>, StoreError> {
+    async fn live_leases(&self, ids: &[Uuid]) -> Result<HashSet<Uuid>, StoreError> {
         Ok(ids.iter().copied().collect())
     }
     /// Gives a lease up (the session closed here), so another instance need not wait for it to expire.

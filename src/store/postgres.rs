@@ -26,7 +26,7 @@
 //! read back exactly as it was written. Lease expiry is the database's own
 //! clock (`now()`), so instances need not agree on the time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -495,6 +495,16 @@ fn step<'a>(sql: &'static str, params: Vec<Box<dyn ToSql + Sync + Send + 'a>>) -
     Step { sql, params }
 }
 
+impl Step<'_> {
+    /// The parameters as tokio-postgres takes them.
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|p| &**p as &(dyn ToSql + Sync))
+            .collect()
+    }
+}
+
 /// The statements of a commit, in order: the fence (if any), then each write's.
 fn plan<'a>(fence: Option<&Fence>, writes: &'a [Write]) -> Result<Vec<Step<'a>>, StoreError> {
     let mut steps = Vec::with_capacity(writes.len() + 1);
@@ -957,12 +967,7 @@ impl Store for PostgresStore {
         }
         let write = Write::UpsertSession(record.clone());
         for step in plan(None, std::slice::from_ref(&write))? {
-            let params: Vec<&(dyn ToSql + Sync)> = step
-                .params
-                .iter()
-                .map(|p| &**p as &(dyn ToSql + Sync))
-                .collect();
-            tx.execute(step.sql, &params)
+            tx.execute(step.sql, &step.params())
                 .await
                 .map_err(failed("commit"))?;
         }
@@ -970,10 +975,7 @@ impl Store for PostgresStore {
         Ok(None)
     }
 
-    async fn live_leases(
-        &self,
-        ids: &[Uuid],
-    ) -> Result<std::collections::HashSet<Uuid>, StoreError> {
+    async fn live_leases(&self, ids: &[Uuid]) -> Result<HashSet<Uuid>, StoreError> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
@@ -1084,15 +1086,7 @@ impl PostgresStore {
                     .map_err(failed("commit"))?,
             );
         }
-        let params: Vec<Vec<&(dyn ToSql + Sync)>> = steps
-            .iter()
-            .map(|s| {
-                s.params
-                    .iter()
-                    .map(|p| &**p as &(dyn ToSql + Sync))
-                    .collect()
-            })
-            .collect();
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = steps.iter().map(Step::params).collect();
         let bells = bells_of(&writes);
         let commit = if self.options.doorbell_in_commit {
             format!("{}COMMIT", notify_sql(&bells))

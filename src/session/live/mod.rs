@@ -96,8 +96,8 @@ pub struct State {
 }
 
 impl State {
-    /// Presence as a follower learns it from the log: ClientJoined adds, ClientLeft removes.
-    /// Applies a presence event of the log to a follower's client list;
+    /// Applies a presence event of the log to a follower's client list
+    /// (ClientJoined adds, ClientLeft removes, PresenceChanged does both);
     /// false when the event does not say who is here exactly (a
     /// `PresenceChanged` whose lists were cut to `--presence-list-limit`, or
     /// whose count disagrees), so the follower must ask the owner.
