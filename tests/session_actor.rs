@@ -223,3 +223,91 @@ async fn closing_a_session_waits_for_its_commit_in_flight_and_nothing_is_written
     );
     assert_eq!(app.session(&session).await, Value::Null);
 }
+
+/// Commits through the memory store's `commit_now` (as the in-memory store
+/// does: under the session's lock, the group kept applied), and refuses them
+/// while switched on.
+#[derive(Default)]
+struct RefuseNow {
+    refusing: std::sync::atomic::AtomicBool,
+    immediate: AtomicUsize,
+}
+
+#[async_trait]
+impl CommitHook for RefuseNow {
+    async fn before_commit(&self, _: &[Write]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn before_commit_now(&self, _: &[Write]) -> Option<Result<(), StoreError>> {
+        self.immediate.fetch_add(1, Ordering::SeqCst);
+        if self.refusing.load(Ordering::SeqCst) {
+            return Some(Err(StoreError::Full("injected: disk full".into())));
+        }
+        Some(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_change_refused_by_a_store_that_commits_at_once_is_taken_back() {
+    let store = Arc::new(HookedStore::with_hook(
+        MemoryStore::new(),
+        RefuseNow::default(),
+    ));
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let config = test_config(dir.path());
+    let app = App::start_on(dir, config, store.clone()).await;
+    let (session, root) = app.create_project("restomod", "At once").await;
+
+    let ok = app
+        .http
+        .request(SET_VIN, json!({ "s": session, "n": root, "v": "VIN-1" }))
+        .await;
+    assert_eq!(int_of(&ok["data"]["updateProperty"]["version"]), 1, "{ok}");
+    let before = app.graph(&session).await;
+    let seq_before = app.last_seq(&session).await;
+    let undo_before = app.session(&session).await["canUndo"].clone();
+
+    store.hook().refusing.store(true, Ordering::SeqCst);
+    let refused = app
+        .http
+        .request(SET_VIN, json!({ "s": session, "n": root, "v": "VIN-2" }))
+        .await;
+    assert_eq!(
+        code_of(&first_error(&refused)),
+        "STORE_UNAVAILABLE",
+        "{refused}"
+    );
+    // Nothing of it is left: graph, log and history are as before.
+    assert_eq!(app.graph(&session).await, before);
+    assert_eq!(app.last_seq(&session).await, seq_before);
+    assert_eq!(app.session(&session).await["canUndo"], undo_before);
+    let stored = store
+        .inner()
+        .events(Uuid::parse_str(&session).unwrap(), 0, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(stored.last().map(|e| e.seq as i64), Some(seq_before));
+
+    store.hook().refusing.store(false, Ordering::SeqCst);
+    let again = app
+        .http
+        .request(SET_VIN, json!({ "s": session, "n": root, "v": "VIN-3" }))
+        .await;
+    assert_eq!(
+        int_of(&again["data"]["updateProperty"]["version"]),
+        2,
+        "{again}"
+    );
+    // Undo takes the kept change back to the first one's value.
+    let undone = app
+        .http
+        .request(
+            "mutation($s: ID!) { undo(sessionId: $s) { version } }",
+            json!({ "s": session }),
+        )
+        .await;
+    assert_eq!(int_of(&undone["data"]["undo"]["version"]), 3, "{undone}");
+    assert_eq!(app.graph(&session).await["nodes"], before["nodes"]);
+    assert!(store.hook().immediate.load(Ordering::SeqCst) >= 4);
+}

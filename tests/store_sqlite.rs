@@ -272,7 +272,7 @@ async fn events_pages_through_a_100k_event_log() {
                     .clone()
                     .map(|seq| StoredEvent {
                         seq,
-                        json: format!(r#"{{"seq":{seq:>8},"p":"{payload}"}}"#),
+                        json: format!(r#"{{"seq":{seq:>8},"p":"{payload}"}}"#).into(),
                     })
                     .collect(),
             },

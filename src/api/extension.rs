@@ -1,5 +1,13 @@
-//! An async-graphql extension: request-shape limits before validation, contract codes for engine errors
-//! (parse, validation, limits), a per-request budget of list items, and one log line per operation.
+//! The schema's one async-graphql extension: request-shape limits before
+//! validation, contract codes for engine errors (parse, validation, limits),
+//! a per-request budget of list items, one log line per failed operation,
+//! and, from `guard` and `metrics`, persisted queries, the read-only check
+//! and operation metrics.
+//!
+//! One extension rather than one per concern: async-graphql runs every hook
+//! of every extension in the chain as a boxed future, on every request and
+//! for every resolved field, and three extensions were about a tenth of the
+//! CPU of a small mutation.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -8,7 +16,7 @@ use std::time::Instant;
 
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextPrepareRequest,
-    NextRequest, NextSubscribe, NextValidation,
+    NextRequest, NextResolve, NextSubscribe, NextValidation, ResolveInfo,
 };
 use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use async_graphql::{
@@ -20,6 +28,8 @@ use parking_lot::Mutex;
 
 use super::error::code;
 use super::expensive::PermitSlot;
+use super::guard::Guard;
+use super::metrics::{Counting, OperationMetrics};
 use super::ApiLimits;
 use crate::domain::ErrorCode;
 
@@ -29,26 +39,33 @@ use crate::domain::ErrorCode;
 pub struct Validated(pub Arc<AtomicBool>);
 
 /// Enforces the request-shape limits, adds codes to errors that carry none,
-/// logs one line per operation and remembers parsed documents.
-pub struct Codes {
+/// logs failed operations, remembers parsed documents, and runs the guard and
+/// the metrics.
+pub struct Pipeline {
     parsed: Arc<ParseCache>,
     limits: Arc<ApiLimits>,
+    guard: Arc<Guard>,
+    _metrics: OperationMetrics,
 }
 
-impl Codes {
-    pub fn new(limits: ApiLimits) -> Self {
-        Codes {
+impl Pipeline {
+    pub fn new(limits: ApiLimits, guard: Guard, metrics: OperationMetrics) -> Self {
+        Pipeline {
             parsed: Arc::default(),
             limits: Arc::new(limits),
+            guard: Arc::new(guard),
+            _metrics: metrics,
         }
     }
 }
 
-impl ExtensionFactory for Codes {
+impl ExtensionFactory for Pipeline {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(CodesExtension {
+        Arc::new(PipelineExtension {
             parsed: self.parsed.clone(),
             limits: self.limits.clone(),
+            guard: self.guard.clone(),
+            counting: Counting::default(),
             subscription: AtomicBool::new(false),
             document: Mutex::new(None),
         })
@@ -67,7 +84,7 @@ pub struct ItemBudget {
     left: AtomicUsize,
     limit: usize,
     /// Set by the first refused charge: the whole response is then refused
-    /// (see `CodesExtension::execute`), not sent with the lists that fitted.
+    /// (see `PipelineExtension::execute`), not sent with the lists that fitted.
     exceeded: AtomicBool,
 }
 
@@ -190,9 +207,11 @@ enum Document {
 }
 
 /// One per request (or per subscription stream).
-struct CodesExtension {
+struct PipelineExtension {
     parsed: Arc<ParseCache>,
     limits: Arc<ApiLimits>,
+    guard: Arc<Guard>,
+    counting: Counting,
     /// Set when the document is a subscription: async-graphql runs the `execute`
     /// hook once per delivered event, and a log line per event and subscriber
     /// cost about 40% of the server's CPU when fanning out (talus-bench).
@@ -200,7 +219,61 @@ struct CodesExtension {
     document: Mutex<Option<Document>>,
 }
 
-impl CodesExtension {
+impl PipelineExtension {
+    /// Parses the query (or finds it in the parse cache) and checks its shape.
+    async fn parse(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let max = self.limits.max_document_bytes;
+        if query.len() > max {
+            return Err(limit(format!(
+                "the query text is {} bytes long (the limit max-document-bytes is {max})",
+                query.len()
+            )));
+        }
+        // A persisted query (APQ) arrives already parsed and without its text;
+        // the text is this cache's key, so it must not be cached (under "").
+        // `prepare_request` has checked that document's shape already.
+        if query.is_empty() {
+            let doc = next.run(ctx, query, variables).await.map_err(|e| {
+                let code = engine_code(&e);
+                with_code(e, code)
+            })?;
+            self.note_subscription(ctx, &doc);
+            return Ok(doc);
+        }
+        let (doc, document) = match self.parsed.get(query) {
+            Some(Cached {
+                doc,
+                valid: Some(result),
+            }) => (doc, Document::Valid(result)),
+            Some(Cached { doc, valid: None }) => (doc, Document::Unvalidated(query.to_string())),
+            None => {
+                // Parsed here rather than by the engine (`next`), whose
+                // recursion-depth check walks every fragment spread as often
+                // as it is reached: exponential for a document of fragments
+                // spreading each other. `shape::check` measures the document
+                // in linear time, with the same depth rule, before anything
+                // else walks it.
+                let doc = async_graphql::parser::parse_query(query).map_err(|e| {
+                    let e = ServerError::from(e);
+                    let code = engine_code(&e);
+                    with_code(e, code)
+                })?;
+                super::shape::check(&doc, &self.limits)?;
+                self.parsed.put(query, &doc);
+                (doc, Document::Unvalidated(query.to_string()))
+            }
+        };
+        *self.document.lock() = Some(document);
+        self.note_subscription(ctx, &doc);
+        Ok(doc)
+    }
+
     /// Marks this extension as serving a subscription (see `subscription`).
     fn note_subscription(&self, ctx: &ExtensionContext<'_>, doc: &ExecutableDocument) {
         let subscription = doc
@@ -288,7 +361,7 @@ fn fix(mut resp: Response) -> Response {
 }
 
 #[async_trait::async_trait]
-impl Extension for CodesExtension {
+impl Extension for PipelineExtension {
     async fn prepare_request(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -298,21 +371,25 @@ impl Extension for CodesExtension {
         // A persisted query's document (found by its hash) is handed over
         // parsed; the engine's own checks would walk it before `parse_query`
         // sees it, so its shape is checked here.
-        let mut request = request;
+        // APQ first (inside the guard): the rest of the chain (`next`) runs
+        // within it, and what comes back is the request the engine will run.
+        let mut request = self.guard.prepare_request(ctx, request, next).await?;
         if request.query.is_empty() {
             // Without a parsed document this parses "" and fails; the engine reports that.
             if let Ok(doc) = request.parsed_query() {
                 super::shape::check(doc, &self.limits)?;
             }
         }
-        let request = request
+        Ok(request
             .data(ItemBudget::new(self.limits.max_result_items))
-            .data(PermitSlot::default());
-        next.run(ctx, request).await
+            .data(PermitSlot::default()))
     }
 
     async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
-        fix(next.run(ctx).await)
+        // Counted after the codes are added, so errors are counted by code.
+        self.counting
+            .request(async { fix(next.run(ctx).await) })
+            .await
     }
 
     fn subscribe<'s>(
@@ -321,7 +398,7 @@ impl Extension for CodesExtension {
         stream: BoxStream<'s, Response>,
         next: NextSubscribe<'_>,
     ) -> BoxStream<'s, Response> {
-        next.run(ctx, stream).map(fix).boxed()
+        self.counting.subscribe(next.run(ctx, stream).map(fix))
     }
 
     async fn parse_query(
@@ -331,49 +408,9 @@ impl Extension for CodesExtension {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        let max = self.limits.max_document_bytes;
-        if query.len() > max {
-            return Err(limit(format!(
-                "the query text is {} bytes long (the limit max-document-bytes is {max})",
-                query.len()
-            )));
-        }
-        // A persisted query (APQ) arrives already parsed and without its text;
-        // the text is this cache's key, so it must not be cached (under "").
-        // `prepare_request` has checked that document's shape already.
-        if query.is_empty() {
-            let doc = next.run(ctx, query, variables).await.map_err(|e| {
-                let code = engine_code(&e);
-                with_code(e, code)
-            })?;
-            self.note_subscription(ctx, &doc);
-            return Ok(doc);
-        }
-        let (doc, document) = match self.parsed.get(query) {
-            Some(Cached {
-                doc,
-                valid: Some(result),
-            }) => (doc, Document::Valid(result)),
-            Some(Cached { doc, valid: None }) => (doc, Document::Unvalidated(query.to_string())),
-            None => {
-                // Parsed here rather than by the engine (`next`), whose
-                // recursion-depth check walks every fragment spread as often
-                // as it is reached: exponential for a document of fragments
-                // spreading each other. `shape::check` measures the document
-                // in linear time, with the same depth rule, before anything
-                // else walks it.
-                let doc = async_graphql::parser::parse_query(query).map_err(|e| {
-                    let e = ServerError::from(e);
-                    let code = engine_code(&e);
-                    with_code(e, code)
-                })?;
-                super::shape::check(&doc, &self.limits)?;
-                self.parsed.put(query, &doc);
-                (doc, Document::Unvalidated(query.to_string()))
-            }
-        };
-        *self.document.lock() = Some(document);
-        self.note_subscription(ctx, &doc);
+        let doc = self.parse(ctx, query, variables, next).await?;
+        Guard::check_document(ctx, &doc)?;
+        self.counting.parsed(ctx, &doc);
         Ok(doc)
     }
 
@@ -414,6 +451,7 @@ impl Extension for CodesExtension {
         operation_name: Option<&str>,
         next: NextExecute<'_>,
     ) -> Response {
+        self.counting.executing(operation_name);
         if self.subscription.load(Ordering::Relaxed) {
             return next.run(ctx, operation_name).await;
         }
@@ -448,5 +486,17 @@ impl Extension for CodesExtension {
             );
         }
         resp
+    }
+
+    async fn resolve(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        info: ResolveInfo<'_>,
+        next: NextResolve<'_>,
+    ) -> ServerResult<Option<Value>> {
+        if let Some(answer) = Guard::answer(&info) {
+            return Ok(Some(answer));
+        }
+        next.run(ctx, info).await
     }
 }

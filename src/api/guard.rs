@@ -1,10 +1,11 @@
-//! An async-graphql extension for what only the engine can check: Automatic Persisted Queries (bounded), no mutations over a read-only transport (GET), and a null `__schema.description`.
+//! What only the engine can check, for the schema's one extension
+//! (`extension::Pipeline`): Automatic Persisted Queries (bounded), no
+//! mutations over a read-only transport (GET), and a null `__schema.description`.
 //!
-//! It runs before the others (`build` registers it first), so it sees every
-//! document, also one that `Codes` found in its parse cache or one that the
-//! persisted-query extension (`ApolloPersistedQueries`) found by its hash:
-//! a hash-only GET of a registered mutation is refused like the mutation's
-//! text would be.
+//! The read-only check sees every document, also one found in the parse
+//! cache or one that the persisted-query extension (`ApolloPersistedQueries`)
+//! found by its hash: a hash-only GET of a registered mutation is refused
+//! like the mutation's text would be.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,11 +14,10 @@ use async_graphql::extensions::apollo_persisted_queries::{
     ApolloPersistedQueries, LruCacheStorage,
 };
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest, NextResolve,
-    ResolveInfo,
+    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, ResolveInfo,
 };
 use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
-use async_graphql::{Request, ServerError, ServerResult, Value, Variables};
+use async_graphql::{Request, ServerError, ServerResult, Value};
 
 /// Request data marking a request that came over a read-only transport
 /// (HTTP GET): a mutation is refused, and `refused` tells the transport, which
@@ -64,13 +64,13 @@ pub fn selects_mutation(doc: &ExecutableDocument, operation_name: Option<&str>) 
     selected_operation(doc, operation_name) == Some(OperationType::Mutation)
 }
 
-/// The extension, with Automatic Persisted Queries inside it: async-graphql's
+/// The guard, with Automatic Persisted Queries inside it: async-graphql's
 /// `ApolloPersistedQueries` over its `LruCacheStorage` of `apq_cache_entries`
 /// documents, each from a query of at most `max_persisted_query_bytes`.
 ///
-/// APQ runs from this extension's `prepare_request` rather than as an
-/// extension of its own: every extension in the chain costs a boxed future
-/// per resolved field, and APQ only needs the one hook.
+/// APQ runs from the schema's one extension's `prepare_request` rather than
+/// as an extension of its own: every extension in the chain costs a boxed
+/// future per hook and per resolved field, and APQ only needs the one hook.
 pub struct Guard {
     max_persisted_query_bytes: usize,
     apq: Arc<dyn Extension>,
@@ -88,20 +88,6 @@ impl Guard {
     }
 }
 
-impl ExtensionFactory for Guard {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(GuardExtension {
-            max_persisted_query_bytes: self.max_persisted_query_bytes,
-            apq: self.apq.clone(),
-        })
-    }
-}
-
-struct GuardExtension {
-    max_persisted_query_bytes: usize,
-    apq: Arc<dyn Extension>,
-}
-
 fn bad_request(message: impl Into<String>) -> ServerError {
     let mut e = ServerError::new(message, None);
     e.extensions
@@ -110,9 +96,10 @@ fn bad_request(message: impl Into<String>) -> ServerError {
     e
 }
 
-#[async_trait::async_trait]
-impl Extension for GuardExtension {
-    async fn prepare_request(
+impl Guard {
+    /// Before the engine sees the request: bounds what the APQ cache keeps,
+    /// then runs APQ, which goes on with `next`.
+    pub(super) async fn prepare_request(
         &self,
         ctx: &ExtensionContext<'_>,
         mut request: Request,
@@ -138,38 +125,30 @@ impl Extension for GuardExtension {
         self.apq.prepare_request(ctx, request, next).await
     }
 
-    async fn parse_query(
-        &self,
+    /// Refuses a mutation over a read-only transport, however its document
+    /// was found (text, parse cache or persisted hash).
+    pub(super) fn check_document(
         ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        let doc = next.run(ctx, query, variables).await?;
+        doc: &ExecutableDocument,
+    ) -> ServerResult<()> {
         if let Some(read_only) = ctx.data_opt::<ReadOnly>() {
-            if selects_mutation(&doc, read_only.operation_name.as_deref()) {
+            if selects_mutation(doc, read_only.operation_name.as_deref()) {
                 read_only.refused.store(true, Ordering::Relaxed);
                 return Err(bad_request(
                     "mutations must be sent with POST (GET is for queries only)",
                 ));
             }
         }
-        Ok(doc)
+        Ok(())
     }
 
-    async fn resolve(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        info: ResolveInfo<'_>,
-        next: NextResolve<'_>,
-    ) -> ServerResult<Option<Value>> {
-        // async-graphql answers `__schema { description }` with its own text
-        // about what a schema is; the schema has no description (schema.graphql
-        // carries none), so introspection must say null, or a client schema
-        // built from introspection differs from schema.graphql.
-        if info.parent_type == "__Schema" && info.name == "description" {
-            return Ok(Some(Value::Null));
-        }
-        next.run(ctx, info).await
+    /// The answer for a field the engine would answer wrongly, if `info` is one.
+    ///
+    /// async-graphql answers `__schema { description }` with its own text
+    /// about what a schema is; the schema has no description (schema.graphql
+    /// carries none), so introspection must say null, or a client schema
+    /// built from introspection differs from schema.graphql.
+    pub(super) fn answer(info: &ResolveInfo<'_>) -> Option<Value> {
+        (info.parent_type == "__Schema" && info.name == "description").then_some(Value::Null)
     }
 }

@@ -1,16 +1,14 @@
-//! An async-graphql extension that counts operations (by type, name and
-//! outcome), times queries and mutations, counts errors by code, and runs each
-//! request inside a `graphql` tracing span naming its operation.
+//! Operation metrics, for the schema's one extension (`extension::Pipeline`):
+//! counts operations (by type, name and outcome), times queries and
+//! mutations, counts errors by code, and runs each request inside a `graphql`
+//! tracing span (at debug).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextRequest,
-    NextSubscribe,
-};
+use async_graphql::extensions::ExtensionContext;
 use async_graphql::parser::types::{ExecutableDocument, OperationType};
-use async_graphql::{Response, ServerResult, Variables};
+use async_graphql::Response;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
@@ -28,14 +26,6 @@ impl OperationMetrics {
         crate::metrics::handle();
         crate::metrics::keep_operation_names(max_names);
         OperationMetrics
-    }
-}
-
-impl ExtensionFactory for OperationMetrics {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(Counting {
-            operation: Arc::default(),
-        })
     }
 }
 
@@ -58,9 +48,11 @@ fn kind(ty: OperationType) -> &'static str {
     }
 }
 
-/// One per request (or per subscription stream).
-struct Counting {
-    /// Shared with the stream a `subscribe` hook returns, which outlives the hook.
+/// One per request (or per subscription stream), run by the schema's one
+/// extension (`extension::Pipeline`) around the others' hooks.
+#[derive(Default)]
+pub(super) struct Counting {
+    /// Shared with the stream `subscribe` returns, which outlives the hook.
     operation: Arc<Mutex<Operation>>,
 }
 
@@ -89,23 +81,25 @@ fn record(op: &Mutex<Operation>, response: &Response, started: Option<Instant>) 
     }
 }
 
-#[async_trait::async_trait]
-impl Extension for Counting {
-    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
+impl Counting {
+    /// Runs a request (`run` is the rest of the pipeline), timed and counted.
+    pub(super) async fn request(
+        &self,
+        run: impl std::future::Future<Output = Response>,
+    ) -> Response {
         let started = Instant::now();
-        let span = tracing::info_span!("graphql");
-        let response = next.run(ctx).instrument(span).await;
+        // At debug: an enabled span costs every poll an enter and an exit.
+        let span = tracing::debug_span!("graphql");
+        let response = run.instrument(span).await;
         record(&self.operation, &response, Some(started));
         response
     }
 
-    fn subscribe<'s>(
+    /// Counts a stream's operation once, at its first result.
+    pub(super) fn subscribe<'s>(
         &self,
-        ctx: &ExtensionContext<'_>,
-        stream: BoxStream<'s, Response>,
-        next: NextSubscribe<'_>,
+        stream: impl futures_util::Stream<Item = Response> + Send + 's,
     ) -> BoxStream<'s, Response> {
-        let stream = next.run(ctx, stream);
         // Websocket and HTTP streams run every operation this way: count each
         // once, at its first result (a subscription's is its first event).
         let started = Instant::now();
@@ -124,14 +118,8 @@ impl Extension for Counting {
             .boxed()
     }
 
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        let doc = next.run(ctx, query, variables).await?;
+    /// Learns the operations of the request's document once it is parsed.
+    pub(super) fn parsed(&self, ctx: &ExtensionContext<'_>, doc: &ExecutableDocument) {
         let all: Vec<_> = doc
             .operations
             .iter()
@@ -145,15 +133,10 @@ impl Extension for Counting {
             op.name = name.clone();
         }
         op.all = all;
-        Ok(doc)
     }
 
-    async fn execute(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        operation_name: Option<&str>,
-        next: NextExecute<'_>,
-    ) -> Response {
+    /// Learns which operation runs, when the request names it.
+    pub(super) fn executing(&self, operation_name: Option<&str>) {
         if let Some(name) = operation_name {
             let mut op = self.operation.lock();
             if op.kind.is_none() {
@@ -165,6 +148,5 @@ impl Extension for Counting {
                 op.name = Some(name.to_string());
             }
         }
-        next.run(ctx, operation_name).await
     }
 }

@@ -13,7 +13,7 @@ use super::access::{self, AccessPolicy};
 use super::error::{code, count, gql, int, uuid, OrGql, Result};
 use super::events::SessionEventView;
 use super::expensive::ExpensiveLimiter;
-use super::extension::{charge, Codes};
+use super::extension::{charge, Pipeline};
 use super::guard::Guard;
 use super::inputs::{check_name, check_sizes, CommandInput, CreateNodeInput};
 use super::types::{
@@ -132,14 +132,11 @@ pub fn build_with_access(hub: Arc<Hub>, limits: &ApiLimits, access: AccessPolicy
         .data(expensive)
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
-        .extension(super::metrics::OperationMetrics::new(
-            limits.max_metric_operation_names,
+        .extension(Pipeline::new(
+            limits.clone(),
+            Guard::new(limits.apq_cache_entries, limits.apq_max_query_bytes),
+            super::metrics::OperationMetrics::new(limits.max_metric_operation_names),
         ))
-        .extension(Guard::new(
-            limits.apq_cache_entries,
-            limits.apq_max_query_bytes,
-        ))
-        .extension(Codes::new(limits.clone()))
         .finish()
 }
 

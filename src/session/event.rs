@@ -215,6 +215,11 @@ impl SessionEvent {
             .get_or_init(|| serde_json::to_string(self).expect("events serialise"))
     }
 
+    /// The stored form, made when the store first reads it (see `store::Payload`).
+    pub fn payload(self: &Arc<Self>) -> crate::store::Payload {
+        crate::store::Payload::lazy(self.clone())
+    }
+
     pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(json)
     }
@@ -241,6 +246,12 @@ impl SessionEvent {
             EventKind::PresenceChanged { .. } => "PresenceChanged",
             EventKind::ResyncRequired { .. } => "ResyncRequired",
         }
+    }
+}
+
+impl crate::store::Serialise for SessionEvent {
+    fn text(&self) -> &str {
+        self.to_json()
     }
 }
 

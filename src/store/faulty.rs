@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::{
-    LoadedProject, Membership, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write,
+    Immediate, LoadedProject, Membership, ProjectRecord, SessionRecord, Store, StoreError,
+    StoredEvent, Write,
 };
 
 /// What a `HookedStore` does before each commit.
@@ -16,6 +17,14 @@ pub trait CommitHook: Send + Sync + 'static {
     /// Runs before the inner store sees `writes` (and may wait); an error fails
     /// the commit without touching the inner store.
     async fn before_commit(&self, writes: &[Write]) -> Result<(), StoreError>;
+
+    /// Runs before the inner store's `commit_now`. `None` (the default) makes
+    /// the hooked store hand every commit to `commit`, as a durable store
+    /// does; `Some(Err)` refuses the commit at once.
+    fn before_commit_now(&self, writes: &[Write]) -> Option<Result<(), StoreError>> {
+        let _ = writes;
+        None
+    }
 }
 
 /// Wraps any store: commits go through the hook first, reads always pass through.
@@ -43,6 +52,14 @@ impl<S: Store, H: CommitHook> Store for HookedStore<S, H> {
     async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         self.hook.before_commit(&writes).await?;
         self.inner.commit(writes).await
+    }
+
+    fn commit_now(&self, writes: Vec<Write>) -> Immediate {
+        match self.hook.before_commit_now(&writes) {
+            None => Immediate::Later(writes),
+            Some(Err(e)) => Immediate::Done(Err(e)),
+            Some(Ok(())) => self.inner.commit_now(writes),
+        }
     }
 
     async fn projects(&self) -> Result<Vec<ProjectRecord>, StoreError> {

@@ -8,7 +8,8 @@ use parking_lot::Mutex;
 use uuid::Uuid;
 
 use super::{
-    LoadedProject, Membership, ProjectRecord, SessionRecord, Store, StoreError, StoredEvent, Write,
+    Immediate, LoadedProject, Membership, ProjectRecord, SessionRecord, Store, StoreError,
+    StoredEvent, Write,
 };
 
 #[derive(Default)]
@@ -17,7 +18,7 @@ struct Data {
     snapshots: HashMap<Uuid, (u64, String)>,
     ops: HashMap<Uuid, BTreeMap<u64, String>>,
     sessions: HashMap<Uuid, SessionRecord>,
-    events: HashMap<Uuid, BTreeMap<u64, String>>,
+    events: HashMap<Uuid, BTreeMap<u64, super::Payload>>,
     /// Project -> user -> role.
     members: HashMap<Uuid, BTreeMap<String, crate::domain::Role>>,
 }
@@ -76,11 +77,8 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
     }
-}
 
-#[async_trait]
-impl Store for MemoryStore {
-    async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+    fn commit_sync(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         let mut d = self.data.lock();
         // Collisions are checked before anything is applied, so a refused
         // commit leaves nothing behind (like a rolled-back transaction).
@@ -154,6 +152,17 @@ impl Store for MemoryStore {
             }
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        self.commit_sync(writes)
+    }
+
+    fn commit_now(&self, writes: Vec<Write>) -> Immediate {
+        Immediate::Done(self.commit_sync(writes))
     }
 
     async fn projects(&self) -> Result<Vec<ProjectRecord>, StoreError> {

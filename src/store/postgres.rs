@@ -812,7 +812,7 @@ impl Store for PostgresStore {
             .map(|row| {
                 Ok(StoredEvent {
                     seq: uint(row, 0)?,
-                    json: column(row, 1)?,
+                    json: column::<String>(row, 1)?.into(),
                 })
             })
             .collect()

@@ -559,7 +559,7 @@ impl Store for SqliteStore {
             let rows = stmt.query_map(params![session_id.to_string(), after, limit], |row| {
                 Ok(StoredEvent {
                     seq: row.get(0)?,
-                    json: row.get(1)?,
+                    json: row.get::<_, String>(1)?.into(),
                 })
             })?;
             rows.collect()
@@ -1149,7 +1149,7 @@ fn apply(conn: &Connection, write: &Write) -> rusqlite::Result<()> {
                 "INSERT INTO session_events (session_id, seq, json) VALUES (?1, ?2, ?3)",
             )?;
             for event in events {
-                stmt.execute(params![id, event.seq, event.json])?;
+                stmt.execute(params![id, event.seq, event.json.as_str()])?;
             }
         }
         Write::PruneEvents {
@@ -1330,7 +1330,7 @@ mod tests {
             events: seqs
                 .map(|seq| StoredEvent {
                     seq,
-                    json: format!("{{\"seq\":{seq}}}"),
+                    json: format!("{{\"seq\":{seq}}}").into(),
                 })
                 .collect(),
         }

@@ -45,7 +45,7 @@ pub fn events(session_id: Uuid, seqs: impl IntoIterator<Item = u64>) -> Write {
             .into_iter()
             .map(|seq| StoredEvent {
                 seq,
-                json: format!(r#"{{"seq":{seq},"kind":"NodeCreated"}}"#),
+                json: format!(r#"{{"seq":{seq},"kind":"NodeCreated"}}"#).into(),
             })
             .collect(),
     }
@@ -208,7 +208,7 @@ pub fn small_job(project_id: Uuid, session_id: Uuid, n: u64) -> Vec<Write> {
             events: (0..3)
                 .map(|i| StoredEvent {
                     seq: n * 3 + i,
-                    json: format!(r#"{{"n":{n},"p":"{payload}"}}"#),
+                    json: format!(r#"{{"n":{n},"p":"{payload}"}}"#).into(),
                 })
                 .collect(),
         },

@@ -234,6 +234,9 @@ pub(super) async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
     };
     let mut project_after = None;
     let mut close = false;
+    let nothing_to_store;
+    let mut committed_now = None;
+    let kept;
     {
         let mut state = session.state.write();
         group.next_seq = state.last_seq + 1;
@@ -271,9 +274,53 @@ pub(super) async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
                 }
             }
         }
-        // Take the group back: readers see committed state only, and this is
-        // what the group's ops are replayed on once they are stored.
-        if let Some(project) = state.project.as_mut() {
+        // A group of folded presence changes only (no event, no op) has nothing
+        // to store but the session's last activity, which every later commit and
+        // the shutdown store anyway: it skips the store (and its fsync), so a
+        // join storm costs one commit per presence interval, not one per join.
+        nothing_to_store = group.events.is_empty()
+            && group.ops.is_empty()
+            && project_after.is_none()
+            && !group.store_record;
+        // A store with nothing to wait for (in memory) commits here, under
+        // the state's lock: readers never see the group uncommitted, so it
+        // stays applied instead of being taken back and replayed.
+        if !group.broken && !nothing_to_store {
+            let started = std::time::Instant::now();
+            let writes = std::mem::take(&mut group.writes);
+            let now = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                session.commit_now(writes)
+            }))
+            .unwrap_or_else(|panic| {
+                crate::store::Immediate::Done(Err(StoreError::Unavailable(format!(
+                    "the store panicked during a commit: {}",
+                    panic_message(&*panic)
+                ))))
+            });
+            match now {
+                crate::store::Immediate::Done(result) => {
+                    record_commit(started, &group);
+                    committed_now = Some(result);
+                }
+                crate::store::Immediate::Later(writes) => group.writes = writes,
+            }
+        }
+        kept = matches!(committed_now, Some(Ok(())));
+        if kept {
+            group.reverts.clear();
+            group.ops.clear();
+            if let (Some(project), Some(record)) = (state.project.as_mut(), &project_after) {
+                project.record = record.clone();
+            }
+            // As after a commit that waited: the tail before `last_seq` moves.
+            remember(session, &group.events);
+            state.last_seq = group.next_seq - 1;
+            let State { clients, .. } = &mut *state;
+            group.clients.apply_to(clients);
+        }
+        // Otherwise take the group back: readers see committed state only, and
+        // this is what the group's ops are replayed on once they are stored.
+        if let (false, Some(project)) = (kept, state.project.as_mut()) {
             for revert in group.reverts.drain(..).rev() {
                 project.dispatcher.revert(revert);
             }
@@ -312,30 +359,21 @@ pub(super) async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
         return;
     }
 
-    let writes = std::mem::take(&mut group.writes);
-    let started = std::time::Instant::now();
-    // A group of folded presence changes only (no event, no op) has nothing
-    // to store but the session's last activity, which every later commit and
-    // the shutdown store anyway: it skips the store (and its fsync), so a
-    // join storm costs one commit per presence interval, not one per join.
-    let nothing_to_store = group.events.is_empty()
-        && group.ops.is_empty()
-        && project_after.is_none()
-        && !group.store_record;
-    let committed = if nothing_to_store {
-        Ok(())
-    } else {
-        let committed = session.commit(writes).await;
-        metrics::histogram!(crate::metrics::names::COMMIT_SECONDS)
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!(crate::metrics::names::COMMIT_GROUP_SIZE)
-            .record(group.pending.len() as f64);
-        committed
+    let committed = match committed_now {
+        Some(result) => result,
+        None if nothing_to_store => Ok(()),
+        None => {
+            let writes = std::mem::take(&mut group.writes);
+            let started = std::time::Instant::now();
+            let committed = session.commit(writes).await;
+            record_commit(started, &group);
+            committed
+        }
     };
     match committed {
         Ok(()) => {
             let mut broken = None;
-            {
+            if !kept {
                 let mut state = session.state.write();
                 if let Some(project) = state.project.as_mut() {
                     for op in group.ops.drain(..) {
@@ -422,6 +460,14 @@ pub(super) async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
     }
 }
 
+/// Times a commit and records its group's size.
+fn record_commit(started: std::time::Instant, group: &Group<'_>) {
+    metrics::histogram!(crate::metrics::names::COMMIT_SECONDS)
+        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!(crate::metrics::names::COMMIT_GROUP_SIZE)
+        .record(group.pending.len() as f64);
+}
+
 /// The group's writes besides its ops: the project record, events, retention
 /// and the session record. Returns the project record after the group.
 pub(super) fn build_writes(state: &State, group: &mut Group<'_>) -> Option<ProjectRecord> {
@@ -446,7 +492,7 @@ pub(super) fn build_writes(state: &State, group: &mut Group<'_>) -> Option<Proje
                 .iter()
                 .map(|e| StoredEvent {
                     seq: e.seq,
-                    json: e.to_json().to_string(),
+                    json: e.payload(),
                 })
                 .collect(),
         });
