@@ -148,7 +148,7 @@ pub async fn charge(ctx: &Context<'_>, n: usize, what: &str) -> super::error::Re
 /// for later requests whatever their variables. Bounded: emptied when full.
 #[derive(Default)]
 struct ParseCache {
-    docs: Mutex<HashMap<String, Cached>>,
+    docs: Mutex<HashMap<String, Cached, foldhash::fast::RandomState>>,
 }
 
 #[derive(Clone)]

@@ -3,7 +3,7 @@
 //! mutations, counts errors by code, and runs each request inside a `graphql`
 //! tracing span (at debug).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use async_graphql::extensions::ExtensionContext;
@@ -63,8 +63,16 @@ fn record(op: &Mutex<Operation>, response: &Response, started: Option<Instant>) 
         let kind = op.kind.unwrap_or("unknown");
         crate::metrics::count_operation(kind, op.name.as_deref(), response.errors.is_empty());
         if let Some(started) = started {
-            metrics::histogram!(names::OPERATION_SECONDS, "type" => kind)
-                .record(started.elapsed().as_secs_f64());
+            static SECONDS: [OnceLock<metrics::Histogram>; 4] = [const { OnceLock::new() }; 4];
+            let i = ["query", "mutation", "subscription"]
+                .iter()
+                .position(|k| *k == kind)
+                .unwrap_or(3);
+            crate::metrics::cached(
+                &SECONDS[i],
+                || metrics::histogram!(names::OPERATION_SECONDS, "type" => kind),
+            )
+            .record(started.elapsed().as_secs_f64());
         }
     }
     for e in &response.errors {

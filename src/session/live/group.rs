@@ -462,9 +462,12 @@ pub(super) async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
 
 /// Times a commit and records its group's size.
 fn record_commit(started: std::time::Instant, group: &Group<'_>) {
-    metrics::histogram!(crate::metrics::names::COMMIT_SECONDS)
+    use crate::metrics::{cached, names};
+    static SECONDS: OnceLock<metrics::Histogram> = OnceLock::new();
+    static SIZE: OnceLock<metrics::Histogram> = OnceLock::new();
+    cached(&SECONDS, || metrics::histogram!(names::COMMIT_SECONDS))
         .record(started.elapsed().as_secs_f64());
-    metrics::histogram!(crate::metrics::names::COMMIT_GROUP_SIZE)
+    cached(&SIZE, || metrics::histogram!(names::COMMIT_GROUP_SIZE))
         .record(group.pending.len() as f64);
 }
 
@@ -535,7 +538,11 @@ pub(in crate::session) fn publish(session: &Session, events: &[Arc<SessionEvent>
     if events.is_empty() {
         return;
     }
-    metrics::counter!(crate::metrics::names::EVENTS_PUBLISHED).increment(events.len() as u64);
+    static PUBLISHED: OnceLock<metrics::Counter> = OnceLock::new();
+    crate::metrics::cached(&PUBLISHED, || {
+        metrics::counter!(crate::metrics::names::EVENTS_PUBLISHED)
+    })
+    .increment(events.len() as u64);
     if let Some(tx) = session.events.get() {
         // No receivers is fine: nobody is listening.
         let _ = tx.send(Batch::from(events));
