@@ -124,8 +124,16 @@ struct Labels {
     counters: HashMap<String, [Option<metrics::Counter>; 8], foldhash::fast::RandomState>,
 }
 
-/// The operation types counted, in the order of a label's counters.
+/// The operation types counted; anything else counts as the last.
 const KINDS: [&str; 4] = ["query", "mutation", "subscription", "unknown"];
+
+/// The place of an operation type in `KINDS`, for arrays of handles by type.
+pub fn kind_index(kind: &str) -> usize {
+    KINDS
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(KINDS.len() - 1)
+}
 
 impl OperationNames {
     pub fn new(max: usize) -> Self {
@@ -157,7 +165,7 @@ impl OperationNames {
 
     /// Counts one operation.
     pub fn count(&self, kind: &'static str, name: Option<&str>, ok: bool) {
-        let slot = KINDS.iter().position(|k| *k == kind).unwrap_or(3) * 2 + usize::from(!ok);
+        let slot = kind_index(kind) * 2 + usize::from(!ok);
         let mut labels = self.by_label.lock();
         let label = self.label_in(&mut labels, name);
         if !labels.counters.contains_key(label) {

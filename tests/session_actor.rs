@@ -248,6 +248,13 @@ impl CommitHook for RefuseNow {
     }
 }
 
+/// Sets the root's vin and returns the answer.
+async fn set_vin(app: &App, session: &str, root: &str, vin: &str) -> Value {
+    app.http
+        .request(SET_VIN, json!({ "s": session, "n": root, "v": vin }))
+        .await
+}
+
 #[tokio::test]
 async fn a_change_refused_by_a_store_that_commits_at_once_is_taken_back() {
     let store = Arc::new(HookedStore::with_hook(
@@ -259,20 +266,14 @@ async fn a_change_refused_by_a_store_that_commits_at_once_is_taken_back() {
     let app = App::start_on(dir, config, store.clone()).await;
     let (session, root) = app.create_project("restomod", "At once").await;
 
-    let ok = app
-        .http
-        .request(SET_VIN, json!({ "s": session, "n": root, "v": "VIN-1" }))
-        .await;
+    let ok = set_vin(&app, &session, &root, "VIN-1").await;
     assert_eq!(int_of(&ok["data"]["updateProperty"]["version"]), 1, "{ok}");
     let before = app.graph(&session).await;
     let seq_before = app.last_seq(&session).await;
     let undo_before = app.session(&session).await["canUndo"].clone();
 
     store.hook().refusing.store(true, Ordering::SeqCst);
-    let refused = app
-        .http
-        .request(SET_VIN, json!({ "s": session, "n": root, "v": "VIN-2" }))
-        .await;
+    let refused = set_vin(&app, &session, &root, "VIN-2").await;
     assert_eq!(
         code_of(&first_error(&refused)),
         "STORE_UNAVAILABLE",
@@ -290,10 +291,7 @@ async fn a_change_refused_by_a_store_that_commits_at_once_is_taken_back() {
     assert_eq!(stored.last().map(|e| e.seq as i64), Some(seq_before));
 
     store.hook().refusing.store(false, Ordering::SeqCst);
-    let again = app
-        .http
-        .request(SET_VIN, json!({ "s": session, "n": root, "v": "VIN-3" }))
-        .await;
+    let again = set_vin(&app, &session, &root, "VIN-3").await;
     assert_eq!(
         int_of(&again["data"]["updateProperty"]["version"]),
         2,

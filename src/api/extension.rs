@@ -6,8 +6,8 @@
 //!
 //! One extension rather than one per concern: async-graphql runs every hook
 //! of every extension in the chain as a boxed future, on every request and
-//! for every resolved field, and three extensions were about a tenth of the
-//! CPU of a small mutation.
+//! for every resolved field; three extensions cost a small mutation 5% more
+//! instructions than one (callgrind, BENCHMARKS.md row 25).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use super::error::code;
 use super::expensive::PermitSlot;
 use super::guard::Guard;
-use super::metrics::{Counting, OperationMetrics};
+use super::metrics::Counting;
 use super::ApiLimits;
 use crate::domain::ErrorCode;
 
@@ -45,16 +45,19 @@ pub struct Pipeline {
     parsed: Arc<ParseCache>,
     limits: Arc<ApiLimits>,
     guard: Arc<Guard>,
-    _metrics: OperationMetrics,
 }
 
 impl Pipeline {
-    pub fn new(limits: ApiLimits, guard: Guard, metrics: OperationMetrics) -> Self {
+    /// The extension for a schema with these limits; installs the metrics recorder.
+    pub fn new(limits: ApiLimits) -> Self {
+        super::metrics::install(limits.max_metric_operation_names);
         Pipeline {
             parsed: Arc::default(),
+            guard: Arc::new(Guard::new(
+                limits.apq_cache_entries,
+                limits.apq_max_query_bytes,
+            )),
             limits: Arc::new(limits),
-            guard: Arc::new(guard),
-            _metrics: metrics,
         }
     }
 }

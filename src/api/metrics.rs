@@ -17,16 +17,11 @@ use tracing::Instrument;
 use super::RenderOne;
 use crate::metrics::names;
 
-/// Counts every operation; one per schema.
-pub struct OperationMetrics;
-
-impl OperationMetrics {
-    /// Keeps at most `max_names` operation names as labels.
-    pub fn new(max_names: usize) -> Self {
-        crate::metrics::handle();
-        crate::metrics::keep_operation_names(max_names);
-        OperationMetrics
-    }
+/// Installs the metrics recorder and keeps at most `max_names` operation
+/// names as labels (once per process: the first schema built sets it).
+pub(super) fn install(max_names: usize) {
+    crate::metrics::handle();
+    crate::metrics::keep_operation_names(max_names);
 }
 
 /// What the request's document turned out to run.
@@ -64,12 +59,8 @@ fn record(op: &Mutex<Operation>, response: &Response, started: Option<Instant>) 
         crate::metrics::count_operation(kind, op.name.as_deref(), response.errors.is_empty());
         if let Some(started) = started {
             static SECONDS: [OnceLock<metrics::Histogram>; 4] = [const { OnceLock::new() }; 4];
-            let i = ["query", "mutation", "subscription"]
-                .iter()
-                .position(|k| *k == kind)
-                .unwrap_or(3);
             crate::metrics::cached(
-                &SECONDS[i],
+                &SECONDS[crate::metrics::kind_index(kind)],
                 || metrics::histogram!(names::OPERATION_SECONDS, "type" => kind),
             )
             .record(started.elapsed().as_secs_f64());

@@ -14,7 +14,6 @@ use super::error::{code, count, gql, int, uuid, OrGql, Result};
 use super::events::SessionEventView;
 use super::expensive::ExpensiveLimiter;
 use super::extension::{charge, Pipeline};
-use super::guard::Guard;
 use super::inputs::{check_name, check_sizes, CommandInput, CreateNodeInput};
 use super::types::{
     hub, search, CleanupResultView, CommandResultView, GraphView, NodeView, ProjectView, RoleView,
@@ -132,11 +131,7 @@ pub fn build_with_access(hub: Arc<Hub>, limits: &ApiLimits, access: AccessPolicy
         .data(expensive)
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
-        .extension(Pipeline::new(
-            limits.clone(),
-            Guard::new(limits.apq_cache_entries, limits.apq_max_query_bytes),
-            super::metrics::OperationMetrics::new(limits.max_metric_operation_names),
-        ))
+        .extension(Pipeline::new(limits.clone()))
         .finish()
 }
 

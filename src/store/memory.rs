@@ -1,6 +1,6 @@
 //! The in-memory store (`--in-memory`): same semantics as a durable store, kept in the process only.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound::{Excluded, Unbounded};
 
 use async_trait::async_trait;
@@ -30,10 +30,8 @@ struct Data {
 impl Data {
     /// `Conflict` if the writes would store an op version or an event seq a second time.
     fn check_collisions(&self, writes: &[Write]) -> Result<(), StoreError> {
-        let mut ops =
-            std::collections::HashSet::with_hasher(foldhash::fast::RandomState::default());
-        let mut events =
-            std::collections::HashSet::with_hasher(foldhash::fast::RandomState::default());
+        let mut ops: HashSet<_, foldhash::fast::RandomState> = HashSet::default();
+        let mut events: HashSet<_, foldhash::fast::RandomState> = HashSet::default();
         for w in writes {
             match w {
                 Write::AppendOp {

@@ -307,16 +307,7 @@ pub(super) async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
         }
         kept = matches!(committed_now, Some(Ok(())));
         if kept {
-            group.reverts.clear();
-            group.ops.clear();
-            if let (Some(project), Some(record)) = (state.project.as_mut(), &project_after) {
-                project.record = record.clone();
-            }
-            // As after a commit that waited: the tail before `last_seq` moves.
-            remember(session, &group.events);
-            state.last_seq = group.next_seq - 1;
-            let State { clients, .. } = &mut *state;
-            group.clients.apply_to(clients);
+            settle(session, &mut state, &mut group, &project_after);
         }
         // Otherwise take the group back: readers see committed state only, and
         // this is what the group's ops are replayed on once they are stored.
@@ -390,17 +381,8 @@ pub(super) async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
                             break;
                         }
                     }
-                    if let Some(record) = project_after.clone() {
-                        project.record = record;
-                    }
                 }
-                // In the tail before `last_seq` moves: a subscriber that
-                // reads `last_seq` finds every event up to it (an empty
-                // catch-up while behind means the events are gone).
-                remember(session, &group.events);
-                state.last_seq = group.next_seq - 1;
-                let State { clients, .. } = &mut *state;
-                group.clients.apply_to(clients);
+                settle(session, &mut state, &mut group, &project_after);
             }
             if let Some(cause) = broken {
                 // Stored but not in memory: the store has the truth, so the
@@ -458,6 +440,25 @@ pub(super) async fn run_group(session: &Arc<Session>, jobs: Vec<Job>) {
             }
         }
     }
+}
+
+/// Makes a committed group the session's state, under its write lock: the
+/// project's record, the events in the tail, `last_seq` and presence.
+fn settle(
+    session: &Session,
+    state: &mut State,
+    group: &mut Group<'_>,
+    project_after: &Option<ProjectRecord>,
+) {
+    if let (Some(project), Some(record)) = (state.project.as_mut(), project_after) {
+        project.record = record.clone();
+    }
+    // In the tail before `last_seq` moves: a subscriber that reads
+    // `last_seq` finds every event up to it (an empty catch-up while behind
+    // means the events are gone).
+    remember(session, &group.events);
+    state.last_seq = group.next_seq - 1;
+    group.clients.apply_to(&mut state.clients);
 }
 
 /// Times a commit and records its group's size.
